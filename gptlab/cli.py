@@ -1,0 +1,184 @@
+"""The `gptlab` command: one verb per stage, each a thin wrapper over one module's entry
+function. Modules are imported inside the handlers so that `gptlab --help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+EXAMPLES = {
+    "data world": "gptlab data world --out runs/demo/world --scale small --seed 0",
+    "tokenizer train": "gptlab tokenizer train --input runs/demo/world/corpus --out runs/demo/tokenizer --vocab-size 4096",
+    "pretrain": "gptlab pretrain --data runs/demo/world/corpus --tokenizer runs/demo/tokenizer --out runs/demo/pretrain --depth 4 --max-steps 600",
+    "generate": 'gptlab generate --model runs/demo/pretrain/final --prompt "The capital of France is" --max-new-tokens 20',
+    "speedrun": "gptlab speedrun --out runs/demo",
+}
+
+
+def _parser(sub, name: str, help_text: str, key: str | None = None) -> argparse.ArgumentParser:
+    key = key or name
+    return sub.add_parser(
+        name, help=help_text, description=help_text,
+        epilog=f"example:\n  {EXAMPLES[key]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+# ---------------------------------------------------------------- dataclass -> flags
+
+def _field_type(field: dataclasses.Field, hints: dict) -> type:
+    """The scalar type a flag should parse to (Optional[X] -> X)."""
+    tp = hints.get(field.name, str)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args:
+        tp = args[0]
+    return tp if tp in (int, float, str, bool) else str
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One `--flag` per dataclass field, with its type, default and `help` metadata."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        tp = _field_type(f, hints)
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=tp, default=default,
+                                help=f"{help_text} (default: {default})")
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+# ---------------------------------------------------------------- handlers
+
+def cmd_data_world(args) -> None:
+    from gptlab.data.world import generate_world
+    manifest = generate_world(args.out, seed=args.seed, scale=args.scale)
+    print(f"wrote miniworld ({args.scale}, seed {args.seed}) to {args.out}")
+    for group, counts in sorted(manifest.get("counts", {}).items()):
+        print(f"  {group:<8} " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+
+
+def cmd_tokenizer_train(args) -> None:
+    from gptlab.tokenizer import train_tokenizer_from_source
+    tok = train_tokenizer_from_source(args.input, args.out, vocab_size=args.vocab_size,
+                                      max_chars=args.max_chars)
+    print(f"trained a {tok.vocab_size}-token BPE on {args.input} -> {args.out}")
+
+
+def cmd_pretrain(args) -> None:
+    from gptlab.train.pretrain import PretrainConfig, pretrain
+    final = pretrain(dataclass_from_args(PretrainConfig, args))
+    print(f"final checkpoint: {final}")
+
+
+def cmd_generate(args) -> None:
+    from gptlab.checkpoint import load_checkpoint
+    from gptlab.engine import Engine
+    ckpt = load_checkpoint(args.model)
+    engine = Engine(ckpt.model, ckpt.tokenizer)
+    ids = ckpt.tokenizer.encode(args.prompt)
+    opts = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                stop_strings=args.stop or None)
+    for _ in range(args.num_samples):
+        sys.stdout.write(args.prompt)
+        for delta in engine.stream(ids, **opts):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if opts["seed"] is not None:
+            opts["seed"] += 1
+
+
+def cmd_speedrun(args) -> None:
+    from gptlab.speedrun import speedrun
+    speedrun(out=Path(args.out), preset=args.preset, scale=args.scale)
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptlab",
+        description="Build your own ChatGPT end to end: data, tokenizer, pretraining, "
+                    "generation (more stages to come).",
+        epilog="examples:\n" + "\n".join(f"  {v}" for v in EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="generate or prepare data sets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    p = _parser(data_sub, "world", "write the miniworld data sets (corpus, SFT, prompts, evals, kb.json)",
+                "data world")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--scale", choices=["tiny", "small", "full"], default="small",
+                   help="size of the data (default: small)")
+    p.set_defaults(func=cmd_data_world)
+
+    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="SUBCOMMAND")
+    p = _parser(tok_sub, "train", "train a byte-level BPE on text files, a directory or hf:dataset",
+                "tokenizer train")
+    p.add_argument("--input", required=True, help=".txt/.jsonl/.parquet file, directory, or hf:org/name")
+    p.add_argument("--out", required=True, help="output directory (tokenizer.json + tokenizer_config.json)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size (default: 4096)")
+    p.add_argument("--max-chars", type=int, default=50_000_000,
+                   help="train on at most this many characters (default: 5e7)")
+    p.set_defaults(func=cmd_tokenizer_train)
+
+    p = _parser(sub, "pretrain", "pretrain a GPT from scratch (torchrun for several processes)")
+    from gptlab.train.pretrain import PretrainConfig
+    add_dataclass_args(p, PretrainConfig)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = _parser(sub, "generate", "sample a continuation from a checkpoint (streams to stdout)")
+    p.add_argument("--model", required=True, help="checkpoint directory (gptlab or HF Llama)")
+    p.add_argument("--prompt", required=True, help="prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.set_defaults(func=cmd_generate)
+
+    p = _parser(sub, "speedrun", "the whole pipeline on miniworld, each stage skipped when done")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--preset", default="cpu-tiny", choices=["cpu-tiny"], help="size preset")
+    p.add_argument("--scale", default="small", choices=["tiny", "small", "full"],
+                   help="miniworld scale (tiny is for tests)")
+    p.set_defaults(func=cmd_speedrun)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as exc:  # user errors: one clear line, no traceback
+        print(f"gptlab: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""Pretraining: next-token prediction on a text corpus, from scratch.
+
+`pretrain(cfg)` goes text -> (tokenizer) -> token shards -> GPT -> checkpoints:
+
+    out/tokenizer/        trained here when no --tokenizer is given
+    out/shards/           token shards built from raw text (skipped when present and matching)
+    out/ckpt/step_N/      resumable checkpoints (HF model dir + train_state.pt), newest kept
+    out/final/            the final model (an HF Llama directory; no optimizer state)
+    out/metrics.jsonl     one line per step: loss, lr, tokens, tokens/s, and val entries
+
+One complexity dial, as in nanochat: `depth` sets the width (via `gptlab.model.preset`)
+and every unset field below (sequence length, batch, learning rate, step budget) is
+derived from it. The step budget defaults to Chinchilla's ~20 tokens per parameter
+(Hoffmann et al. 2022). Run several processes with `torchrun --nproc_per_node N -m
+gptlab pretrain ...`; the global batch stays `total_batch_tokens` (gradient accumulation
+makes up the difference), so the loss curve does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gptlab.train.loop import (
+    DistEnv, LoopConfig, LoopHooks, MetricsLogger, autocast_context, barrier, bits_per_byte,
+    build_optimizer, checkpoint_path, cleanup_dist, evaluate_loss, grad_accum_steps,
+    latest_checkpoint, list_checkpoints, print0, prune_checkpoints, remove_stale_temp_dirs,
+    resolve_dtype, rng_state, run_loop, seed_everything, set_rng_state, setup_dist,
+    tokens_per_byte, wrap_model,
+)
+
+
+def _f(default, help: str):
+    """A dataclass field with a one-line help text (the CLI turns it into --flag help)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `gptlab pretrain` accepts; fields map 1:1 to CLI flags. None = derive."""
+
+    data: str = _f("", "raw text (.txt/.jsonl/.parquet file or dir, hf:org/name) or a shard dir with shards.json")
+    tokenizer: str | None = _f(None, "tokenizer directory; unset: out/tokenizer, trained on --data if absent")
+    vocab_size: int = _f(4096, "vocabulary size when a tokenizer has to be trained")
+    out: str = _f("runs/pretrain", "output directory (checkpoints, final model, metrics)")
+    depth: int = _f(4, "number of transformer layers: the one dial the model size derives from")
+    seq_len: int | None = _f(None, "context length in tokens; unset: 256 up to depth 6, 1024 up to 12, else 2048")
+    device_batch_size: int | None = _f(None, "sequences per micro-batch per process; unset: 16 up to depth 6, else 32")
+    total_batch_tokens: int | None = _f(None, "tokens per optimizer step over all processes; unset: from depth, 2^13 .. 2^19")
+    max_steps: int | None = _f(None, "optimizer steps; unset: token_budget / total_batch_tokens")
+    token_budget: int | None = _f(None, "training tokens when max_steps is unset; unset: tokens_per_param x params")
+    tokens_per_param: float | None = _f(None, "tokens per parameter when neither max_steps nor token_budget is set; unset: 20 (Chinchilla)")
+    optimizer: str = _f("adamw", "adamw, or muon (Muon on hidden matrices, AdamW on the rest)")
+    lr: float | None = _f(None, "peak AdamW learning rate; unset: 6e-4 x sqrt(768 / width)")
+    matrix_lr: float = _f(0.02, "peak Muon learning rate for hidden matrices (optimizer=muon)")
+    weight_decay: float | None = _f(None, "decoupled weight decay on matrices; unset: 0.1")
+    warmup_steps: int | None = _f(None, "linear warmup steps; unset: 2 percent of max_steps, at most 200")
+    schedule: str = _f("cosine", "after warmup: cosine | linear decay, wsd (late linear warmdown), constant")
+    final_lr_frac: float | None = _f(None, "floor of the schedule as a fraction of the peak LR; unset: 0.1")
+    warmdown_frac: float = _f(0.2, "fraction of steps in the final warmdown (schedule=wsd)")
+    grad_clip: float | None = _f(None, "clip the global gradient norm to this (0 = off); unset: 1.0")
+    eval_every: int = _f(100, "validate every N steps (and at the end; 0 = only at the end)")
+    eval_batches: int = _f(8, "validation batches (of device_batch_size rows per process)")
+    val_docs: int = _f(1000, "documents held out for validation when building shards")
+    save_every: int = _f(500, "checkpoint every N steps (and at the end; 0 = only at the end)")
+    keep_checkpoints: int = _f(2, "how many step checkpoints to keep under out/ckpt (0 = all)")
+    seed: int = _f(0, "random seed (model init and data order)")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = _f("auto", "auto (bf16 autocast on CUDA, else fp32), bfloat16 or float32")
+    compile: bool = _f(False, "torch.compile the model")
+    resume: bool = _f(False, "continue from the newest checkpoint in out/ckpt (fresh start if none)")
+    tensorboard: bool = _f(False, "also log to TensorBoard in out/tb (if installed)")
+    wandb: str | None = _f(None, "also log to this Weights & Biases project (if installed)")
+    progress: bool = _f(True, "show a progress bar")
+
+
+def depth_defaults(depth: int) -> dict:
+    """Derived defaults for one depth: `gptlab.model.training_defaults` (batch in tokens,
+    AdamW LR ~ 1/sqrt(width), weight decay, LR floor, warmup, Chinchilla ratio) plus a
+    context length and micro-batch: short contexts for the CPU-tiny depths."""
+    from gptlab.model import training_defaults
+
+    d = dict(training_defaults(depth))
+    if depth <= 6:    # CPU-tiny: minutes on a laptop
+        d.update(seq_len=256, device_batch_size=16)
+    elif depth <= 12:
+        d.update(seq_len=1024, device_batch_size=32)
+    else:
+        d.update(seq_len=2048, device_batch_size=32)
+    return d
+
+
+def resolve_config(cfg: PretrainConfig, world_size: int, num_params: int | None = None,
+                   ) -> PretrainConfig:
+    """Fill every None field from the depth dial.
+
+    The step budget needs the model size, so max_steps and warmup_steps are only filled
+    when `num_params` is given (call again once the model exists).
+    """
+    d = depth_defaults(cfg.depth)
+    seq_len = cfg.seq_len or d["seq_len"]
+    bsz = cfg.device_batch_size or d["device_batch_size"]
+    total = cfg.total_batch_tokens
+    if total is None:  # round the derived target up to a whole number of micro-batches
+        per = bsz * seq_len * world_size
+        total = max(1, math.ceil(d["batch_tokens"] / per)) * per
+    cfg = dataclasses.replace(
+        cfg, seq_len=seq_len, device_batch_size=bsz, total_batch_tokens=total,
+        lr=_pick(cfg.lr, d["lr"]), weight_decay=_pick(cfg.weight_decay, d["weight_decay"]),
+        final_lr_frac=_pick(cfg.final_lr_frac, d["min_lr_frac"]),
+        grad_clip=_pick(cfg.grad_clip, d["grad_clip"]),
+        tokens_per_param=_pick(cfg.tokens_per_param, d["tokens_per_param"]))
+    if num_params is None:
+        return cfg
+    steps = cfg.max_steps
+    if steps is None:
+        budget = cfg.token_budget or int(cfg.tokens_per_param * num_params)
+        steps = max(1, budget // cfg.total_batch_tokens)
+    warmup = _pick(cfg.warmup_steps, min(200, round(d["warmup_frac"] * steps)))
+    return dataclasses.replace(cfg, max_steps=steps, warmup_steps=warmup)
+
+
+def validate_config(cfg: PretrainConfig) -> None:
+    """Raise ValueError (one clear line for the CLI) on settings that cannot work."""
+    from gptlab.train.loop import SCHEDULES
+
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"--optimizer must be adamw or muon, got {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    for name in ("depth", "seq_len", "device_batch_size", "total_batch_tokens", "max_steps",
+                 "eval_batches"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_tokenizer(cfg: PretrainConfig, env: DistEnv):
+    """Load --tokenizer, or out/tokenizer, or train one there on --data (rank 0)."""
+    from gptlab.tokenizer import Tokenizer, train_tokenizer_from_source
+
+    tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else Path(cfg.out) / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        if cfg.tokenizer:
+            raise FileNotFoundError(f"tokenizer directory {tok_dir} has no tokenizer.json")
+        if _is_shard_dir(cfg.data):
+            raise ValueError("--data is a shard directory: pass the --tokenizer it was built with")
+        if env.is_main:
+            print0(f"training a {cfg.vocab_size}-token tokenizer on {cfg.data} -> {tok_dir}")
+            train_tokenizer_from_source(cfg.data, tok_dir, vocab_size=cfg.vocab_size)
+        barrier()
+    return Tokenizer.load(tok_dir)
+
+
+def _is_shard_dir(data: str) -> bool:
+    return bool(data) and (Path(data) / "shards.json").is_file()
+
+
+def _tokenizer_sha(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()
+
+
+def prepare_shards(cfg: PretrainConfig, tokenizer, env: DistEnv) -> Path:
+    """The shard directory: --data itself, or out/shards built from raw text (rank 0).
+
+    Existing out/shards are reused when built from the same source path, tokenizer and
+    val split; otherwise they are rebuilt.
+    """
+    from gptlab.data.loaders import build_shards
+
+    if not cfg.data:
+        raise ValueError("--data is required (raw text or a shard directory)")
+    if _is_shard_dir(cfg.data):
+        shard_dir = Path(cfg.data)
+        meta = json.loads((shard_dir / "shards.json").read_text())
+        if meta.get("tokenizer_sha256") not in (None, _tokenizer_sha(tokenizer)):
+            raise ValueError(f"{shard_dir} was built with a different tokenizer than {cfg.tokenizer}")
+        return shard_dir
+    shard_dir = Path(cfg.out) / "shards"
+    if env.is_main and not _shards_match(shard_dir, cfg, tokenizer):
+        if shard_dir.exists():
+            print0(f"{shard_dir} does not match --data / tokenizer: rebuilding")
+            shutil.rmtree(shard_dir)
+        print0(f"tokenizing {cfg.data} -> {shard_dir}")
+        build_shards(cfg.data, tokenizer, shard_dir, val_docs=cfg.val_docs, progress=cfg.progress)
+    barrier()
+    return shard_dir
+
+
+def _shards_match(shard_dir: Path, cfg: PretrainConfig, tokenizer) -> bool:
+    p = shard_dir / "shards.json"
+    if not p.is_file():
+        return False
+    meta = json.loads(p.read_text())
+    # Matching on the source *path* (not a content hash) keeps the check instant on big data.
+    return (meta.get("source") == str(cfg.data) and meta.get("val_docs") == cfg.val_docs
+            and meta.get("tokenizer_sha256") == _tokenizer_sha(tokenizer))
+
+
+def _to_device(batch, device: torch.device):
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def build_model(cfg: PretrainConfig, tokenizer, device: torch.device):
+    """A fresh GPT of the configured depth (same init on every rank: seeded first)."""
+    from gptlab.model import GPT, preset
+
+    mcfg = preset(cfg.depth, tokenizer.vocab_size, max_seq_len=cfg.seq_len)
+    mcfg.bos_token_id, mcfg.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
+    mcfg.pad_token_id = tokenizer.pad_id
+    torch.manual_seed(cfg.seed)
+    return GPT(mcfg).to(device)
+
+
+def make_evaluator(model, cfg: PretrainConfig, shard_dir: Path, tokenizer, env: DistEnv,
+                   autocast, latest: dict):
+    """() -> {"val_loss", "val_bpb"} over the same first `eval_batches` val batches each time.
+
+    The newest result is also kept in `latest` (it goes into the checkpoints' gptlab.json).
+    """
+    from gptlab.data.loaders import TokenBatchLoader
+
+    def batches():
+        loader = TokenBatchLoader(shard_dir, "val", cfg.device_batch_size, cfg.seq_len,
+                                  seed=cfg.seed, rank=env.rank, world_size=env.world_size,
+                                  shuffle=False)
+        return [loader.next_batch() for _ in range(cfg.eval_batches)]
+
+    ratio = tokens_per_byte((y for _, y in batches()), tokenizer)  # once per val set
+
+    def evaluate() -> dict:
+        loss = evaluate_loss(model, (_to_device(b, env.device) for b in batches()),
+                             autocast=autocast)
+        latest.update(val_loss=loss, val_bpb=bits_per_byte(loss, ratio))
+        return dict(latest)
+
+    return evaluate
+
+
+def make_saver(model, optimizer, loader, tokenizer, cfg: PretrainConfig, env: DistEnv,
+               model_meta: dict, metrics: dict):
+    """(step, final) -> path: a resumable out/ckpt/step_N, plus out/final at the end.
+
+    `metrics` (the newest validation results) is copied into gptlab.json.
+    """
+    from gptlab.checkpoint import save_checkpoint
+
+    out = Path(cfg.out)
+
+    def save(step: int, final: bool) -> Path:
+        path = checkpoint_path(out / "ckpt", step)
+        if env.is_main:
+            meta = {"stage": "pretrain", "step": step, "tokens": step * cfg.total_batch_tokens,
+                    "metrics": dict(metrics), **model_meta}
+            state = {"step": step, "tokens": step * cfg.total_batch_tokens,
+                     "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                     "loader": loader.state_dict(), "config": dataclasses.asdict(cfg),
+                     "world_size": env.world_size}
+            save_checkpoint(path, model, tokenizer, train_state=state, meta=meta)
+            prune_checkpoints(out / "ckpt", cfg.keep_checkpoints)
+            if final:
+                save_checkpoint(out / "final", model, tokenizer, meta=meta)
+        barrier()
+        return out / "final" if final else path
+
+    return save
+
+
+# Fields that change the model or the data stream: resuming with other values is an error.
+_RESUME_FIXED = ("depth", "seq_len", "total_batch_tokens", "seed", "optimizer")
+
+
+def maybe_resume(cfg: PretrainConfig, model, optimizer, loader, env: DistEnv) -> int:
+    """Load the newest out/ckpt checkpoint when resuming; returns the step to start from.
+
+    A fresh (non-resume) run removes stale step checkpoints so that a later --resume
+    cannot pick up a checkpoint of an older run.
+    """
+    from gptlab.checkpoint import load_checkpoint, load_train_state
+
+    root = Path(cfg.out) / "ckpt"
+    if env.is_main:
+        remove_stale_temp_dirs(root)
+    latest = latest_checkpoint(root) if cfg.resume else None
+    if latest is None:
+        if cfg.resume:
+            print0(f"--resume: no checkpoint in {root}; starting fresh")
+        elif env.is_main and list_checkpoints(root):
+            print0(f"removing checkpoints of an earlier run in {root} (use --resume to continue)")
+            shutil.rmtree(root)
+        barrier()
+        return 0
+    state = load_train_state(latest)
+    old = state.get("config", {})
+    for key in _RESUME_FIXED:
+        if key in old and old[key] != getattr(cfg, key):
+            raise ValueError(f"cannot resume {latest}: {key} was {old[key]!r}, now {getattr(cfg, key)!r}")
+    weights = load_checkpoint(latest, device="cpu").model.state_dict()
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(state["optimizer"])
+    loader.load_state_dict(state["loader"])
+    set_rng_state(state["rng"])
+    print0(f"resumed from {latest} (step {state['step']})")
+    return int(state["step"])
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Pretrain a GPT as configured; returns the final checkpoint directory (out/final)."""
+    env = setup_dist(cfg.device)
+    try:
+        return _pretrain(cfg, env)
+    finally:
+        cleanup_dist()
+
+
+def _pretrain(cfg: PretrainConfig, env: DistEnv) -> Path:
+    from gptlab.data.loaders import TokenBatchLoader
+
+    validate_config(cfg)
+    seed_everything(cfg.seed)
+    tokenizer = prepare_tokenizer(cfg, env)
+    shard_dir = prepare_shards(cfg, tokenizer, env)
+    cfg = resolve_config(cfg, env.world_size)
+    raw = build_model(cfg, tokenizer, env.device)
+    cfg = resolve_config(cfg, env.world_size, raw.num_params())
+    accum = grad_accum_steps(cfg.total_batch_tokens, cfg.device_batch_size, cfg.seq_len,
+                             env.world_size)
+    optimizer = build_optimizer(raw, kind=cfg.optimizer, lr=cfg.lr, matrix_lr=cfg.matrix_lr,
+                                weight_decay=cfg.weight_decay)
+    loader = TokenBatchLoader(shard_dir, "train", cfg.device_batch_size, cfg.seq_len,
+                              seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+    start = maybe_resume(cfg, raw, optimizer, loader, env)
+    if start >= cfg.max_steps and (Path(cfg.out) / "final" / "config.json").is_file():
+        print0(f"already trained {start} >= {cfg.max_steps} steps: {Path(cfg.out) / 'final'}")
+        return Path(cfg.out) / "final"
+    dtype = resolve_dtype(cfg.dtype, env.device)
+
+    def autocast():
+        return autocast_context(env.device, dtype)
+
+    model = wrap_model(raw, env, compile=cfg.compile)
+    _announce(cfg, raw, accum, env)
+    meta = {"parent": None, "data": {"shards": str(shard_dir), **_data_hashes(shard_dir)}}
+    latest: dict = {}
+    save = make_saver(raw, optimizer, loader, tokenizer, cfg, env, meta, latest)
+    hooks = LoopHooks(next_batch=lambda: _to_device(loader.next_batch(), env.device), save=save,
+                      evaluate=make_evaluator(raw, cfg, shard_dir, tokenizer, env, autocast, latest))
+    loop_cfg = _loop_config(cfg, accum, raw.flops_per_token(cfg.seq_len))
+    out = Path(cfg.out)
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start or None,
+                           tensorboard_dir=out / "tb" if cfg.tensorboard else None,
+                           wandb_project=cfg.wandb, wandb_config=dataclasses.asdict(cfg))
+    try:
+        if start >= cfg.max_steps:  # finished but out/final missing: write it again
+            return save(start, True)
+        return run_loop(model, optimizer, loop_cfg, hooks, env=env, logger=logger,
+                        start_step=start, autocast=autocast)
+    finally:
+        logger.close()
+
+
+def _loop_config(cfg: PretrainConfig, accum: int, flops_per_token: float) -> LoopConfig:
+    return LoopConfig(
+        max_steps=cfg.max_steps, accum_steps=accum, tokens_per_step=cfg.total_batch_tokens,
+        warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, final_lr_frac=cfg.final_lr_frac,
+        warmdown_frac=cfg.warmdown_frac, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
+        save_every=cfg.save_every, flops_per_token=flops_per_token, progress=cfg.progress,
+        desc="pretrain")
+
+
+def _data_hashes(shard_dir: Path) -> dict:
+    meta = json.loads((shard_dir / "shards.json").read_text())
+    return {k: meta.get(k) for k in ("source", "source_sha256", "tokenizer_sha256")}
+
+
+def _announce(cfg: PretrainConfig, model, accum: int, env: DistEnv) -> None:
+    n = model.num_params()
+    print0(f"model: depth {cfg.depth}, {n / 1e6:.2f}M params | {env.world_size} process(es) on "
+           f"{env.device} | batch {cfg.total_batch_tokens} tokens = {cfg.device_batch_size} x "
+           f"{cfg.seq_len} x {accum} accum x {env.world_size} | {cfg.max_steps} steps "
+           f"({cfg.max_steps * cfg.total_batch_tokens / n:.1f} tokens/param) | {cfg.optimizer} "
+           f"lr {cfg.lr:.2e}, warmup {cfg.warmup_steps}, {cfg.schedule}")

@@ -1,0 +1,72 @@
+"""Shared test fixtures: a tiny seeded corpus, a tokenizer trained on it, its token shards.
+
+The corpus is templated English about made-up people and places. Some slots are fixed
+facts (each person lives in one city and likes one food), others are drawn at random, so
+a model can learn far more than the unigram statistics in a few hundred CPU steps.
+Everything is session-scoped and built once (a couple of seconds).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+NAMES = ["alice", "bruno", "chen", "dara", "emil", "fatou", "goran", "hana", "ivan",
+         "julia", "kenji", "lena", "mateo", "nadia", "omar", "priya"]
+CITIES = ["paris", "lima", "oslo", "cairo", "delhi", "quito", "tokyo", "rome"]
+FOODS = ["rice", "bread", "soup", "fish", "beans", "apples", "cheese", "noodles"]
+COLORS = ["red", "blue", "green", "black", "white", "yellow"]
+ANIMALS = ["cat", "dog", "horse", "bird", "goat", "fox"]
+VERBS = ["runs", "sleeps", "waits", "sings", "plays"]
+WEATHER = ["sunny", "rainy", "cold", "warm", "windy"]
+
+
+def make_corpus_docs(n_docs: int, seed: int = 0) -> list[str]:
+    """`n_docs` documents of 3-6 templated sentences; the facts are fixed by `seed`."""
+    rng = random.Random(seed)
+    home = {n: rng.choice(CITIES) for n in NAMES}
+    food = {n: rng.choice(FOODS) for n in NAMES}
+    templates = [
+        lambda n: f"{n} lives in {home[n]}.",
+        lambda n: f"{n} likes to eat {food[n]}.",
+        lambda n: f"the {rng.choice(COLORS)} {rng.choice(ANIMALS)} of {n} {rng.choice(VERBS)} in {home[n]}.",
+        lambda n: f"in {home[n]} the weather is {rng.choice(WEATHER)} today, says {n}.",
+        lambda n: f"every day {n} cooks {food[n]} at home in {home[n]}.",
+    ]
+    docs = []
+    for _ in range(n_docs):
+        name = rng.choice(NAMES)
+        k = rng.randint(3, 6)
+        docs.append(" ".join(rng.choice(templates)(name) for _ in range(k)))
+    return docs
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A .txt corpus (documents separated by blank lines): 3000 documents, ~480 k chars."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(make_corpus_docs(3000)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_corpus, tmp_path_factory) -> Path:
+    """Directory of a 384-token byte-level BPE trained on `tiny_corpus`."""
+    from gptlab.tokenizer import train_tokenizer_from_source
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer_from_source(tiny_corpus, out, vocab_size=384)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_corpus, tiny_tokenizer, tmp_path_factory) -> Path:
+    """Token shards of `tiny_corpus` (the first 200 documents are the val split)."""
+    from gptlab.data.loaders import build_shards
+    from gptlab.tokenizer import Tokenizer
+
+    out = tmp_path_factory.mktemp("shards") / "shards"
+    build_shards(tiny_corpus, Tokenizer.load(tiny_tokenizer), out, val_docs=200, progress=False)
+    return out

@@ -1,0 +1,201 @@
+"""gptlab.engine: KV-cache decoding equals naive recomputation, sampling, stops, streaming.
+
+Two stand-ins keep the tests exact and fast: ``ByteTokenizer`` (one token per UTF-8 byte,
+so multi-byte characters are always split across tokens) and ``ScriptedModel`` (emits a
+fixed token sequence, whatever the prompt, through the same cache API as ``GPT``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptlab.engine import Engine
+from gptlab.model import GPT, ModelConfig
+
+
+class ByteTokenizer:
+    """Tokens 0..255 are bytes; 256 is end-of-text. Decoding replaces broken UTF-8 with U+FFFD."""
+
+    eos_id = 256
+    vocab_size = 260
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class WordTokenizer:
+    """A multi-character vocabulary, to see how stop strings cut inside a token."""
+
+    def __init__(self, words):
+        self.words, self.eos_id = list(words), len(words)
+
+    def decode(self, ids) -> str:
+        return "".join(self.words[i] for i in ids if i < len(self.words))
+
+
+class ScriptedModel(GPT):
+    """A GPT whose next token is script[k] at generation step k (any prompt, any row)."""
+
+    def __init__(self, script, vocab_size=260):
+        super().__init__(ModelConfig(vocab_size=vocab_size, hidden_size=8, intermediate_size=8,
+                                     num_hidden_layers=1, num_attention_heads=1,
+                                     num_key_value_heads=1))
+        self.script, self.calls = list(script), 0
+
+    def forward(self, input_ids, targets=None, *, kv_cache=None, logits_to_keep=0, **kw):
+        B, T = input_ids.shape
+        logits = torch.zeros(B, T, self.config.vocab_size)
+        logits[:, -1, self.script[min(self.calls, len(self.script) - 1)]] = 1.0
+        self.calls += 1
+        kv_cache.pos += T
+        return logits
+
+
+def tiny_gpt(seed=0, vocab=260, kv_heads=2) -> GPT:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64)
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # sharper, less repetitive distributions than the init
+        model.lm_head.weight.mul_(20)
+    return model
+
+
+def naive_greedy(model, prompt, n):
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [3], [100, 101, 102, 103, 104]]
+
+
+# ----------------------------------------------------------------------------- greedy and cache
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_cached_greedy_equals_full_recomputation(kv_heads):
+    model = tiny_gpt(kv_heads=kv_heads)
+    engine = Engine(model, ByteTokenizer())
+    out = engine.generate(PROMPTS, max_new_tokens=14, stop_token_ids=[])
+    assert out == [naive_greedy(model, p, 14) for p in PROMPTS]
+    assert engine.last_finish_reasons == ["length"] * 3
+    # a row's completion does not depend on the other rows (padding is invisible)
+    assert engine.generate([PROMPTS[1]], max_new_tokens=14, stop_token_ids=[])[0] == out[1]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_seeded_sampling_is_reproducible():
+    engine = Engine(tiny_gpt(), ByteTokenizer())
+    kw = dict(max_new_tokens=20, temperature=1.5, stop_token_ids=[])
+    a = engine.generate(PROMPTS, seed=1, **kw)
+    assert a == engine.generate(PROMPTS, seed=1, **kw)
+    assert a != engine.generate(PROMPTS, seed=2, **kw)
+    assert a != engine.generate(PROMPTS, **{**kw, "temperature": 0.0})
+    top = engine.generate(PROMPTS, seed=1, top_k=5, top_p=0.9, **kw)
+    assert top == engine.generate(PROMPTS, seed=1, top_k=5, top_p=0.9, **kw)
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy():
+    engine = Engine(tiny_gpt(seed=1), ByteTokenizer())
+    greedy = engine.generate(PROMPTS, max_new_tokens=12, stop_token_ids=[])
+    for kw in (dict(top_k=1), dict(top_p=1e-6)):
+        assert engine.generate(PROMPTS, max_new_tokens=12, temperature=2.0, seed=3,
+                               stop_token_ids=[], **kw) == greedy
+
+
+# ----------------------------------------------------------------------------- stops
+
+
+def test_stop_tokens_end_each_row_and_are_not_returned():
+    model = tiny_gpt(seed=2)
+    engine = Engine(model, ByteTokenizer())
+    full = engine.generate(PROMPTS, max_new_tokens=12, stop_token_ids=[])
+    stop = full[0][5]
+    first = full[0].index(stop)
+    out = engine.generate(PROMPTS, max_new_tokens=12, stop_token_ids=[stop])
+    assert out[0] == full[0][:first]
+    for row, ref in zip(out, full):
+        assert row == (ref[:ref.index(stop)] if stop in ref else ref)
+    assert engine.last_finish_reasons[0] == "stop"
+
+
+def test_eos_is_the_default_stop_token():
+    text = "ok"
+    engine = Engine(ScriptedModel([*text.encode(), ByteTokenizer.eos_id, 120, 121]), ByteTokenizer())
+    assert engine.generate([[1]], max_new_tokens=10) == [list(b"ok")]
+    assert engine.last_finish_reasons == ["stop"]
+    engine = Engine(ScriptedModel([*text.encode(), ByteTokenizer.eos_id, 120, 121]), ByteTokenizer())
+    assert engine.generate([[1]], max_new_tokens=5, stop_token_ids=[]) == [[111, 107, 256, 120, 121]]
+
+
+def test_stop_strings_generate_and_stream():
+    script = list("Hi <st <stop> after".encode()) + [ByteTokenizer.eos_id]
+    tok = ByteTokenizer()
+    ids = Engine(ScriptedModel(script), tok).generate([[1]], max_new_tokens=40, stop_strings=["<stop>"])[0]
+    assert tok.decode(ids) == "Hi <st "
+    engine = Engine(ScriptedModel(script), tok)
+    deltas = list(engine.stream([1], max_new_tokens=40, stop_strings=["<stop>", "never"]))
+    assert "".join(deltas) == "Hi <st "
+    assert engine.last_finish_reasons == ["stop"]
+    assert all("<sto" not in d for d in deltas)  # the partial match was held back, not emitted
+
+
+def test_stop_string_inside_a_multi_character_token():
+    tok = WordTokenizer(["Hel", "lo\n\nUs", "er"])
+    script = [0, 1, 2, 0]
+    ids = Engine(ScriptedModel(script, vocab_size=4), tok).generate([[0]], 10, stop_strings=["\n\n"])
+    assert ids == [[0]]  # token granularity: "lo\n\nUs" straddles the stop string, dropped
+    text = "".join(Engine(ScriptedModel(script, vocab_size=4), tok).stream([0], 10, stop_strings=["\n\n"]))
+    assert text == "Hello"  # text granularity: cut exactly before the stop string
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def test_stream_deltas_are_whole_characters():
+    text = "héllo wörld, 你好 🙂 ok"
+    script = list(text.encode("utf-8")) + [ByteTokenizer.eos_id]
+    deltas = list(Engine(ScriptedModel(script), ByteTokenizer()).stream([1], max_new_tokens=100))
+    assert "".join(deltas) == text
+    assert all(d and "\ufffd" not in d for d in deltas)
+    for d in deltas:
+        assert d.encode("utf-8").decode("utf-8") == d  # valid UTF-8, no lone surrogates
+    assert "🙂" in deltas or any("🙂" in d for d in deltas)
+
+
+def test_stream_cut_mid_character_still_joins_to_the_decoded_completion():
+    tok = ByteTokenizer()
+    script = list("a🙂".encode("utf-8"))
+    deltas = list(Engine(ScriptedModel(script), tok).stream([1], max_new_tokens=3))
+    assert deltas[0] == "a" and "".join(deltas) == tok.decode(script[:3])
+
+
+def test_stream_joins_to_decoded_generate_with_a_real_model():
+    model = tiny_gpt(seed=4)
+    tok = ByteTokenizer()
+    ids = Engine(model, tok).generate([PROMPTS[0]], max_new_tokens=30, temperature=1.0, seed=7,
+                                      stop_token_ids=[])[0]
+    deltas = list(Engine(model, tok).stream(PROMPTS[0], max_new_tokens=30, temperature=1.0, seed=7,
+                                             stop_token_ids=[]))
+    assert "".join(deltas) == tok.decode(ids)
+
+
+def test_engine_with_the_gptlab_tokenizer(tiny_tokenizer):
+    from gptlab.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tiny_tokenizer)
+    model = tiny_gpt(seed=5, vocab=tok.vocab_size)
+    engine = Engine(model, tok)
+    prompt = tok.encode("alice lives in")
+    ids = engine.generate([prompt], max_new_tokens=16, stop_token_ids=[])[0]
+    assert ids == naive_greedy(model, prompt, 16)
+    assert "".join(engine.stream(prompt, max_new_tokens=16, stop_token_ids=[])) == tok.decode(ids)
