@@ -74,7 +74,9 @@ def main(argv=None):
     for name, ts in times.items():
         med = statistics.median(ts)
         tps[name] = n / med
-        print(f"{name:>7}: {tps[name]:8.1f} tokens/s  (median {med * 1e3:.0f} ms per generate, {len(ts)} runs)")
+        lo, hi = (n / q for q in statistics.quantiles(ts, n=4)[::2][::-1])
+        print(f"{name:>7}: {tps[name]:8.1f} tokens/s  (IQR {lo:.1f}-{hi:.1f}; median {med * 1e3:.0f} ms "
+              f"per generate, {len(ts)} runs)")
     print(f"  ratio: {tps['gptlab'] / tps['hf']:.2f}x (gptlab / hf)")
     return tps
 

@@ -46,8 +46,8 @@ def build(args):
 
 
 def make_steps(ours, hf, x, y):
-    """One closure per model doing forward + backward + AdamW step."""
-    hf_labels = torch.nn.functional.pad(y, (1, 0), value=-100)[:, :-1]
+    """One closure per model doing forward + backward + AdamW step on the same loss
+    (HF gets ``shift_labels=y``: the same targets, no internal shift)."""
 
     def step_fn(model, loss_fn):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
@@ -62,7 +62,7 @@ def make_steps(ours, hf, x, y):
 
     return {
         "gptlab": step_fn(ours, lambda: ours(x, y)),
-        "hf": step_fn(hf, lambda: hf(input_ids=x, labels=hf_labels).loss),
+        "hf": step_fn(hf, lambda: hf(input_ids=x, labels=y, shift_labels=y).loss),
     }
 
 
@@ -74,6 +74,7 @@ def main(argv=None):
     x = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len + 1), generator=g)
     x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()
     steps = make_steps(ours, hf, x, y)
+    first = {name: step() for name, step in steps.items()}  # also the first warm-up step
     times = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
         for name in (list(steps) if i % 2 == 0 else list(steps)[::-1]):
@@ -82,6 +83,8 @@ def main(argv=None):
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
     tokens = args.batch_size * args.seq_len
+    print(f"same initial loss: {abs(first['gptlab'] - first['hf']) < 1e-4} "
+          f"(gptlab {first['gptlab']:.5f}, hf {first['hf']:.5f})")
     print(f"config: depth={args.depth} params={ours.num_params() / 1e6:.2f}M vocab={cfg.vocab_size} "
           f"batch={args.batch_size}x{args.seq_len} threads={args.threads} tied={args.tied} "
           f"torch={torch.__version__}")
@@ -89,7 +92,9 @@ def main(argv=None):
     for name, ts in times.items():
         med = statistics.median(ts)
         tps[name] = tokens / med
-        print(f"{name:>7}: {tps[name]:10.0f} tokens/s  (median step {med * 1e3:.1f} ms over {len(ts)} steps)")
+        lo, hi = (tokens / q for q in statistics.quantiles(ts, n=4)[::2][::-1])
+        print(f"{name:>7}: {tps[name]:10.0f} tokens/s  (IQR {lo:.0f}-{hi:.0f}; median step "
+              f"{med * 1e3:.1f} ms over {len(ts)} steps)")
     print(f"  ratio: {tps['gptlab'] / tps['hf']:.2f}x (gptlab / hf)")
     return tps
 

@@ -15,6 +15,10 @@ EXAMPLES = {
     "pretrain": "gptlab pretrain --data runs/demo/world/corpus --tokenizer runs/demo/tokenizer --out runs/demo/pretrain --depth 4 --max-steps 600",
     "generate": 'gptlab generate --model runs/demo/pretrain/final --prompt "The capital of France is" --max-new-tokens 20',
     "speedrun": "gptlab speedrun --out runs/demo",
+    "sft": "gptlab sft --init runs/demo/pretrain/final --data runs/demo/world --mix runs/demo/world/corpus:0.2 --out runs/demo/sft",
+    "chat": 'gptlab chat --model runs/demo/sft/final --system "Answer in one word."',
+    "eval": "gptlab eval --model runs/demo/sft/final --world runs/demo/world --suite world --suite bpb --limit 50",
+    "report": "gptlab report runs/demo",
 }
 
 
@@ -52,8 +56,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
         else:
+            shown = "" if default is None else f" (default: {default})"
             parser.add_argument(flag, dest=f.name, type=tp, default=default,
-                                help=f"{help_text} (default: {default})")
+                                help=help_text + shown)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
@@ -80,8 +85,9 @@ def cmd_tokenizer_train(args) -> None:
 
 def cmd_pretrain(args) -> None:
     from gptlab.train.pretrain import PretrainConfig, pretrain
+    from gptlab.train.loop import print0
     final = pretrain(dataclass_from_args(PretrainConfig, args))
-    print(f"final checkpoint: {final}")
+    print0(f"final checkpoint: {final}")
 
 
 def cmd_generate(args) -> None:
@@ -106,6 +112,100 @@ def cmd_generate(args) -> None:
 def cmd_speedrun(args) -> None:
     from gptlab.speedrun import speedrun
     speedrun(out=Path(args.out), preset=args.preset, scale=args.scale)
+
+
+def _add_sft(sub) -> None:
+    p = _parser(sub, "sft", "supervised fine-tuning on chat data (full or LoRA; torchrun for "
+                "several processes) -> OUT/final", "sft")
+    from gptlab.train.sft import SFTConfig
+    add_dataclass_args(p, SFTConfig)
+    p.set_defaults(func=cmd_sft)
+
+
+def cmd_sft(args) -> None:
+    from gptlab.train.loop import print0
+    from gptlab.train.sft import SFTConfig, sft
+    final = sft(dataclass_from_args(SFTConfig, args))
+    print0(f"final checkpoint: {final}")
+
+
+def _add_chat(sub) -> None:
+    p = _parser(sub, "chat", "chat with a model in the terminal (streaming; /help lists the "
+                "commands)", "chat")
+    p.add_argument("--model", required=True, help="checkpoint directory (gptlab, HF Llama, or with a LoRA adapter)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply (default: 256)")
+    p.add_argument("--seed", type=int, default=None, help="seed sampling for repeatable replies")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_chat)
+
+
+def cmd_chat(args) -> None:
+    from gptlab.chat_cli import run_chat
+    run_chat(args.model, system=args.system, temperature=args.temperature, top_k=args.top_k,
+             top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+             device=args.device)
+
+
+def _add_eval(sub) -> None:
+    p = _parser(sub, "eval", "evaluate a checkpoint on miniworld's held-out sets (gold judge) "
+                "-> CKPT/eval.json; or --compare two evals", "eval")
+    p.add_argument("--model", help="checkpoint directory (gptlab or HF Llama)")
+    p.add_argument("--world", help="miniworld directory (kb.json, eval/*.jsonl)")
+    p.add_argument("--suite", action="append",
+                   help="bpb, fact, chat, tail, calibration; world (= fact for base models, chat "
+                        "for chat models) or all; repeatable (default: by model kind)")
+    p.add_argument("--limit", type=int, default=None, help="at most N items per task")
+    p.add_argument("--out", default=None, help="write the JSON here instead of MODEL/eval.json")
+    p.add_argument("--kind", choices=["auto", "base", "chat"], default="auto",
+                   help="override the base / chat detection (default: auto)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
+    p.add_argument("--tail-k", type=int, default=8, help="samples per prompt for the tail (default: 8)")
+    p.add_argument("--tail-prompts", type=int, default=4,
+                   help="prompts per category for the tail (default: 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="cap on generated tokens per reply (default: sized per task)")
+    p.add_argument("--bpb-text", default=None, help="held-out text for bpb (default: the run's val shards)")
+    p.add_argument("--mc-shots", type=int, default=3,
+                   help="solved examples before each calibration question (default: 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="print two eval.json files (or checkpoint dirs) side by side")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> None:
+    from gptlab.evals import compare, evaluate, format_table
+    if args.compare:
+        print(compare(*args.compare))
+        return
+    if not args.model or not args.world:
+        raise ValueError("gptlab eval needs --model and --world (or --compare A B)")
+    result = evaluate(args.model, args.world, args.suite, args.limit, kind=args.kind,
+                      out=args.out, batch_size=args.batch_size, tail_k=args.tail_k,
+                      tail_prompts=args.tail_prompts, max_new_tokens=args.max_new_tokens,
+                      bpb_text=args.bpb_text, mc_shots=args.mc_shots, seed=args.seed,
+                      device=args.device, progress=args.progress)
+    print(format_table(result))
+    print(f"\nwrote {args.out or Path(args.model) / 'eval.json'}")
+
+
+def _add_report(sub) -> None:
+    p = _parser(sub, "report", "write RUN_DIR/REPORT.md: stage metrics, loss curves, eval tables, "
+                "plots, commands", "report")
+    p.add_argument("run_dir", help="run directory (e.g. runs/demo)")
+    p.add_argument("--out", default=None, help="write the report here instead of RUN_DIR/REPORT.md")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> None:
+    from gptlab.report import report
+    print(f"wrote {report(args.run_dir, out=args.out)}")
 
 
 # ---------------------------------------------------------------- parser
@@ -164,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="small", choices=["tiny", "small", "full"],
                    help="miniworld scale (tiny is for tests)")
     p.set_defaults(func=cmd_speedrun)
+    _add_sft(sub)
+    _add_chat(sub)
+    _add_eval(sub)
+    _add_report(sub)
     return parser
 
 

@@ -42,6 +42,7 @@ class Engine:
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop_token_ids=None, stop_strings=None) -> list[list[int]]:
         """Complete each prompt (a list of token ids); returns the completion ids only."""
+        self._check(temperature, stop_strings)
         stops, stop_strings = self._stop_ids(stop_token_ids), list(stop_strings or [])
         out = [[] for _ in prompts]
         done = [False] * len(prompts)
@@ -64,6 +65,7 @@ class Engine:
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop_token_ids=None, stop_strings=None) -> Iterator[str]:
         """Yield the completion of one prompt as text deltas (whole characters only)."""
+        self._check(temperature, stop_strings, need_tokenizer=True)
         stops, stop_strings = self._stop_ids(stop_token_ids), list(stop_strings or [])
         ids, emitted, done = [], "", [False]
         self.last_finish_reasons = ["length"]
@@ -86,6 +88,12 @@ class Engine:
             yield text[len(emitted):]
 
     # ------------------------------------------------------------------ internals
+
+    def _check(self, temperature, stop_strings, need_tokenizer=False) -> None:
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if (stop_strings or need_tokenizer) and self.tokenizer is None:
+            raise ValueError("stop strings and streaming need a tokenizer")
 
     def _stop_ids(self, stop_token_ids) -> set[int]:
         if stop_token_ids is not None:
@@ -154,7 +162,7 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
     if temperature == 0.0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
+    if top_k and top_k < logits.shape[-1]:  # None or 0: no top-k
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:

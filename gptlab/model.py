@@ -30,6 +30,10 @@ tokens) and an AdamW learning rate for it.
 ``position_ids`` so that RoPE positions start at 0 for every prompt (gptlab.engine does
 this). Left padding keeps the cache a single dense tensor and a decode step one batched
 matmul per layer.
+
+Two small autograd functions keep training lean without changing any math (see
+docs/PERFORMANCE.md): RoPE written as one rotation with one output buffer, and a fused
+linear + cross-entropy that never materialises the (tokens x vocab) logits.
 """
 
 from __future__ import annotations
@@ -151,16 +155,18 @@ def preset(depth: int, vocab_size: int, max_seq_len: int = 2048) -> ModelConfig:
         raise ValueError("depth must be >= 1")
     width = 64 * depth
     head_dim = 64 if depth >= 8 else 32
-    if width % head_dim:
-        head_dim = 32
     n_head = width // head_dim
-    n_kv = max(d for d in range(1, n_head + 1) if n_head % d == 0 and d * GQA_RATIO <= max(n_head, 2))
     hidden = 64 * math.ceil(8 * width / 3 / 64)
     return ModelConfig(
         vocab_size=vocab_size, hidden_size=width, intermediate_size=hidden,
-        num_hidden_layers=depth, num_attention_heads=n_head, num_key_value_heads=n_kv,
+        num_hidden_layers=depth, num_attention_heads=n_head, num_key_value_heads=_kv_heads(n_head),
         max_position_embeddings=max_seq_len,
     )
+
+
+def _kv_heads(n_head: int) -> int:
+    """The most K/V heads with at least GQA_RATIO query heads each (n_head/2 when even)."""
+    return max(d for d in range(1, n_head + 1) if n_head % d == 0 and d * GQA_RATIO <= max(n_head, GQA_RATIO))
 
 
 def training_defaults(depth: int) -> dict:
@@ -254,27 +260,35 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     Rows are processed in chunks; the gradients (softmax - onehot) are folded into dh and
     dw during the forward pass, so backward is a rescale (the "fused linear cross-entropy"
-    of Liger-Kernel, Hsu et al. 2024, arXiv:2410.10989). On CPU this avoids several
-    full-size allocations and passes over N x V floats.
+    of Liger-Kernel, Hsu et al. 2024, arXiv:2410.10989). Saves several N x V passes and
+    allocations on CPU, and the N x V fp32 logits in GPU memory. Matmuls run in the
+    autocast dtype when autocast is on; log-softmax and dw accumulate in (at least) fp32.
     """
 
     @staticmethod
     def forward(ctx, h, w, targets, ignore_index, chunk):
+        dev = h.device.type
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
+        acc = torch.promote_types(cdt, torch.float32)
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         valid = targets != ignore_index
         safe = torch.where(valid, targets, 0)
-        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         dh = torch.empty_like(h) if want_grad else None
-        acc = torch.promote_types(h.dtype, torch.float32)  # logits and dw at least fp32
         dw = torch.zeros_like(w, dtype=acc) if want_grad else None
         total = torch.zeros((), dtype=acc, device=h.device)
-        for i in range(0, h.shape[0], chunk):
-            hc, tc, vc = h[i:i + chunk], safe[i:i + chunk, None], valid[i:i + chunk, None]
-            logp = torch.log_softmax((hc @ w.t()).to(acc), dim=-1)
-            total -= (logp.gather(1, tc) * vc).sum()
-            if want_grad:  # softmax - onehot, zero on ignored rows, written in place
-                p = logp.exp_().scatter_add_(1, tc, -vc.to(acc)).mul_(vc)
-                torch.mm(p.to(h.dtype), w, out=dh[i:i + chunk])
-                dw.addmm_(p.t(), hc.to(acc))
+        with torch.autocast(dev, enabled=False):
+            wc = w.to(cdt)
+            for i in range(0, h.shape[0], chunk):
+                hc, tc, vc = h[i:i + chunk].to(cdt), safe[i:i + chunk, None], valid[i:i + chunk, None]
+                logp = torch.log_softmax((hc @ wc.t()).to(acc), dim=-1)
+                total -= (logp.gather(1, tc) * vc).sum()
+                if want_grad:  # softmax - onehot, zero on ignored rows, in place
+                    p = logp.exp_().scatter_add_(1, tc, -vc.to(acc)).mul_(vc).to(cdt)
+                    dh[i:i + chunk] = p @ wc
+                    if cdt == acc:
+                        dw.addmm_(p.t(), hc)
+                    else:
+                        dw += p.t() @ hc
         n = valid.sum()
         ctx.save_for_backward(dh, dw, n)
         ctx.w_dtype = w.dtype
@@ -284,12 +298,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         dh, dw, n = ctx.saved_tensors
         scale = grad / n
-        return (dh * scale.to(dh.dtype), (dw * scale).to(ctx.w_dtype), None, None, None)
+        return dh * scale.to(dh.dtype), (dw * scale).to(ctx.w_dtype), None, None, None
 
 
 def linear_cross_entropy(h, w, targets, ignore_index=-100, chunk=None):
-    """Mean cross-entropy of the logits ``h @ w.T`` (fp32) against ``targets``."""
-    chunk = chunk or max(1, (1 << 20) // w.shape[0])
+    """Mean cross-entropy of the logits ``h @ w.T`` (in fp32) against ``targets``;
+    h (N, d), w (V, d), targets (N,)."""
+    chunk = chunk or max(256, (1 << 20) // w.shape[0])
     return _LinearCrossEntropy.apply(h, w, targets, ignore_index, chunk)
 
 
@@ -324,11 +339,11 @@ def attend(q, k, v, mask):
         # decoding: fold each K/V group's query heads into the query axis; no K/V copies
         y = F.scaled_dot_product_attention(q.reshape(B, n_kv, H // n_kv, hd), k, v, attn_mask=mask)
         return y.reshape(B, H, 1, hd)
-    if H != n_kv:
+    if isinstance(mask, str):  # training / unpadded prefill: flash kernels do GQA natively
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != n_kv)
+    if H != n_kv:  # explicit masks: expand K/V so every backend accepts them
         k = k.repeat_interleave(H // n_kv, dim=1)
         v = v.repeat_interleave(H // n_kv, dim=1)
-    if isinstance(mask, str):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -459,12 +474,13 @@ class GPT(nn.Module):
 
     # -- forward
 
-    def rope(self, length: int, device, dtype):
+    def _rope_tables(self, length: int, x):
+        """cos/sin tables covering ``length`` positions, cached on x's device and dtype."""
         cos = self._rope[0] if self._rope is not None else None
-        if cos is None or cos.shape[0] < length or cos.device != device or cos.dtype != dtype:
+        if cos is None or cos.shape[0] < length or cos.device != x.device or cos.dtype != x.dtype:
             n = max(length, self.config.max_position_embeddings)
-            cos, sin = rope_tables(self.config.head_dim, self.config.rope_theta, n, device)
-            self._rope = (cos.to(dtype), sin.to(dtype))
+            cos, sin = rope_tables(self.config.head_dim, self.config.rope_theta, n, x.device)
+            self._rope = (cos.to(x.dtype), sin.to(x.dtype))
         return self._rope
 
     def forward(self, input_ids, targets=None, *, kv_cache: KVCache | None = None,
@@ -474,13 +490,15 @@ class GPT(nn.Module):
         ``targets`` (B, T) (already shifted: targets[:, t] is the token after input_ids[:, t]).
 
         attention_mask: (B, T) or (B, past+T), 1 for real tokens, 0 for (left) padding.
-        position_ids: (B, T) RoPE positions; default past+0 .. past+T-1.
+        position_ids: (B, T) RoPE positions; default past+0 .. past+T-1 (with a kv_cache
+            they must stay below ``kv_cache.max_len``, as left padding guarantees).
+        kv_cache: a ``KVCache``; keys/values are written at ``kv_cache.pos``, which advances by T.
         logits_to_keep: if > 0, only the last that many positions get logits (generation).
         """
         B, T = input_ids.shape
         past = kv_cache.pos if kv_cache is not None else 0
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self._rope_for(T, past, position_ids, x)
+        cos, sin = self._rope_for(T, past, position_ids, kv_cache, x)
         mask = self._mask(B, T, past, attention_mask, kv_cache, x.device)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, kv_cache)
@@ -491,19 +509,17 @@ class GPT(nn.Module):
             x = x[:, -logits_to_keep:]
         if targets is None:
             return self.lm_head(x).float()
-        if torch.is_autocast_enabled(x.device.type):  # mixed precision: plain, cast logits
-            logits = self.lm_head(x).float()
-            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1),
-                                   ignore_index=ignore_index)
         return linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.lm_head.weight,
                                     targets.reshape(-1), ignore_index)
 
-    def _rope_for(self, T, past, position_ids, x):
+    def _rope_for(self, T, past, position_ids, kv_cache, x):
         """cos/sin shaped to broadcast over (B, T, heads, head_dim)."""
         if position_ids is None:
-            cos, sin = self.rope(past + T, x.device, x.dtype)
+            cos, sin = self._rope_tables(past + T, x)
             return cos[past:past + T, None, :], sin[past:past + T, None, :]
-        cos, sin = self.rope(int(position_ids.max()) + 1, x.device, x.dtype)
+        # left-padded positions never exceed the cache slot, so no need to read max() back
+        bound = kv_cache.max_len if kv_cache is not None else int(position_ids.max()) + 1
+        cos, sin = self._rope_tables(bound, x)
         return cos[position_ids].unsqueeze(2), sin[position_ids].unsqueeze(2)
 
     def _mask(self, B, T, past, attention_mask, kv_cache, device):
@@ -520,8 +536,8 @@ class GPT(nn.Module):
             return None if T == 1 else ("causal" if past == 0 else _causal(T, past, device)[None, None])
         # causal AND key is real; a padding query attends to itself so no row is empty
         q_pos = past + torch.arange(T, device=device)
-        k_pos = torch.arange(past + T, device=device)
-        allowed = _causal(T, past, device)[None] & (valid[:, None, :] | (k_pos[None, :] == q_pos[:, None])[None])
+        itself = torch.arange(past + T, device=device)[None, :] == q_pos[:, None]  # (T, past+T)
+        allowed = _causal(T, past, device) & (valid[:, None, :] | itself)  # (B, T, past+T)
         return allowed[:, None]
 
 

@@ -14,6 +14,15 @@ from gptlab.engine import Engine
 from gptlab.model import GPT, ModelConfig
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is fastest, and immune to stalls when the CPU is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class ByteTokenizer:
     """Tokens 0..255 are bytes; 256 is end-of-text. Decoding replaces broken UTF-8 with U+FFFD."""
 
@@ -199,3 +208,14 @@ def test_engine_with_the_gptlab_tokenizer(tiny_tokenizer):
     ids = engine.generate([prompt], max_new_tokens=16, stop_token_ids=[])[0]
     assert ids == naive_greedy(model, prompt, 16)
     assert "".join(engine.stream(prompt, max_new_tokens=16, stop_token_ids=[])) == tok.decode(ids)
+
+
+def test_argument_errors_are_clear():
+    engine = Engine(tiny_gpt(), tokenizer=None)
+    with pytest.raises(ValueError, match="temperature"):
+        engine.generate(PROMPTS, max_new_tokens=2, temperature=-1.0)
+    with pytest.raises(ValueError, match="tokenizer"):
+        engine.generate(PROMPTS, max_new_tokens=2, stop_strings=["x"])
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.generate([[1], []], max_new_tokens=2)
+    assert engine.generate(PROMPTS, max_new_tokens=0) == [[], [], []]

@@ -17,6 +17,15 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 TOL = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is fastest, and immune to stalls when the CPU is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_config(kv_heads=2, tied=False, **kw) -> ModelConfig:
     base = dict(vocab_size=300, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=kv_heads, tie_word_embeddings=tied,
@@ -259,3 +268,19 @@ def test_flops_per_token_matches_counted_matmul_flops():
     n = model.num_params(non_embedding=True)
     assert expected == 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * T
     assert model.num_params() - n == cfg.vocab_size * cfg.hidden_size
+
+
+def test_fused_loss_under_bf16_autocast_matches_plain_cross_entropy():
+    torch.manual_seed(7)
+    cfg = tiny_config()
+    model = GPT(cfg)
+    x, y = (torch.randint(0, cfg.vocab_size, (2, 16)) for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = model(x, y)
+        plain = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    assert fused.dtype == torch.float32
+    assert abs(fused.item() - plain.item()) < 1e-2
+    g_fused = torch.autograd.grad(fused, model.lm_head.weight)[0]
+    g_plain = torch.autograd.grad(plain, model.lm_head.weight)[0]
+    assert g_fused.dtype == torch.float32
+    assert (g_fused - g_plain).abs().max() <= 0.02 * g_plain.abs().max()

@@ -51,6 +51,7 @@ class PretrainConfig:
     vocab_size: int = _f(4096, "vocabulary size when a tokenizer has to be trained")
     out: str = _f("runs/pretrain", "output directory (checkpoints, final model, metrics)")
     depth: int = _f(4, "number of transformer layers: the one dial the model size derives from")
+    width: int | None = _f(None, "hidden size, a multiple of the head size (32 below depth 8, else 64); unset: 64 x depth. A finer size dial for scaling sweeps")
     seq_len: int | None = _f(None, "context length in tokens; unset: 256 up to depth 6, 1024 up to 12, else 2048")
     device_batch_size: int | None = _f(None, "sequences per micro-batch per process; unset: 16 up to depth 6, else 32")
     total_batch_tokens: int | None = _f(None, "tokens per optimizer step over all processes; unset: from depth, 2^13 .. 2^19")
@@ -113,7 +114,8 @@ def resolve_config(cfg: PretrainConfig, world_size: int, num_params: int | None 
         total = max(1, math.ceil(d["batch_tokens"] / per)) * per
     cfg = dataclasses.replace(
         cfg, seq_len=seq_len, device_batch_size=bsz, total_batch_tokens=total,
-        lr=_pick(cfg.lr, d["lr"]), weight_decay=_pick(cfg.weight_decay, d["weight_decay"]),
+        lr=_pick(cfg.lr, d["lr"] * math.sqrt(64 * cfg.depth / (cfg.width or 64 * cfg.depth))),
+        weight_decay=_pick(cfg.weight_decay, d["weight_decay"]),
         final_lr_frac=_pick(cfg.final_lr_frac, d["min_lr_frac"]),
         grad_clip=_pick(cfg.grad_clip, d["grad_clip"]),
         tokens_per_param=_pick(cfg.tokens_per_param, d["tokens_per_param"]))
@@ -135,7 +137,7 @@ def validate_config(cfg: PretrainConfig) -> None:
         raise ValueError(f"--optimizer must be adamw or muon, got {cfg.optimizer!r}")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
-    for name in ("depth", "seq_len", "device_batch_size", "total_batch_tokens", "max_steps",
+    for name in ("depth", "width", "seq_len", "device_batch_size", "total_batch_tokens", "max_steps",
                  "eval_batches"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
@@ -223,10 +225,26 @@ def build_model(cfg: PretrainConfig, tokenizer, device: torch.device):
     from gptlab.model import GPT, preset
 
     mcfg = preset(cfg.depth, tokenizer.vocab_size, max_seq_len=cfg.seq_len)
+    if cfg.width:
+        mcfg = with_width(mcfg, cfg.width)
     mcfg.bos_token_id, mcfg.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
     mcfg.pad_token_id = tokenizer.pad_id
     torch.manual_seed(cfg.seed)
     return GPT(mcfg).to(device)
+
+
+def with_width(mcfg, width: int):
+    """`preset`'s recipe at another width (--width): same depth and head size, GQA ratio,
+    SwiGLU hidden = 8/3 x width rounded up to 64. Used by scaling sweeps (gptlab.scaling)."""
+    from gptlab.model import GQA_RATIO
+
+    if width % mcfg.head_dim:
+        raise ValueError(f"--width {width} is not a multiple of the head size {mcfg.head_dim}")
+    heads = width // mcfg.head_dim
+    kv = max(k for k in range(1, heads + 1) if heads % k == 0 and k * GQA_RATIO <= max(heads, GQA_RATIO))
+    return dataclasses.replace(mcfg, hidden_size=width, num_attention_heads=heads,
+                               num_key_value_heads=kv,
+                               intermediate_size=64 * math.ceil(8 * width / 3 / 64))
 
 
 def make_evaluator(model, cfg: PretrainConfig, shard_dir: Path, tokenizer, env: DistEnv,
@@ -284,7 +302,7 @@ def make_saver(model, optimizer, loader, tokenizer, cfg: PretrainConfig, env: Di
 
 
 # Fields that change the model or the data stream: resuming with other values is an error.
-_RESUME_FIXED = ("depth", "seq_len", "total_batch_tokens", "seed", "optimizer")
+_RESUME_FIXED = ("depth", "width", "seq_len", "total_batch_tokens", "seed", "optimizer")
 
 
 def maybe_resume(cfg: PretrainConfig, model, optimizer, loader, env: DistEnv) -> int:

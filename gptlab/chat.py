@@ -1,0 +1,378 @@
+"""Chat rendering for SFT and generation: template text -> token ids + loss mask -> batches.
+
+A conversation is a list of ``{"role": "system" | "user" | "assistant", "content": str}``
+messages. It is rendered with the tokenizer's own chat template -- ChatML for gptlab's
+native tokenizers, ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message -- and cut
+into *segments*: consecutive pieces of the rendered text, each either trained on or not.
+The trained pieces are exactly each assistant turn's content plus its end-of-turn token
+(``<|im_end|>``); the role header before it and the ``\\n`` after it are not trained, nor
+is anything said by the system or the user, nor an assistant turn listed in
+``meta.masked_turns`` (a deliberately wrong answer kept only as context).
+
+- Native ChatML is rendered directly (the text equals ``Tokenizer.apply_chat_template``).
+- Any other template (an imported model's) is rendered through jinja2 as transformers
+  does, and the assistant spans come from rendering prefixes: the text of
+  ``messages[:k]`` with the generation prompt ends where assistant turn ``k`` begins; the
+  turn ends after its content and the special token that follows it (``<|eot_id|>``,
+  ``</s>``, ...).
+
+Each segment is tokenized on its own and the ids concatenated, so the mask is exact by
+construction and a prompt rendered for generation (``render_prompt``) is tokenized the
+same way the model saw it in training. Segment boundaries fall on special tokens or
+after a header's newline, where the BPE pre-tokenizer splits anyway, so the ids equal
+``tokenizer.encode(full_text)`` (tests check this on miniworld).
+
+Batches (``collate``): every row holds exactly one whole conversation, right-padded.
+With causal attention a real token only sees earlier tokens of its own row, so no
+attention or loss can cross conversations, position ids start at 0 for every
+conversation as they do at generation time, and no attention mask is needed.
+``length_grouped_batches`` puts conversations of similar length together, so the padding
+costs little (measured in docs/CHAT.md). Conversations longer than the context are
+dropped (default) or truncated, and counted (``fit_examples``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from gptlab.tokenizer import CHATML_TEMPLATE
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _check_messages(messages: Sequence[dict]) -> None:
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i} must be {{'role': one of {ROLES}, 'content': str}}, got {m!r}")
+
+
+def is_native_chatml(tokenizer) -> bool:
+    """True when the tokenizer uses gptlab's ChatML template and has the ChatML tokens."""
+    return (tokenizer.chat_template.strip() == CHATML_TEMPLATE.strip()
+            and tokenizer.im_start_id is not None and tokenizer.im_end_id is not None)
+
+
+def chat_segments(tokenizer, messages: Sequence[dict], *, masked_turns: Iterable[int] = (),
+                  add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+    """The rendered conversation as consecutive ``(text, trained)`` pieces.
+
+    Joined, the texts equal ``tokenizer.apply_chat_template(messages, add_generation_prompt)``;
+    ``trained`` is True exactly for each assistant turn's content and end-of-turn token,
+    except turns whose index is in ``masked_turns``.
+    """
+    _check_messages(messages)
+    skip = set(masked_turns or ())
+    if is_native_chatml(tokenizer):
+        return _chatml_segments(messages, skip, add_generation_prompt)
+    return _template_segments(tokenizer, messages, skip, add_generation_prompt)
+
+
+def _chatml_segments(messages, skip, add_generation_prompt) -> list[tuple[str, bool]]:
+    segs, pending = [], ""
+    for i, m in enumerate(messages):
+        header = f"<|im_start|>{m['role']}\n"
+        if m["role"] == "assistant" and i not in skip:
+            segs += [(pending + header, False), (m["content"] + "<|im_end|>", True)]
+            pending = "\n"
+        else:
+            pending += header + m["content"] + "<|im_end|>\n"
+    if add_generation_prompt:
+        pending += "<|im_start|>assistant\n"
+    if pending:
+        segs.append((pending, False))
+    return [s for s in segs if s[0]]
+
+
+def _template_segments(tokenizer, messages, skip, add_generation_prompt) -> list[tuple[str, bool]]:
+    """Any chat template: assistant spans found by rendering prefixes."""
+    render = tokenizer.apply_chat_template
+    full = render(list(messages), add_generation_prompt=add_generation_prompt)
+    spans = []
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant" or k in skip:
+            continue
+        prefix = render(list(messages[:k]), add_generation_prompt=True)
+        upto = render(list(messages[:k + 1]), add_generation_prompt=False)
+        if not (upto.startswith(prefix) and full.startswith(upto)):
+            raise ValueError("this tokenizer's chat template renders a conversation differently "
+                             "from its prefixes, so assistant turns cannot be located for the "
+                             f"loss mask (turn {k})")
+        spans.append((len(prefix), _turn_end(tokenizer, upto, len(prefix), m["content"])))
+    segs, pos = [], 0
+    for start, end in spans:
+        segs += [(full[pos:start], False), (full[start:end], True)]
+        pos = end
+    segs.append((full[pos:], False))
+    return [s for s in segs if s[0]]
+
+
+def _turn_end(tokenizer, text: str, start: int, content: str) -> int:
+    """Where assistant turn text[start:] ends: after its content and the end-of-turn special
+    token that follows it (possibly after a space). Templates that transform the content
+    (e.g. trim it) fall back to the turn's whole text minus trailing whitespace."""
+    body = text[start:]
+    if body.startswith(content):
+        end = start + len(content)
+    else:
+        core = content.strip()
+        pos = body.find(core) if core else -1
+        if pos < 0 or body[:pos].strip():
+            return start + len(body.rstrip())
+        end = start + pos + len(core)
+    rest = text[end:]
+    gap = len(rest) - len(rest.lstrip(" "))
+    marker = _leading_special(tokenizer, rest[gap:])
+    return end + gap + len(marker) if marker else end
+
+
+def _leading_special(tokenizer, text: str) -> str:
+    """The special token string ``text`` starts with (e.g. "<|im_end|>"), or ""."""
+    if not text:
+        return ""
+    ids = tokenizer.encode(text[:64])
+    if not ids:
+        return ""
+    s = tokenizer.decode(ids[:1])
+    if len(s) > 1 and text.startswith(s) and tokenizer.decode(ids[:1], skip_special_tokens=True) == "":
+        return s
+    return ""
+
+
+def render_chat(tokenizer, messages: Sequence[dict], *, masked_turns: Iterable[int] = (),
+                add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and its loss mask (1 = a token the model learns to say)."""
+    return _assemble(chat_segments(tokenizer, messages, masked_turns=masked_turns,
+                                   add_generation_prompt=add_generation_prompt),
+                     tokenizer.encode_batch)
+
+
+def render_prompt(tokenizer, messages: Sequence[dict]) -> list[int]:
+    """Ids of a conversation (ending with a user turn) plus the assistant header: the
+    prompt a model completes to reply, tokenized exactly as in training."""
+    return render_chat(tokenizer, messages, add_generation_prompt=True)[0]
+
+
+def _assemble(segs: list[tuple[str, bool]], encode_batch) -> tuple[list[int], list[int]]:
+    ids, mask = [], []
+    for (_, trained), piece in zip(segs, encode_batch([t for t, _ in segs])):
+        ids += piece
+        mask += [int(trained)] * len(piece)
+    return ids, mask
+
+
+def render_records(tokenizer, records: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
+    """``render_chat`` for many ``{"messages", "meta"?}`` records (``meta.masked_turns``
+    honoured), with one batched tokenizer call."""
+    all_segs = [chat_segments(tokenizer, r["messages"],
+                              masked_turns=(r.get("meta") or {}).get("masked_turns") or ())
+                for r in records]
+    flat = tokenizer.encode_batch([t for segs in all_segs for t, _ in segs]) if all_segs else []
+    out, i = [], 0
+    for segs in all_segs:
+        pieces = flat[i:i + len(segs)]
+        i += len(segs)
+        out.append(_assemble(segs, lambda _texts, p=pieces: p))
+    return out
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Tokens that end an assistant turn: eos, ``<|im_end|>``, and the end-of-turn token
+    the chat template puts after an assistant message (e.g. Llama 3's ``<|eot_id|>``)."""
+    ids = {tokenizer.eos_id}
+    if tokenizer.im_end_id is not None:
+        ids.add(tokenizer.im_end_id)
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    try:
+        trained = [t for t, on in chat_segments(tokenizer, probe) if on]
+    except Exception:  # a template that rejects the probe: eos / im_end only
+        trained = []
+    if trained and trained[0].startswith("ok"):
+        marker = tokenizer.encode(trained[0][2:].strip())
+        if len(marker) == 1:
+            ids.add(marker[0])
+    return sorted(i for i in ids if i is not None)
+
+
+# --------------------------------------------------------------------------- examples
+
+
+@dataclass
+class Example:
+    """One training sequence: token ids and a 0/1 loss mask of the same length."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+
+    @classmethod
+    def make(cls, ids, mask) -> "Example":
+        return cls(np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_targets(self) -> int:
+        """Tokens in the loss (the first token is never a target: nothing predicts it)."""
+        return int(self.mask[1:].sum())
+
+
+@dataclass
+class FitStats:
+    """What ``fit_examples`` did, for the log and data.json."""
+
+    total: int = 0
+    kept: int = 0
+    too_long: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+    dropped_no_targets: int = 0
+    max_len: int = 0
+    lengths: list = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in vars(self).items() if k != "lengths"}
+        if self.lengths:
+            arr = np.asarray(self.lengths)
+            d.update(mean_len=round(float(arr.mean()), 1), p50_len=int(np.median(arr)),
+                     p99_len=int(np.percentile(arr, 99)))
+        return d
+
+    def summary(self, seq_len: int, policy: str) -> str:
+        s = f"{self.kept}/{self.total} kept"
+        if self.too_long:
+            what = (f"{self.truncated} truncated" if policy == "truncate"
+                    else f"{self.dropped_too_long} dropped")
+            s += f"; {self.too_long} longer than {seq_len + 1} tokens ({what}; longest {self.max_len})"
+        if self.dropped_no_targets:
+            s += f"; {self.dropped_no_targets} dropped with no assistant tokens to learn"
+        return s
+
+
+TOO_LONG_POLICIES = ("drop", "truncate")
+
+
+def fit_examples(examples: Iterable[Example], seq_len: int, policy: str = "drop"
+                 ) -> tuple[list[Example], FitStats]:
+    """Keep the examples that fit a context of ``seq_len`` (a row is ``len - 1`` tokens).
+
+    Longer ones are dropped (``policy="drop"``), or cut to their first ``seq_len + 1``
+    tokens (``"truncate"``; the cut turn then lacks its end-of-turn token). Examples with
+    no target token left are always dropped.
+    """
+    if policy not in TOO_LONG_POLICIES:
+        raise ValueError(f"too-long policy must be one of {TOO_LONG_POLICIES}, got {policy!r}")
+    kept, st = [], FitStats()
+    for ex in examples:
+        st.total += 1
+        st.max_len = max(st.max_len, len(ex))
+        if len(ex) > seq_len + 1:
+            st.too_long += 1
+            if policy == "drop":
+                st.dropped_too_long += 1
+                continue
+            ex = Example(ex.ids[:seq_len + 1], ex.mask[:seq_len + 1])
+            st.truncated += 1
+        if ex.n_targets == 0:
+            st.dropped_no_targets += 1
+            continue
+        kept.append(ex)
+        st.lengths.append(len(ex))
+    st.kept = len(kept)
+    return kept, st
+
+
+def text_examples(token_docs: Iterable[Sequence[int]], seq_len: int) -> list[Example]:
+    """Pretraining text as examples: each document (ids ending with eos) is cut into
+    pieces of at most ``seq_len + 1`` tokens, every token a target."""
+    out = []
+    for ids in token_docs:
+        for i in range(0, max(len(ids) - 1, 1), seq_len):
+            piece = ids[i:i + seq_len + 1]
+            if len(piece) >= 2:
+                out.append(Example.make(piece, np.ones(len(piece), dtype=bool)))
+    return out
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def collate(examples: Sequence[Example], pad_id: int, *, pad_multiple: int = 16,
+            seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of one conversation each, right-padded: ``(x, y)`` int64 ``(B, T)``.
+
+    ``x[i, t]`` is token t, ``y[i, t]`` the next token when the mask trains it, else
+    ``IGNORE_INDEX`` (also on padding). T is the longest row rounded up to
+    ``pad_multiple`` (fewer distinct shapes for compiled / CUDA kernels), at most ``seq_len``.
+    """
+    T = max(len(e) - 1 for e in examples)
+    if pad_multiple > 1:
+        T = -(-T // pad_multiple) * pad_multiple
+    if seq_len is not None:
+        T = min(T, max(seq_len, max(len(e) - 1 for e in examples)))
+    x = np.full((len(examples), T), pad_id, dtype=np.int64)
+    y = np.full((len(examples), T), IGNORE_INDEX, dtype=np.int64)
+    for i, e in enumerate(examples):
+        n = len(e) - 1
+        x[i, :n] = e.ids[:-1]
+        y[i, :n] = np.where(e.mask[1:], e.ids[1:], IGNORE_INDEX)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def length_grouped_batches(lengths: Sequence[int], rows: int, seed: int, epoch: int,
+                           group: int = 64) -> list[list[int]]:
+    """One epoch of micro-batches (lists of example indices), ``rows`` per batch (the last
+    may be short). Examples are shuffled, sorted by length within windows of
+    ``group * rows`` (so a batch holds similar lengths and little padding), and the
+    batches shuffled again; the result depends only on (seed, epoch)."""
+    rng = random.Random(f"sft-{seed}-{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    window = max(rows * group, rows)
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + rows] for i in range(0, len(chunk), rows)]
+    rng.shuffle(batches)
+    return batches
+
+
+# --------------------------------------------------------------------------- chat sessions
+
+
+def fit_history(tokenizer, messages: list[dict], budget: int) -> tuple[list[dict], int]:
+    """Drop the oldest turns (never a leading system message) until the generation prompt
+    has at most ``budget`` tokens. Whole exchanges go: the kept history always starts with
+    a user message. Returns (messages, number of messages dropped); the newest user
+    message is never dropped, so the prompt can still be over budget."""
+    head = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rest = list(messages[len(head):])
+    dropped = 0
+    while len(render_prompt(tokenizer, head + rest)) > budget and len(rest) > 1:
+        rest.pop(0)
+        dropped += 1
+        while len(rest) > 1 and rest[0]["role"] != "user":
+            rest.pop(0)
+            dropped += 1
+    return head + rest, dropped
+
+
+def load_chat_model(path: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32):
+    """``load_checkpoint``, plus a LoRA adapter merged in when the directory has one
+    (``adapter_config.json``, written by ``gptlab sft --lora-r N --no-merge``)."""
+    from gptlab.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, device=device, dtype=dtype)
+    if (Path(path) / "adapter_config.json").is_file():
+        from peft import PeftModel
+        ckpt.model = PeftModel.from_pretrained(ckpt.model, str(path)).merge_and_unload().eval()
+    return ckpt

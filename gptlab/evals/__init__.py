@@ -1,0 +1,16 @@
+"""Evaluation suites judged by the gold judge, and their metric math.
+
+    from gptlab.evals import evaluate, compare
+    result = evaluate("runs/demo/sft/final", "runs/demo/world", ["chat", "calibration"])
+    print(compare("runs/demo/pretrain/final", "runs/demo/sft/final"))
+
+`runner.py` runs suites and writes eval.json, `tasks.py` defines what each held-out task
+counts, `metrics.py` holds the math (ECE, tail percentiles, bits per byte), `plots.py` the
+PNGs. Definitions: docs/EVALS.md.
+"""
+from gptlab.evals.runner import (EVAL_FILE, SUITES, ModelResponder, compare, detect_kind,
+                                 evaluate, format_table, load_eval, resolve_suites)
+from gptlab.evals.tasks import METRICS, aggregate
+
+__all__ = ["EVAL_FILE", "METRICS", "SUITES", "ModelResponder", "aggregate", "compare",
+           "detect_kind", "evaluate", "format_table", "load_eval", "resolve_suites"]

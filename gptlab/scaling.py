@@ -1,0 +1,830 @@
+"""Predictable scaling: predict a bigger run's final loss (and a capability) from small runs.
+
+Four steps, one function each (CLI: ``gptlab scaling sweep|fit|predict|check``):
+
+- :func:`sweep` trains a grid of small models -- IsoFLOP curves: for each compute budget C,
+  several model sizes, each trained for ``tokens = C / flops_per_token`` (the model's own
+  FLOPs counter: 6N + attention, Kaplan et al. 2020) -- and writes each run's final
+  validation loss, bits per byte and fact-completion accuracy (miniworld's
+  ``eval/fact_completion.jsonl``, greedy continuation judged by the gold judge) to one CSV.
+  One tokenizer and one set of token shards serve all runs. Finished runs are skipped, so
+  a killed sweep resumes; ``gpus=`` spreads runs over GPUs (one worker per GPU).
+- :func:`fit` fits, on runs of at most ``max_flops``:
+  the compute-optimal frontier ``L(C) = a * C^b + c`` (IsoFLOP minima from a parabola in
+  log N, Hoffmann et al. 2022 "approach 2"); the parametric law
+  ``L(N, D) = E + A / N^alpha + B / D^beta`` ("approach 3") with a Huber loss (delta 1e-3)
+  on log-loss *summed* over runs, in the log-sum-exp parametrisation
+  ``log L = LSE(a - alpha log N, b - beta log D, e)``, L-BFGS from a grid of
+  initialisations, as the Epoch AI replication of Chinchilla does (Besiroglu et al. 2024,
+  arXiv:2404.10102); bootstrap intervals (runs resampled with replacement); and the
+  capability as ``-log(accuracy) = k * C^-gamma`` on the frontier runs, the form the
+  GPT-4 report (OpenAI 2023, arXiv:2303.08774) used for HumanEval pass rates.
+- :func:`predict` gives, for a budget, the predicted loss with an interval, the
+  compute-optimal size (continuous, and the best size of the ladder) and tokens, the
+  predicted capability, and a plot of the fits with the prediction.
+- :func:`check` trains the predicted configuration at that budget and writes the actual
+  result beside the prediction (``check.json``).
+
+Model sizes: depth (the project's one dial, ``gptlab.model.preset``) is too coarse for CPU
+sweeps, so a size is ``DEPTHxWIDTH`` (``2x96``): ``preset(depth)``'s recipe at that width
+(``PretrainConfig.width``). N is the non-embedding parameter count (the untied output head
+included: it does matmul work), D the training tokens. Every run uses the same batch (in
+tokens), context length, AdamW settings and a cosine schedule over its own length; the LR
+follows the width (``6e-4 * sqrt(768 / width)``).
+
+Layout of ``out``::
+
+    world/ tokenizer/ shards/    miniworld, the shared tokenizer and token shards
+    runs/<name>/final/           each sweep run's model (name: C<budget>_<size>)
+    sweep.csv                    one row per finished run
+    fit.json  predict.json  scaling.png  check.json  check/<name>/
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+# The size ladder: widths ~48-64 x depth. The sweep uses a subset (--sizes); predict picks
+# the best size for a budget from the whole ladder.
+LADDER = ("1x32", "1x64", "2x64", "2x96", "2x128", "3x128", "3x160", "3x192", "4x192", "4x256",
+          "5x256", "5x320", "6x320", "6x384", "8x512", "10x640", "12x768")
+DEFAULT_SIZES = "1x64,2x64,2x96,2x128,3x128,3x160"
+DEFAULT_BUDGETS = "2.5e11,5e11,1e12,2e12"
+CSV_FIELDS = ("name", "budget", "size", "depth", "width", "params", "params_total",
+              "flops_per_token", "batch_tokens", "steps", "tokens", "flops", "val_loss",
+              "val_bpb", "fact_acc", "fact_n", "train_s", "eval_s")
+QUICK = dict(scale="tiny", vocab_size=384, sizes="1x32,1x64", budgets="3e9,6e9", seq_len=64,
+             device_batch_size=8, batch_tokens=512, min_steps=4, eval_batches=2, val_docs=60,
+             fact_limit=12, min_tokens_per_param=0.0, max_tokens_per_param=1e9)
+
+
+@dataclass
+class SweepConfig:
+    """Everything `gptlab scaling sweep` accepts (fields map 1:1 to CLI flags)."""
+
+    out: str = _f("runs/scaling", "output directory (shared data, runs, sweep.csv, fits, plot)")
+    data: str | None = _f(None, "pretraining text (file, dir, hf:org/name); unset: the miniworld corpus")
+    world: str | None = _f(None, "miniworld directory (fact-completion eval); unset: OUT/world, generated")
+    scale: str = _f("small", "miniworld scale when OUT/world is generated (tiny, small, full)")
+    vocab_size: int = _f(2048, "vocabulary of the one tokenizer all runs share")
+    budgets: str = _f(DEFAULT_BUDGETS, "comma-separated compute budgets in FLOPs (IsoFLOP curves)")
+    sizes: str = _f(DEFAULT_SIZES, "comma-separated model sizes DEPTHxWIDTH (or DEPTH: width 64 x depth)")
+    seq_len: int = _f(128, "context length of every run")
+    device_batch_size: int = _f(16, "sequences per micro-batch")
+    batch_tokens: int = _f(2048, "tokens per optimizer step, the same for every run")
+    min_steps: int = _f(40, "skip grid points with fewer optimizer steps")
+    min_tokens_per_param: float = _f(1.0, "skip grid points with fewer training tokens per parameter")
+    max_tokens_per_param: float = _f(400.0, "skip grid points with more training tokens per parameter")
+    eval_batches: int = _f(16, "validation batches for the final val loss / bpb")
+    val_docs: int = _f(1000, "documents held out for validation")
+    fact_limit: int | None = _f(None, "at most this many fact-completion prompts per run; unset: all")
+    seed: int = _f(0, "seed of every run (init and data order)")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int | None = _f(None, "torch CPU threads per run; unset: torch's default")
+    gpus: str | None = _f(None, "comma-separated GPU ids: one worker process per GPU (CUDA_VISIBLE_DEVICES)")
+    quick: bool = _f(False, "a few tiny runs on miniworld 'tiny' (seconds; for tests and smoke checks)")
+    worker: str | None = _f(None, "internal: I/N = run only every N-th pending run, from the I-th")
+
+
+def resolved(cfg: SweepConfig) -> SweepConfig:
+    """--quick replaces the defaults with a seconds-long configuration."""
+    return dataclasses.replace(cfg, **QUICK) if cfg.quick else cfg
+
+
+# --------------------------------------------------------------------------- sizes and grid
+
+
+def parse_size(spec: str) -> tuple[int, int]:
+    """'2x96' -> (2, 96); '3' -> (3, 192) (the depth dial's own width)."""
+    depth, _, width = spec.strip().lower().partition("x")
+    d = int(depth)
+    return d, int(width) if width else 64 * d
+
+
+def model_config(size: str, vocab_size: int, seq_len: int):
+    """The ModelConfig pretrain builds for a size (preset(depth) at the size's width)."""
+    from gptlab.model import preset
+    from gptlab.train.pretrain import with_width
+
+    depth, width = parse_size(size)
+    return with_width(preset(depth, vocab_size, max_seq_len=seq_len), width)
+
+
+def size_stats(size: str, vocab_size: int, seq_len: int) -> dict:
+    """Non-embedding and total parameters and training FLOPs per token of a size
+    (the model is built on the meta device: no memory, no time)."""
+    from gptlab.model import GPT
+
+    with torch.device("meta"):
+        model = GPT(model_config(size, vocab_size, seq_len))
+    return {"params": model.num_params(non_embedding=True), "params_total": model.num_params(),
+            "flops_per_token": model.flops_per_token(seq_len)}
+
+
+def _floats(spec: str) -> list[float]:
+    return [float(x) for x in str(spec).split(",") if x.strip()]
+
+
+def run_name(budget: float, size: str) -> str:
+    return f"C{budget:.3g}_{size}".replace("+", "")
+
+
+def plan_run(budget: float, size: str, cfg: SweepConfig, vocab_size: int) -> dict:
+    """One grid point: steps = round(budget / (flops_per_token x batch_tokens))."""
+    st = size_stats(size, vocab_size, cfg.seq_len)
+    steps = max(1, round(budget / (st["flops_per_token"] * cfg.batch_tokens)))
+    tokens = steps * cfg.batch_tokens
+    depth, width = parse_size(size)
+    return {"name": run_name(budget, size), "budget": budget, "size": size, "depth": depth,
+            "width": width, **st, "batch_tokens": cfg.batch_tokens, "steps": steps,
+            "tokens": tokens, "flops": tokens * st["flops_per_token"]}
+
+
+def plan_grid(cfg: SweepConfig, vocab_size: int) -> list[dict]:
+    """The sweep's runs: budgets x sizes, minus points with too few steps or a
+    tokens-per-parameter ratio outside [min, max] (far from any IsoFLOP minimum)."""
+    plans = []
+    for budget in _floats(cfg.budgets):
+        for size in cfg.sizes.split(","):
+            p = plan_run(budget, size.strip(), cfg, vocab_size)
+            tpp = p["tokens"] / p["params"]
+            if p["steps"] >= cfg.min_steps and cfg.min_tokens_per_param <= tpp <= cfg.max_tokens_per_param:
+                plans.append(p)
+    return plans
+
+
+# --------------------------------------------------------------------------- shared data
+
+
+def prepare_data(cfg: SweepConfig) -> dict:
+    """miniworld (if needed), one tokenizer and one set of token shards for every run."""
+    from gptlab.data.loaders import build_shards
+    from gptlab.data.world import generate_world
+    from gptlab.tokenizer import Tokenizer, train_tokenizer_from_source
+
+    out = Path(cfg.out)
+    world = Path(cfg.world) if cfg.world else out / "world"
+    if not (world / "manifest.json").is_file():
+        if cfg.world:
+            raise FileNotFoundError(f"--world {world} has no manifest.json (gptlab data world)")
+        print(f"generating miniworld ({cfg.scale}) -> {world}", flush=True)
+        generate_world(world, seed=0, scale=cfg.scale)
+    source = cfg.data or str(world / "corpus")
+    tok_dir, shard_dir = out / "tokenizer", out / "shards"
+    if not (tok_dir / "tokenizer.json").is_file():
+        print(f"training a {cfg.vocab_size}-token tokenizer on {source} -> {tok_dir}", flush=True)
+        train_tokenizer_from_source(source, tok_dir, vocab_size=cfg.vocab_size)
+    tok = Tokenizer.load(tok_dir)
+    if not (shard_dir / "shards.json").is_file():
+        build_shards(source, tok, shard_dir, val_docs=cfg.val_docs, progress=False)
+    return {"world": world, "tokenizer": tok_dir, "shards": shard_dir, "vocab_size": tok.vocab_size}
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def fact_accuracy(model, tokenizer, world: Path, limit: int | None = None,
+                  batch_size: int = 64, max_new_tokens: int = 16) -> tuple[float, int]:
+    """Share of eval/fact_completion.jsonl prompts whose greedy continuation (first sentence,
+    up to a newline) states the fact, judged by the gold judge (as `gptlab eval --suite fact`)."""
+    from gptlab.data.judge import Judge
+    from gptlab.engine import Engine
+
+    recs = [json.loads(x) for x in (world / "eval" / "fact_completion.jsonl").read_text().splitlines() if x.strip()]
+    recs = recs[:limit] if limit else recs
+    judge = Judge(json.loads((world / "kb.json").read_text()))
+    engine, start = Engine(model, tokenizer), tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    model.eval()
+    right = 0
+    for i in range(0, len(recs), batch_size):
+        chunk = recs[i:i + batch_size]
+        outs = engine.generate([[start] + tokenizer.encode(r["prompt"]) for r in chunk],
+                               max_new_tokens=max_new_tokens, stop_strings=["\n"])
+        for r, ids in zip(chunk, outs):
+            text = _first_sentence(tokenizer.decode(ids, skip_special_tokens=True))
+            right += not judge.score_record(r, text).hard_failed
+    return right / max(len(recs), 1), len(recs)
+
+
+def _first_sentence(text: str) -> str:
+    import re
+    m = re.search(r"(?<=[.!?。])\s|\n", text)
+    return text[:m.start()] if m else text
+
+
+def train_run(plan: dict, cfg: SweepConfig, data: dict, run_dir: Path) -> dict:
+    """Pretrain one planned run (skipped when run_dir/final holds it), then evaluate it."""
+    from gptlab.checkpoint import load_checkpoint
+    from gptlab.train.pretrain import PretrainConfig, pretrain
+
+    final = run_dir / "final"
+    t0 = time.perf_counter()
+    if _final_step(final) != plan["steps"]:
+        pcfg = PretrainConfig(
+            data=str(data["shards"]), tokenizer=str(data["tokenizer"]), out=str(run_dir),
+            depth=plan["depth"], width=plan["width"], seq_len=cfg.seq_len,
+            device_batch_size=cfg.device_batch_size, total_batch_tokens=cfg.batch_tokens,
+            max_steps=plan["steps"], eval_every=0, eval_batches=cfg.eval_batches, save_every=0,
+            keep_checkpoints=1, seed=cfg.seed, device=cfg.device, progress=False)
+        pretrain(pcfg)
+    train_s = time.perf_counter() - t0
+    ckpt = load_checkpoint(final, device=_device(cfg.device))
+    metrics = ckpt.meta.get("metrics", {})
+    acc, n = fact_accuracy(ckpt.model, ckpt.tokenizer, data["world"], cfg.fact_limit)
+    import shutil
+    shutil.rmtree(run_dir / "ckpt", ignore_errors=True)  # optimizer state: not needed any more
+    return {**plan, "val_loss": metrics["val_loss"], "val_bpb": metrics["val_bpb"],
+            "fact_acc": acc, "fact_n": n, "train_s": round(train_s, 1),
+            "eval_s": round(time.perf_counter() - t0 - train_s, 1)}
+
+
+def _final_step(final: Path) -> int | None:
+    p = final / "gptlab.json"
+    return json.loads(p.read_text()).get("step") if p.is_file() else None
+
+
+def _device(device: str) -> str:
+    from gptlab.train.loop import resolve_device
+    return str(resolve_device(device))
+
+
+# --------------------------------------------------------------------------- the CSV
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a sweep CSV, numbers parsed (an absent file: no rows)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _num(v: str):
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(x) if x.is_integer() and "e" not in v.lower() and "." not in v else x
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row (header first if new); an exclusive lock keeps workers' rows whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if f.tell() == 0:
+            w.writeheader()
+        w.writerow({k: row.get(k) for k in CSV_FIELDS})
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def sweep(cfg: SweepConfig) -> Path:
+    """Train every planned run not yet in OUT/sweep.csv; returns the CSV path."""
+    cfg = resolved(cfg)
+    out = Path(cfg.out)
+    data = prepare_data(cfg)
+    csv_path = out / "sweep.csv"
+    if not cfg.worker:
+        _write_json(out / "sweep.json", {**dataclasses.asdict(cfg), "vocab_size": data["vocab_size"]})
+    done = {r["name"] for r in read_rows(csv_path)}
+    plans = plan_grid(cfg, data["vocab_size"])
+    todo = [p for p in plans if p["name"] not in done]
+    if cfg.gpus and not cfg.worker:
+        _spawn_workers(cfg, todo)
+    else:
+        if cfg.worker:
+            i, n = (int(x) for x in cfg.worker.split("/"))
+            todo = todo[i::n]
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        print(f"sweep: {len(plans)} runs planned, {len(plans) - len(todo)} already done", flush=True)
+        for k, plan in enumerate(todo):
+            row = train_run(plan, cfg, data, out / "runs" / plan["name"])
+            append_row(csv_path, row)
+            print(f"[{k + 1}/{len(todo)}] {row['name']}: N={row['params']:,} D={row['tokens']:,} "
+                  f"loss {row['val_loss']:.4f} bpb {row['val_bpb']:.4f} fact {row['fact_acc']:.3f} "
+                  f"({row['train_s']:.0f}+{row['eval_s']:.0f} s)", flush=True)
+    if not cfg.worker:
+        rows = read_rows(csv_path)
+        if len({r["budget"] for r in rows}) >= 2:
+            plot(rows, None, out / "scaling.png")
+    return csv_path
+
+
+def _spawn_workers(cfg: SweepConfig, todo: list[dict]) -> None:
+    """One `gptlab scaling sweep --worker i/n` process per GPU; waits for all."""
+    gpus = [g.strip() for g in cfg.gpus.split(",") if g.strip()]
+    procs = []
+    for i, gpu in enumerate(gpus):
+        args = [sys.executable, "-m", "gptlab", "scaling", "sweep", "--worker", f"{i}/{len(gpus)}"]
+        for f in dataclasses.fields(SweepConfig):
+            v = getattr(cfg, f.name)
+            if f.name in ("gpus", "worker", "quick") or v is None:
+                continue
+            args += [f"--{f.name.replace('_', '-')}", str(v)] if not isinstance(v, bool) else \
+                [f"--{'' if v else 'no-'}{f.name.replace('_', '-')}"]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        procs.append(subprocess.Popen(args, env=env))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"sweep workers failed with exit codes {codes}")
+
+
+
+# --------------------------------------------------------------------------- fitting
+#
+# Both loss laws are fitted the same way: log L = LSE_k(t_k), each term t_k linear in the
+# parameters theta (t = F @ theta, F a (terms, params, runs) array), with a Huber loss
+# (delta 1e-3) on log L *summed* over runs, minimised by L-BFGS (scipy) from the best
+# points of a grid of initialisations. The bootstrap refits on runs resampled with
+# replacement within each budget and reports percentile intervals.
+
+HUBER_DELTA = 1e-3  # Hoffmann et al. 2022; Besiroglu et al. 2024
+
+
+def _lse_huber(theta: np.ndarray, F: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    """Summed Huber loss of LSE_k(F_k @ theta) against target, and its gradient."""
+    t = np.einsum("kpi,p->ki", F, theta)
+    pred = np.logaddexp.reduce(t, axis=0)
+    r = pred - target
+    d = HUBER_DELTA
+    loss = np.where(np.abs(r) <= d, 0.5 * r * r, d * (np.abs(r) - 0.5 * d)).sum()
+    w = np.exp(t - pred)                       # softmax weights: d pred / d t_k
+    grad = np.einsum("kpi,ki,i->p", F, w, np.clip(r, -d, d))
+    return float(loss), grad
+
+
+def _lse_huber_grid(grid: np.ndarray, F: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The same loss for every row of grid (G, P) at once."""
+    t = np.einsum("kpi,gp->gki", F, grid)
+    r = np.logaddexp.reduce(t, axis=1) - target
+    d = HUBER_DELTA
+    return np.where(np.abs(r) <= d, 0.5 * r * r, d * (np.abs(r) - 0.5 * d)).sum(-1)
+
+
+def _best_fit(F, target, grid, extra_inits=(), top_k: int = 8) -> tuple[np.ndarray, float]:
+    """L-BFGS from the best ``top_k`` grid points (and ``extra_inits``); the best result."""
+    from scipy.optimize import minimize
+
+    vals = _lse_huber_grid(grid, F, target)
+    vals = np.where(np.isfinite(vals), vals, np.inf)
+    inits = [grid[i] for i in np.argsort(vals)[:top_k]] + [np.asarray(x, dtype=np.float64) for x in extra_inits]
+    best, best_val = None, float("inf")
+    with np.errstate(over="ignore", invalid="ignore"):
+        for x0 in inits:
+            res = minimize(_lse_huber, x0, args=(F, target), jac=True, method="L-BFGS-B",
+                           options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-12})
+            if np.isfinite(res.fun) and res.fun < best_val:
+                best, best_val = res.x, float(res.fun)
+    return best, best_val
+
+
+# -- L(N, D) = E + A / N^alpha + B / D^beta
+
+
+def _chinchilla_grid() -> np.ndarray:
+    """Epoch AI's grid over (a, b, e, alpha, beta): a, b in {0, 5, .., 25}, e in
+    {-1, -.5, .., 1}, alpha, beta in {0, .5, .., 2}."""
+    ab, e, ex = np.arange(0, 2.01, 0.5), np.arange(-1, 1.01, 0.5), np.arange(0, 26, 5.0)
+    return np.array(np.meshgrid(ex, ex, e, ab, ab, indexing="ij")).reshape(5, -1).T
+
+
+def fit_chinchilla(N, D, L, inits=(), top_k: int = 8) -> dict:
+    """Fit L(N, D) = E + A / N^alpha + B / D^beta as log L = LSE(a - alpha log N,
+    b - beta log D, e), A = e^a, B = e^b, E = e^e (Huber on log L, summed over runs)."""
+    x, y, target = (np.log(np.asarray(v, dtype=np.float64)) for v in (N, D, L))
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    F = np.array([[one, zero, zero, -x, zero],     # a - alpha log N
+                  [zero, one, zero, zero, -y],     # b - beta log D
+                  [zero, zero, one, zero, zero]])  # e
+    theta, val = _best_fit(F, target, _chinchilla_grid(), inits, top_k)
+    a, b, e, alpha, beta = theta
+    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": float(alpha),
+            "beta": float(beta), "objective": val, "theta": [float(t) for t in theta]}
+
+
+def chinchilla_loss(p: dict, N, D):
+    """E + A / N^alpha + B / D^beta (numpy, broadcasts)."""
+    N, D = np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)
+    return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+
+
+# -- L(C) = a * C^b + c on the compute-optimal frontier
+
+
+def fit_power_law(C, L, inits=(), top_k: int = 8) -> dict:
+    """Fit L(C) = a * C^b + c (b < 0 expected, c > 0) as log L = LSE(log a + b log C, log c)."""
+    u, target = np.log(np.asarray(C, dtype=np.float64)), np.log(np.asarray(L, dtype=np.float64))
+    one, zero = np.ones_like(u), np.zeros_like(u)
+    F = np.array([[one, u, zero], [zero, zero, one]])
+    lmin, lmax, umid = float(np.exp(target.min())), float(np.exp(target.max())), float(u.mean())
+    grid = np.array([(math.log(max(lmax - f * lmin, 1e-3)) - b * umid, b, math.log(f * lmin) if f else -10.0)
+                     for b in (-0.02, -0.05, -0.1, -0.2, -0.35, -0.5, -0.8, -1.2)
+                     for f in (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.98)])
+    theta, val = _best_fit(F, target, grid, inits, top_k)
+    la, b, lc = theta
+    return {"a": math.exp(la), "b": float(b), "c": math.exp(lc), "objective": val,
+            "theta": [float(t) for t in theta]}
+
+
+def power_law(p: dict, C):
+    return p["a"] * np.asarray(C, dtype=np.float64) ** p["b"] + p["c"]
+
+
+# -- capability: -log(accuracy) = k * C^-gamma (GPT-4 report, HumanEval)
+
+
+def fit_capability(C, acc, n) -> dict:
+    """Least squares of log(-log acc) = log k - gamma log C; accuracies are clipped to
+    [1/(2n), 1 - 1/(2n)] so that 0 and 1 stay finite."""
+    C, acc, n = (np.asarray(v, dtype=np.float64) for v in (C, acc, n))
+    acc = np.clip(acc, 0.5 / n, 1 - 0.5 / n)
+    slope, icpt = np.polyfit(np.log(C), np.log(-np.log(acc)), 1)
+    return {"k": float(math.exp(icpt)), "gamma": float(-slope)}
+
+
+def capability(p: dict, C):
+    """Predicted accuracy exp(-k C^-gamma)."""
+    return np.exp(-p["k"] * np.asarray(C, dtype=np.float64) ** -p["gamma"])
+
+
+# -- IsoFLOP minima (approach 2)
+
+
+def isoflop_minima(rows: list[dict]) -> list[dict]:
+    """Per budget: the loss-optimal N from a parabola in log N through the IsoFLOP curve
+    (the best run when the vertex falls outside the sizes tried or < 3 sizes), and the
+    best run itself (for the capability fit)."""
+    out = []
+    for budget in sorted({r["budget"] for r in rows}):
+        runs = sorted((r for r in rows if r["budget"] == budget), key=lambda r: r["params"])
+        best = min(runs, key=lambda r: r["val_loss"])
+        x = np.log([r["params"] for r in runs])  # centred below: polyfit stays well conditioned
+        y = np.array([r["val_loss"] for r in runs])
+        n_opt, l_opt, vertex = best["params"], best["val_loss"], False
+        if len(runs) >= 3:
+            x0 = x.mean()
+            c2, c1, c0 = np.polyfit(x - x0, y, 2)
+            xv = -c1 / (2 * c2) if c2 > 0 else None
+            if xv is not None and x.min() <= xv + x0 <= x.max():
+                n_opt, l_opt, vertex = float(math.exp(xv + x0)), float(c0 + c1 * xv + c2 * xv * xv), True
+        flops = float(np.mean([r["flops"] for r in runs]))
+        out.append({"budget": budget, "flops": flops, "n_opt": float(n_opt), "l_opt": float(l_opt),
+                    "vertex": vertex, "best": best["name"], "best_flops": best["flops"],
+                    "best_acc": best["fact_acc"], "best_n": best["fact_n"]})
+    return out
+
+
+# -- all fits together, with bootstrap intervals
+
+
+def fit(rows: list[dict], *, max_flops: float | None = None, n_boot: int = 200,
+        seed: int = 0) -> dict:
+    """Fit every law on the runs of at most ``max_flops`` (all runs when None)."""
+    rows = [r for r in rows if max_flops is None or r["flops"] <= max_flops]
+    budgets = sorted({r["budget"] for r in rows})
+    if len(budgets) < 2 or len(rows) < 6:
+        raise ValueError(f"fit needs >= 6 runs over >= 2 budgets; got {len(rows)} runs, "
+                         f"{len(budgets)} budgets (max_flops={max_flops})")
+    main = _fit_once(rows)
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        sample = [r for b in budgets for r in _resample([r for r in rows if r["budget"] == b], rng)]
+        boot.append(_fit_once(sample, main))
+    return {**main, "max_flops": max_flops, "n_runs": len(rows), "runs": [r["name"] for r in rows],
+            "budgets": budgets, "bootstrap": boot}
+
+
+def _resample(runs: list[dict], rng) -> list[dict]:
+    return [runs[i] for i in rng.integers(0, len(runs), len(runs))]
+
+
+def _fit_once(rows: list[dict], init: dict | None = None) -> dict:
+    """One fit of every law (``init``: a previous fit whose parameters seed L-BFGS)."""
+    minima = isoflop_minima(rows)
+    top_k = 2 if init else 8  # bootstrap refits also start from the full-data fit
+    ch = fit_chinchilla([r["params"] for r in rows], [r["tokens"] for r in rows],
+                        [r["val_loss"] for r in rows],
+                        inits=[init["chinchilla"]["theta"]] if init else (), top_k=top_k)
+    fr = fit_power_law([m["flops"] for m in minima], [m["l_opt"] for m in minima],
+                       inits=[init["frontier"]["theta"]] if init else (), top_k=top_k)
+    cap = fit_capability([m["best_flops"] for m in minima], [m["best_acc"] for m in minima],
+                         [m["best_n"] for m in minima])
+    slope, icpt = np.polyfit(np.log([m["flops"] for m in minima]), np.log([m["n_opt"] for m in minima]), 1)
+    return {"chinchilla": ch, "frontier": fr, "capability": cap, "isoflop": minima,
+            "n_opt_law": {"G": float(math.exp(icpt)), "a": float(slope)}}
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def ladder_options(flops: float, spec: dict, sizes=LADDER) -> list[dict]:
+    """Every ladder size trained for ``flops``: its N, tokens, steps (spec: vocab_size,
+    seq_len, batch_tokens of the sweep)."""
+    out = []
+    for size in sizes:
+        st = size_stats(size, spec["vocab_size"], spec["seq_len"])
+        steps = round(flops / (st["flops_per_token"] * spec["batch_tokens"]))
+        if steps >= 1:
+            depth, width = parse_size(size)
+            tokens = steps * spec["batch_tokens"]
+            out.append({"size": size, "depth": depth, "width": width, **st, "steps": steps,
+                        "tokens": tokens, "flops": tokens * st["flops_per_token"]})
+    return out
+
+
+def _interval(values, ci: float) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    lo, hi = np.percentile(v, [50 * (1 - ci), 50 * (1 + ci)]) if len(v) else (float("nan"),) * 2
+    return {"lo": float(lo), "hi": float(hi)}
+
+
+def continuous_optimum(p: dict, flops: float, options: list[dict]) -> dict:
+    """argmin over N of L(N, C / fpt(N)), fpt interpolated log-log along the ladder."""
+    ln = np.log([o["params"] for o in options])
+    lf = np.log([o["flops_per_token"] for o in options])
+    grid = np.linspace(ln.min() - 2, ln.max(), 4000)
+    fpt = np.exp(np.interp(grid, ln, lf, left=None, right=None) + np.where(grid < ln.min(), grid - ln.min(), 0))
+    tokens = flops / fpt
+    loss = chinchilla_loss(p, np.exp(grid), tokens)
+    i = int(np.argmin(loss))
+    return {"params": float(math.exp(grid[i])), "tokens": float(tokens[i]), "loss": float(loss[i])}
+
+
+def predict(fit_result: dict, flops: float, spec: dict, ci: float = 0.95) -> dict:
+    """Predictions for a run of ``flops``: the best ladder size by the fitted L(N, D), its
+    loss (with a bootstrap interval), the frontier L(C), the continuous optimum, and the
+    fact-completion accuracy."""
+    ch, boot = fit_result["chinchilla"], fit_result["bootstrap"]
+    options = ladder_options(flops, spec)
+    for o in options:
+        o["pred_loss"] = float(chinchilla_loss(ch, o["params"], o["tokens"]))
+    cfg = min(options, key=lambda o: o["pred_loss"])
+    cfg["tokens_per_param"] = cfg["tokens"] / cfg["params"]
+    at_cfg = [float(chinchilla_loss(b["chinchilla"], cfg["params"], cfg["tokens"])) for b in boot]
+    front = [float(power_law(b["frontier"], flops)) for b in boot]
+    caps = [float(capability(b["capability"], flops)) for b in boot]
+    opt = continuous_optimum(ch, flops, options)
+    law = fit_result["n_opt_law"]
+    return {
+        "flops": flops, "ci": ci, "fit_max_flops": fit_result["max_flops"],
+        "fit_runs": fit_result["n_runs"], "config": cfg,
+        "loss": {"value": cfg["pred_loss"], **_interval(at_cfg, ci)},
+        "loss_frontier": {"value": float(power_law(fit_result["frontier"], flops)), **_interval(front, ci)},
+        "optimum": {**opt, "params_isoflop": float(law["G"] * flops ** law["a"])},
+        "fact_acc": {"value": float(capability(fit_result["capability"], flops)), **_interval(caps, ci)},
+    }
+
+
+def format_prediction(pred: dict, actual: dict | None = None) -> str:
+    """A few lines for the terminal."""
+    c, lo = pred["config"], pred["loss"]
+    lines = [
+        f"budget {pred['flops']:.3g} FLOPs (fit on {pred['fit_runs']} runs of <= {pred['fit_max_flops']:.3g} FLOPs)",
+        f"compute-optimal: N ~ {pred['optimum']['params']:,.0f} params, D ~ {pred['optimum']['tokens']:,.0f} tokens "
+        f"(IsoFLOP minima law: N ~ {pred['optimum']['params_isoflop']:,.0f})",
+        f"ladder choice: {c['size']} (N {c['params']:,}, D {c['tokens']:,} tokens = {c['steps']} steps, "
+        f"{c['tokens_per_param']:.1f} tokens/param)",
+        f"val loss L(N,D): {lo['value']:.4f}  [{lo['lo']:.4f}, {lo['hi']:.4f}] ({100 * pred['ci']:.0f}% bootstrap)",
+        f"val loss L(C) frontier: {pred['loss_frontier']['value']:.4f}  "
+        f"[{pred['loss_frontier']['lo']:.4f}, {pred['loss_frontier']['hi']:.4f}]",
+        f"fact-completion accuracy: {pred['fact_acc']['value']:.3f}  "
+        f"[{pred['fact_acc']['lo']:.3f}, {pred['fact_acc']['hi']:.3f}]",
+    ]
+    if actual:
+        lines += [f"actual: val loss {actual['val_loss']:.4f} ({_rel(lo['value'], actual['val_loss'])} vs L(N,D), "
+                  f"{_rel(pred['loss_frontier']['value'], actual['val_loss'])} vs L(C)), "
+                  f"bpb {actual['val_bpb']:.4f}, fact accuracy {actual['fact_acc']:.3f}"]
+    return "\n".join(lines)
+
+
+def _rel(pred: float, actual: float) -> str:
+    return f"{100 * (pred - actual) / actual:+.2f}%"
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def plot(rows: list[dict], fit_result: dict | None, path: str | Path,
+         prediction: dict | None = None, actual: dict | None = None) -> Path:
+    """IsoFLOP curves (loss vs N), the frontier L(C) and the capability vs compute, with
+    the fits, the prediction (interval) and the actual result of a check when given."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    budgets = sorted({r["budget"] for r in rows})
+    colors = plt.cm.viridis(np.linspace(0, 0.85, max(len(budgets), 1)))
+    _plot_isoflops(axes[0], rows, budgets, colors, fit_result, prediction, actual)
+    _plot_frontier(axes[1], rows, fit_result, prediction, actual)
+    _plot_capability(axes[2], rows, fit_result, prediction, actual)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_isoflops(ax, rows, budgets, colors, fit_result, prediction, actual):
+    for b, col in zip(budgets, colors):
+        runs = sorted((r for r in rows if r["budget"] == b), key=lambda r: r["params"])
+        used = fit_result is None or r_in(runs[0], fit_result)
+        ax.plot([r["params"] for r in runs], [r["val_loss"] for r in runs], "o" if used else "x",
+                color=col, label=f"C={b:.2g}")
+        if fit_result is not None:
+            n = np.geomspace(runs[0]["params"] / 1.5, runs[-1]["params"] * 1.5, 100)
+            fpt = np.interp(np.log(n), np.log([r["params"] for r in runs]),
+                            [r["flops_per_token"] for r in runs])
+            ax.plot(n, chinchilla_loss(fit_result["chinchilla"], n, b / fpt), "-", color=col, lw=1)
+    if prediction is not None:
+        c = prediction["config"]
+        ax.errorbar([c["params"]], [prediction["loss"]["value"]], yerr=_err(prediction["loss"]),
+                    fmt="*", color="red", ms=12, capsize=3, label=f"predicted C={prediction['flops']:.2g}")
+    if actual is not None:
+        ax.plot([actual["params"]], [actual["val_loss"]], "D", color="black", label="actual")
+    ax.set(xscale="log", xlabel="parameters N (non-embedding)", ylabel="final val loss (nats/token)",
+           title="IsoFLOP curves; lines: fitted L(N, D)")
+    ax.legend(fontsize=7)
+
+
+def r_in(row: dict, fit_result: dict) -> bool:
+    return row["name"] in set(fit_result.get("runs", ()))
+
+
+def _err(p: dict):
+    return [[max(p["value"] - p["lo"], 0)], [max(p["hi"] - p["value"], 0)]]
+
+
+def _plot_frontier(ax, rows, fit_result, prediction, actual):
+    ax.plot([r["flops"] for r in rows], [r["val_loss"] for r in rows], ".", color="0.7", label="runs")
+    if fit_result is not None:
+        m = fit_result["isoflop"]
+        ax.plot([x["flops"] for x in m], [x["l_opt"] for x in m], "o", color="C0", label="IsoFLOP minima")
+        hi = prediction["flops"] if prediction else max(r["flops"] for r in rows)
+        c = np.geomspace(min(r["flops"] for r in rows) / 1.5, hi * 1.5, 100)
+        f = fit_result["frontier"]
+        ax.plot(c, power_law(f, c), "-", color="C0",
+                label=f"L(C) = {f['a']:.3g} C^{f['b']:.3f} + {f['c']:.3f}")
+        band = np.array([power_law(b["frontier"], c) for b in fit_result["bootstrap"]])
+        if len(band):
+            ax.fill_between(c, *np.percentile(band, [2.5, 97.5], axis=0), color="C0", alpha=0.15)
+    if prediction is not None:
+        ax.errorbar([prediction["flops"]], [prediction["loss"]["value"]], yerr=_err(prediction["loss"]),
+                    fmt="*", color="red", ms=12, capsize=3, label="predicted L(N, D)")
+    if actual is not None:
+        ax.plot([actual["flops"]], [actual["val_loss"]], "D", color="black", label="actual")
+    ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="final val loss",
+           title="compute-optimal frontier")
+    ax.legend(fontsize=7)
+
+
+def _plot_capability(ax, rows, fit_result, prediction, actual):
+    ax.plot([r["flops"] for r in rows], [r["fact_acc"] for r in rows], ".", color="0.7", label="runs")
+    if fit_result is not None:
+        m = fit_result["isoflop"]
+        ax.plot([x["best_flops"] for x in m], [x["best_acc"] for x in m], "o", color="C2",
+                label="best run per budget")
+        hi = prediction["flops"] if prediction else max(r["flops"] for r in rows)
+        c = np.geomspace(min(r["flops"] for r in rows) / 1.5, hi * 1.5, 100)
+        p = fit_result["capability"]
+        ax.plot(c, capability(p, c), "-", color="C2",
+                label=f"-log acc = {p['k']:.3g} C^-{p['gamma']:.3f}")
+    if prediction is not None:
+        ax.errorbar([prediction["flops"]], [prediction["fact_acc"]["value"]],
+                    yerr=_err(prediction["fact_acc"]), fmt="*", color="red", ms=12, capsize=3,
+                    label="predicted")
+    if actual is not None:
+        ax.plot([actual["flops"]], [actual["fact_acc"]], "D", color="black", label="actual")
+    ax.set(xscale="log", xlabel="training compute C (FLOPs)", ylabel="fact-completion accuracy",
+           title="capability: miniworld fact completion")
+    ax.legend(fontsize=7)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def load_sweep_config(out: str | Path) -> SweepConfig:
+    """The configuration the sweep in ``out`` ran with (OUT/sweep.json)."""
+    p = Path(out) / "sweep.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: run `gptlab scaling sweep --out {out}` first")
+    d = json.loads(p.read_text())
+    return SweepConfig(**{f.name: d[f.name] for f in dataclasses.fields(SweepConfig) if f.name in d})
+
+
+def _spec(out: Path) -> dict:
+    cfg = load_sweep_config(out)
+    from gptlab.tokenizer import Tokenizer
+    return {"vocab_size": Tokenizer.load(out / "tokenizer").vocab_size, "seq_len": cfg.seq_len,
+            "batch_tokens": cfg.batch_tokens}
+
+
+def default_target(rows: list[dict]) -> float:
+    """10x the compute of the largest sweep run."""
+    if not rows:
+        raise ValueError("no sweep runs yet: run `gptlab scaling sweep` first")
+    return 10 * max(r["flops"] for r in rows)
+
+
+def _slim(fit_result: dict) -> dict:
+    """fit.json content: the bootstrap keeps only the law parameters."""
+    keep = ("chinchilla", "frontier", "capability", "n_opt_law")
+    return {**fit_result, "bootstrap": [{k: b[k] for k in keep} for b in fit_result["bootstrap"]]}
+
+
+def run_fit(out: str | Path, max_flops: float | None = None, n_boot: int = 200) -> dict:
+    """Fit the sweep in ``out`` (runs of <= max_flops) -> OUT/fit.json; returns the fit."""
+    out = Path(out)
+    result = fit(read_rows(out / "sweep.csv"), max_flops=max_flops, n_boot=n_boot)
+    _write_json(out / "fit.json", _slim(result))
+    return result
+
+
+def run_predict(out: str | Path, flops: float | None = None, max_fit_frac: float = 0.1,
+                n_boot: int = 200, plot_path: str | Path | None = None) -> dict:
+    """Fit on the runs of <= max_fit_frac x flops, predict a run of ``flops`` (default: 10x
+    the largest sweep run) -> OUT/predict.json and the plot OUT/scaling.png."""
+    out = Path(out)
+    rows = read_rows(out / "sweep.csv")
+    flops = float(flops or default_target(rows))
+    result = fit(rows, max_flops=max_fit_frac * flops, n_boot=n_boot)
+    pred = predict(result, flops, _spec(out))
+    _write_json(out / "predict.json", {"prediction": pred, "fit": _slim(result)})
+    plot(rows, result, plot_path or out / "scaling.png", prediction=pred)
+    return {**pred, "_fit": result}
+
+
+def check(out: str | Path, flops: float | None = None, max_fit_frac: float = 0.1,
+          n_boot: int = 200, device: str | None = None, threads: int | None = None) -> dict:
+    """Predict a run of ``flops``, train the predicted configuration, and put the actual
+    final val loss, bpb and fact accuracy beside the prediction -> OUT/check.json."""
+    out = Path(out)
+    cfg = load_sweep_config(out)
+    cfg = dataclasses.replace(cfg, device=device or cfg.device, threads=threads or cfg.threads)
+    pred = run_predict(out, flops, max_fit_frac, n_boot)
+    result = pred.pop("_fit")
+    data = prepare_data(cfg)
+    c = pred["config"]
+    plan = {**plan_run(pred["flops"], c["size"], cfg, data["vocab_size"]),
+            "name": "check_" + run_name(pred["flops"], c["size"])}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    print(format_prediction(pred), flush=True)
+    print(f"training {plan['name']}: {plan['steps']} steps", flush=True)
+    actual = train_run(plan, cfg, data, out / "check" / plan["name"])
+    append_row(out / "check.csv", actual)
+    report = {
+        "prediction": pred, "actual": actual,
+        "loss_rel_error": (pred["loss"]["value"] - actual["val_loss"]) / actual["val_loss"],
+        "frontier_rel_error": (pred["loss_frontier"]["value"] - actual["val_loss"]) / actual["val_loss"],
+        "fit_max_flops_ratio": max(r["flops"] for r in read_rows(out / "sweep.csv")
+                                   if r["name"] in set(result["runs"])) / pred["flops"],
+    }
+    report["within_2pct"] = abs(report["loss_rel_error"]) <= 0.02
+    _write_json(out / "check.json", report)
+    plot(read_rows(out / "sweep.csv"), result, out / "scaling.png", prediction=pred, actual=actual)
+    print(format_prediction(pred, actual), flush=True)
+    return report
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")

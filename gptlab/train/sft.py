@@ -1,0 +1,714 @@
+"""Supervised fine-tuning (SFT): teach a pretrained model to chat and obey a system message.
+
+`sft(cfg)` goes checkpoint + chat data -> a chat model, reusing the training toolkit of
+`gptlab.train.loop` (optimizer, schedule, accumulation, DDP, checkpoints, exact resume):
+
+    out/ckpt/step_N/      resumable checkpoints (weights + train_state.pt), newest kept
+    out/final/            the chat model: a normal gptlab / HF Llama directory (stage "sft")
+    out/metrics.jsonl     loss, lr, tokens/s per step; val_loss at every evaluation
+    out/data.json         what the data became: counts, drops, lengths, mixture rows
+
+Conversations are rendered with the model's own chat template (`gptlab.chat`): the loss
+covers each assistant turn's content and its end-of-turn token, nothing else, and skips
+turns listed in a record's `meta.masked_turns`. Each row holds one whole conversation
+(right-padded, so attention and loss never cross conversations), and rows of similar
+length are batched together. The loss is the sum of token losses divided by the number of
+target tokens in the whole optimizer step (all micro-batches and processes), so a short
+conversation weighs what its tokens weigh, not what its micro-batch weighs.
+
+Full fine-tuning, or LoRA (Hu et al. 2021, arXiv:2106.09685) through `peft`: our module
+names match Llama's, so the adapters go on q/k/v/o and gate/up/down projections; the
+adapter is merged into out/final by default (`--no-merge` writes the base weights plus
+peft's adapter files instead; `gptlab.chat.load_chat_model` reads both).
+
+Mixtures: `--mix SOURCE:WEIGHT[,SOURCE:WEIGHT...]` adds rows from other sources, each
+`WEIGHT` the share of training rows it gets (e.g. `runs/demo/world/corpus:0.2` keeps 20%
+pretraining text, with every token in the loss, so facts are not forgotten); a source is
+text (any `iter_texts` source) or chat (anything `--data` accepts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gptlab.chat import (
+    TOO_LONG_POLICIES, Example, FitStats, collate, fit_examples, length_grouped_batches,
+    render_records, text_examples,
+)
+from gptlab.train.loop import (
+    DistEnv, LoopConfig, LoopHooks, MetricsLogger, all_reduce_sum, autocast_context, barrier,
+    build_optimizer, checkpoint_path, cleanup_dist, latest_checkpoint, list_checkpoints, print0,
+    prune_checkpoints, remove_stale_temp_dirs, resolve_dtype, rng_state, run_loop,
+    seed_everything, set_rng_state, setup_dist, wrap_model,
+)
+
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def _f(default, help: str):
+    """A dataclass field with a one-line help text (the CLI turns it into --flag help)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SFTConfig:
+    """Everything `gptlab sft` accepts; fields map 1:1 to CLI flags. None = derive."""
+
+    init: str = _f("", "checkpoint to fine-tune: a gptlab checkpoint or any HF Llama-family directory")
+    data: str = _f("", "chat data: a miniworld dir (its sft/*.jsonl), a .jsonl/.json/.parquet file or dir of messages / sharegpt records, or hf:org/name[:split]")
+    out: str = _f("runs/sft", "output directory (checkpoints, final model, metrics)")
+    mix: str | None = _f(None, "more sources with their share of training rows: SOURCE:WEIGHT[,SOURCE:WEIGHT...], e.g. runs/demo/world/corpus:0.2 (text or chat)")
+    seq_len: int | None = _f(None, "context length in tokens; unset: the model's max_position_embeddings, at most 2048")
+    too_long: str = _f("drop", "conversations longer than the context: drop, or truncate (both counted in the log)")
+    max_records: int | None = _f(None, "use at most this many conversations of --data (a seeded sample)")
+    val_records: int = _f(200, "conversations of --data held out for the validation loss (at most 10 percent)")
+    epochs: float = _f(2.0, "passes over the --data conversations when max_steps is unset")
+    max_steps: int | None = _f(None, "optimizer steps; unset: from epochs")
+    batch_size: int = _f(32, "conversations (rows) per optimizer step, over all processes")
+    device_batch_size: int = _f(16, "rows per micro-batch per process (batch_size / (this x processes) = accumulation)")
+    lr: float | None = _f(None, "peak AdamW learning rate; unset: 3e-4 x 256 / width for full fine-tuning, 10x that with LoRA")
+    weight_decay: float = _f(0.0, "decoupled weight decay on matrices")
+    warmup_steps: int | None = _f(None, "linear warmup steps; unset: 3 percent of max_steps")
+    schedule: str = _f("linear", "after warmup: linear | cosine decay, wsd, constant")
+    final_lr_frac: float = _f(0.0, "floor of the schedule as a fraction of the peak LR")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    lora_r: int = _f(0, "LoRA rank; 0 = full fine-tuning")
+    lora_alpha: float | None = _f(None, "LoRA alpha (the update is scaled by alpha / r); unset: 2 x lora_r")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA input")
+    lora_targets: str = _f(LORA_TARGETS, "comma-separated module names that get LoRA adapters")
+    lora_chat_tokens: bool = _f(True, "LoRA: also train the input and output embedding rows of the chat special tokens (im_start, im_end, eos), which a base model may never have used")
+    merge: bool = _f(True, "LoRA: merge the adapter into out/final's weights (--no-merge: base weights + adapter files)")
+    eval_every: int = _f(50, "validate every N steps (and at the start and end; 0 = only then)")
+    save_every: int = _f(200, "checkpoint every N steps (and at the end; 0 = only at the end)")
+    keep_checkpoints: int = _f(2, "how many step checkpoints to keep under out/ckpt (0 = all)")
+    seed: int = _f(0, "random seed (data order, validation split, LoRA init)")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = _f("auto", "auto (bf16 autocast on CUDA, else fp32), bfloat16 or float32")
+    compile: bool = _f(False, "torch.compile the model")
+    resume: bool = _f(False, "continue from the newest checkpoint in out/ckpt (fresh start if none)")
+    tensorboard: bool = _f(False, "also log to TensorBoard in out/tb (if installed)")
+    wandb: str | None = _f(None, "also log to this Weights & Biases project (if installed)")
+    progress: bool = _f(True, "show a progress bar")
+
+
+def validate_config(cfg: SFTConfig) -> None:
+    """Raise ValueError (one clear line for the CLI) on settings that cannot work."""
+    from gptlab.train.loop import SCHEDULES
+
+    if not cfg.init:
+        raise ValueError("--init is required (a gptlab checkpoint or an HF Llama directory)")
+    if not cfg.data:
+        raise ValueError("--data is required (a miniworld dir, chat jsonl/parquet, or hf:org/name)")
+    if cfg.too_long not in TOO_LONG_POLICIES:
+        raise ValueError(f"--too-long must be one of {', '.join(TOO_LONG_POLICIES)}, got {cfg.too_long!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    for name in ("batch_size", "device_batch_size", "seq_len", "max_steps", "max_records"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if cfg.lora_r < 0:
+        raise ValueError(f"--lora-r must be >= 0, got {cfg.lora_r}")
+    if cfg.epochs <= 0 and cfg.max_steps is None:
+        raise ValueError(f"--epochs must be > 0, got {cfg.epochs}")
+    parse_mix(cfg.mix)
+
+
+def parse_mix(spec: str | None) -> list[tuple[str, float]]:
+    """'a:0.2,hf:org/x:train:0.1' -> [('a', 0.2), ('hf:org/x:train', 0.1)]."""
+    out = []
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        source, sep, weight = part.rpartition(":")
+        try:
+            w = float(weight)
+        except ValueError:
+            w = None
+        if not sep or not source or w is None or not 0 < w < 1:
+            raise ValueError(f"--mix entries are SOURCE:WEIGHT with 0 < WEIGHT < 1, got {part!r}")
+        out.append((source, w))
+    if sum(w for _, w in out) >= 1:
+        raise ValueError(f"--mix weights must sum to less than 1 (the rest is --data), got {spec!r}")
+    return out
+
+
+def default_lr(width: int, lora: bool) -> float:
+    """3e-4 at width 256 (the CPU-tiny depth 4), scaled as 1/width; 10x for LoRA."""
+    return 3e-4 * 256 / width * (10.0 if lora else 1.0)
+
+
+# --------------------------------------------------------------------------- reading data
+
+_CHAT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+
+
+def _chat_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        if (path / "sft").is_dir():  # a miniworld directory: its SFT conversations
+            path = path / "sft"
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_CHAT_SUFFIXES)
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise FileNotFoundError(f"no {', '.join(_CHAT_SUFFIXES)} files under {path}")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"data source {path} does not exist")
+    return [path]
+
+
+def _file_rows(path: Path):
+    """(line or row number, raw record) of one file."""
+    import gzip
+
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        n = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                n += 1
+                yield n, rec
+        return
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        if path.name.endswith(".json"):
+            yield from enumerate(json.load(f), 1)
+            return
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {i}: invalid JSON ({e.msg})") from None
+
+
+def _hf_rows(spec: str):
+    """hf:org/name | hf:org/name:split | hf:org/name:config:split -> (row number, record)."""
+    import datasets
+
+    parts = spec.split(":")
+    name, config, split = parts[0], None, "train"
+    if len(parts) == 2:
+        split = parts[1]
+    elif len(parts) == 3:
+        config, split = parts[1] or None, parts[2]
+    elif len(parts) > 3:
+        raise ValueError(f"hf:{spec}: expected hf:org/name[:split] or hf:org/name:config:split")
+    yield from enumerate(datasets.load_dataset(name, config, split=split), 1)
+
+
+def _rows(source: str):
+    """(where, number, raw record) for every record of a chat source."""
+    if source.startswith("hf:"):
+        for n, rec in _hf_rows(source[3:]):
+            yield source, n, rec
+        return
+    for f in _chat_files(Path(source)):
+        for n, rec in _file_rows(f):
+            yield str(f), n, rec
+
+
+def load_chat_records(source: str) -> list[dict]:
+    """Chat records ``{"messages", "meta"}`` from a miniworld dir, a file or directory of
+    messages / sharegpt records (.jsonl, .jsonl.gz, .json, .parquet), or ``hf:org/name``.
+
+    Formats are read by ``gptlab.data.formats``; each record's ``meta`` (e.g.
+    ``masked_turns``) is kept. A malformed record raises ``FormatError`` naming its file
+    and line."""
+    from gptlab.data.formats import KIND, FormatError, convert_record, detect_format
+
+    out, fmts = [], {}
+    for where, n, rec in _rows(source):
+        try:
+            if where not in fmts:
+                fmts[where] = detect_format(rec) if isinstance(rec, dict) else "messages"
+                if KIND[fmts[where]] != "chat":
+                    raise ValueError(f"{where}: holds {KIND[fmts[where]]} records, not chat conversations")
+            conv = convert_record(rec, fmts[where])
+        except FormatError as e:
+            msg = str(e).split(f"field '{e.field}': ", 1)[-1]
+            raise FormatError(where, n, e.field, msg) from None
+        meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+        out.append({"messages": conv["messages"], "meta": meta})
+    return out
+
+
+def source_kind(source: str) -> str:
+    """"chat" or "text": what the first record of a source holds."""
+    from gptlab.data.formats import KIND, detect_format
+
+    if not source.startswith("hf:"):
+        path = Path(source)
+        if path.is_dir() and (path / "sft").is_dir():
+            return "chat"
+        if path.is_file() and path.name.endswith((".txt", ".txt.gz")):
+            return "text"
+        if path.is_dir() and not any(p.name.endswith(_CHAT_SUFFIXES) for p in path.rglob("*")):
+            return "text"  # a directory of .txt files
+    for _, _, rec in _rows(source):
+        return KIND.get(detect_format(rec), "text") if isinstance(rec, dict) else "text"
+    raise ValueError(f"{source}: no records")
+
+
+def _records_sha(records: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the data set
+
+
+@dataclass
+class MixPart:
+    """A mixture source: its pool of examples and how many it gives per epoch."""
+
+    source: str
+    weight: float
+    kind: str
+    pool: list[Example]
+    per_epoch: int
+
+
+@dataclass
+class SFTData:
+    train: list[Example]          # the --data conversations used for training
+    val: list[Example]            # held out from --data
+    mixes: list[MixPart]
+    info: dict                    # counts for data.json / gptlab.json
+
+    @property
+    def epoch_size(self) -> int:
+        return len(self.train) + sum(m.per_epoch for m in self.mixes)
+
+    def epoch_examples(self, epoch: int) -> list[Example]:
+        """The examples of one epoch: all of train, plus each mixture's next slice of its
+        (cyclic) pool."""
+        out = list(self.train)
+        for m in self.mixes:
+            start = epoch * m.per_epoch
+            out += [m.pool[(start + i) % len(m.pool)] for i in range(m.per_epoch)]
+        return out
+
+
+def _chat_examples(tokenizer, records: list[dict], seq_len: int, policy: str
+                   ) -> tuple[list[Example], FitStats]:
+    rendered = render_records(tokenizer, records)
+    return fit_examples((Example.make(ids, mask) for ids, mask in rendered), seq_len, policy)
+
+
+def _text_pool(source: str, tokenizer, seq_len: int, needed: int, seed: int,
+               max_docs: int = 200_000) -> list[Example]:
+    """Tokenized text pieces for a mixture: local sources are read whole (up to max_docs
+    documents), streamed ones only as far as needed; shuffled with the seed."""
+    from gptlab.data.loaders import iter_texts
+
+    limit = max_docs if not source.startswith("hf:") else max(needed, 1)
+    docs = []
+    for text in iter_texts(source):
+        docs.append(text)
+        if len(docs) >= limit:
+            break
+    pool = []
+    for i in range(0, len(docs), 1000):
+        ids = tokenizer.encode_batch(docs[i:i + 1000])
+        pool += text_examples((d + [tokenizer.eos_id] for d in ids), seq_len)
+    random.Random(f"mix-{seed}-{source}").shuffle(pool)
+    if not pool:
+        raise ValueError(f"--mix {source}: no text")
+    return pool
+
+
+def prepare_data(cfg: SFTConfig, tokenizer, seq_len: int) -> SFTData:
+    """Load, render, split and fit the conversations of --data, and the --mix pools."""
+    records = load_chat_records(cfg.data)
+    sha = _records_sha(records)
+    rng = random.Random(f"sft-split-{cfg.seed}")
+    order = list(range(len(records)))
+    rng.shuffle(order)
+    if cfg.max_records is not None:
+        order = order[:cfg.max_records]
+    n_val = min(cfg.val_records, len(order) // 10)
+    val_recs = [records[i] for i in order[:n_val]]
+    train_recs = [records[i] for i in order[n_val:]]
+    train, st_train = _chat_examples(tokenizer, train_recs, seq_len, cfg.too_long)
+    val, st_val = _chat_examples(tokenizer, val_recs, seq_len, cfg.too_long)
+    if not train:
+        raise ValueError(f"{cfg.data}: no conversation left to train on ({st_train.summary(seq_len, cfg.too_long)})")
+    print0(f"sft data {cfg.data}: {len(records)} conversations -> train {st_train.summary(seq_len, cfg.too_long)}; "
+           f"val {st_val.summary(seq_len, cfg.too_long)}")
+    mixes, parts = [], parse_mix(cfg.mix)
+    share = 1.0 - sum(w for _, w in parts)
+    for source, w in parts:
+        per_epoch = max(1, round(w / share * len(train)))
+        kind = source_kind(source)
+        if kind == "chat":
+            pool, st = _chat_examples(tokenizer, load_chat_records(source), seq_len, cfg.too_long)
+            random.Random(f"mix-{cfg.seed}-{source}").shuffle(pool)
+            note = st.summary(seq_len, cfg.too_long)
+        else:
+            needed = per_epoch * max(1, math.ceil(cfg.epochs))
+            pool = _text_pool(source, tokenizer, seq_len, needed, cfg.seed)
+            note = f"{len(pool)} text pieces"
+        if not pool:
+            raise ValueError(f"--mix {source}: nothing to train on")
+        mixes.append(MixPart(source, w, kind, pool, per_epoch))
+        print0(f"sft mix {source} ({kind}, weight {w}): {per_epoch} rows per epoch from {note}")
+    info = {"source": cfg.data, "records": len(records), "records_sha256": sha,
+            "train": st_train.as_dict(), "val": st_val.as_dict(), "seq_len": seq_len,
+            "too_long": cfg.too_long,
+            "mix": [{"source": m.source, "kind": m.kind, "weight": m.weight,
+                     "rows_per_epoch": m.per_epoch, "pool": len(m.pool)} for m in mixes]}
+    return SFTData(train, val, mixes, info)
+
+
+class SFTBatches:
+    """The resumable stream of micro-batches.
+
+    The global stream is the concatenation of epochs, each cut into length-grouped
+    micro-batches of `rows` examples (`length_grouped_batches`). Optimizer step g uses
+    stream positions [g*A*W, (g+1)*A*W) (A accumulation steps, W processes); process r
+    takes positions g*A*W + a*W + r. Every process knows the whole step, so each computes
+    the step's total number of target tokens -- the loss normalizer -- without talking.
+    """
+
+    def __init__(self, data: SFTData, rows: int, pad_id: int, seq_len: int, *, seed: int,
+                 accum: int, rank: int = 0, world_size: int = 1, device=None,
+                 pad_multiple: int | None = None):
+        self.data, self.rows, self.pad_id, self.seq_len = data, rows, pad_id, seq_len
+        self.seed, self.accum, self.rank, self.world = seed, accum, rank, world_size
+        self.device = device
+        # rows padded to a multiple of 16 on accelerators (few shapes, aligned kernels);
+        # on CPU padding is only cost
+        cpu = device is None or torch.device(device).type == "cpu"
+        self.pad_multiple = pad_multiple or (1 if cpu else 16)
+        self.position = 0
+        self._epoch, self._examples, self._batches = -1, None, None
+        self._queue: list = []
+        self.batches_per_epoch = len(self._epoch_batches(0))
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        if epoch != self._epoch:
+            self._examples = self.data.epoch_examples(epoch)
+            lengths = [len(e) for e in self._examples]
+            self._batches = length_grouped_batches(lengths, self.rows, self.seed, epoch)
+            self._epoch = epoch
+        return self._batches
+
+    def _batch(self, pos: int) -> list[Example]:
+        epoch, i = divmod(pos, self.batches_per_epoch)
+        batches = self._epoch_batches(epoch)
+        return [self._examples[j] for j in batches[i]]
+
+    def next_batch(self):
+        """This process's next micro-batch: (x, y, target tokens, scale). The loss of the
+        micro-batch is mean_loss * tokens * scale (see `make_loss_fn`)."""
+        if not self._queue:
+            n = self.accum * self.world
+            step = [self._batch(self.position + k) for k in range(n)]
+            total = sum(e.n_targets for b in step for e in b)
+            scale = n / total
+            for a in range(self.accum):
+                b = step[a * self.world + self.rank]
+                x, y = collate(b, self.pad_id, pad_multiple=self.pad_multiple, seq_len=self.seq_len)
+                self._queue.append((x.to(self.device), y.to(self.device),
+                                    sum(e.n_targets for e in b), scale))
+            self.position += n
+        return self._queue.pop(0)
+
+    @property
+    def epoch(self) -> float:
+        return self.position / self.batches_per_epoch
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "batches_per_epoch": self.batches_per_epoch,
+                "rows": self.rows, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["batches_per_epoch"] != self.batches_per_epoch or state["rows"] != self.rows:
+            raise ValueError("cannot resume: the data or batch layout changed since the checkpoint "
+                             f"({state['batches_per_epoch']} batches of {state['rows']} per epoch then, "
+                             f"{self.batches_per_epoch} of {self.rows} now)")
+        self.position, self._queue = int(state["position"]), []
+
+
+def make_loss_fn():
+    """(model, (x, y, n, scale)) -> mean loss x n x scale: summed over micro-batches (and
+    averaged over processes by DDP) this is the sum of token losses over the step's total
+    target count, whatever the micro-batch sizes."""
+
+    def loss_fn(model, batch):
+        x, y, n, scale = batch
+        return model(x, targets=y) * (n * scale)
+
+    return loss_fn
+
+
+@torch.no_grad()
+def evaluate_val(model, examples: list[Example], pad_id: int, seq_len: int, rows: int,
+                 env: DistEnv, autocast) -> float:
+    """Token-weighted mean loss over the validation conversations (split across ranks)."""
+    was = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    total, count = 0.0, 0
+    batches = [order[i:i + rows] for i in range(0, len(order), rows)]
+    for b in batches[env.rank::env.world_size]:
+        exs = [examples[i] for i in b]
+        x, y = collate(exs, pad_id, seq_len=seq_len)
+        n = sum(e.n_targets for e in exs)
+        with autocast():
+            total += float(model(x.to(env.device), targets=y.to(env.device)).float()) * n
+        count += n
+    model.train(was)
+    total, count = all_reduce_sum(total), all_reduce_sum(count)
+    return total / max(count, 1)
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def chat_token_ids(tokenizer, vocab_size: int) -> list[int]:
+    """The special tokens a chat uses: <|im_start|>, <|im_end|>, eos, end-of-turn."""
+    from gptlab.chat import stop_token_ids
+
+    ids = {tokenizer.im_start_id, tokenizer.im_end_id, *stop_token_ids(tokenizer)}
+    return sorted(i for i in ids if i is not None and 0 <= i < vocab_size)
+
+
+def apply_lora(model, cfg: SFTConfig, token_ids: list[int] | None = None):
+    """Wrap a GPT in a peft LoRA model: base weights frozen, adapters on
+    ``cfg.lora_targets``, and (``token_ids``) trainable embedding and output rows for
+    those tokens only (peft's trainable tokens; not with tied embeddings, whose merge
+    would change the output rows the adapter model leaves alone)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora_r
+    tokens = None
+    if token_ids and not model.config.tie_word_embeddings:
+        tokens = {"embed_tokens": list(token_ids), "lm_head": list(token_ids)}
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, bias="none", trainable_token_indices=tokens)
+    return get_peft_model(model, lcfg)
+
+
+def lora_state_dict(peft_model) -> dict:
+    """The adapter tensors (what LoRA trains), on CPU."""
+    from peft import get_peft_model_state_dict
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def plain_model(peft_model, merged: bool):
+    """A plain GPT copy holding the base weights, or the base weights with the adapters
+    merged in (W + B A alpha / r, trained token rows). The live model is untouched."""
+    import copy
+
+    clone = copy.deepcopy(peft_model)
+    return (clone.merge_and_unload() if merged else clone.unload()).eval()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _resume_fixed(cfg: SFTConfig) -> dict:
+    return {"init": cfg.init, "data": cfg.data, "mix": cfg.mix, "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "device_batch_size": cfg.device_batch_size,
+            "lora_r": cfg.lora_r, "lora_chat_tokens": cfg.lora_chat_tokens,
+            "max_records": cfg.max_records, "val_records": cfg.val_records}
+
+
+def make_saver(model, optimizer, stream: SFTBatches, tokenizer, cfg: SFTConfig, env: DistEnv,
+               meta: dict, metrics: dict, steps: int):
+    """(step, final) -> path: a resumable out/ckpt/step_N, plus out/final at the end."""
+    from gptlab.checkpoint import save_checkpoint
+
+    out, lora = Path(cfg.out), cfg.lora_r > 0
+
+    def save(step: int, final: bool) -> Path:
+        path = checkpoint_path(out / "ckpt", step)
+        if env.is_main:
+            info = {**meta, "step": step, "epochs": round(stream.epoch, 3), "metrics": dict(metrics)}
+            state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                     "data": stream.state_dict(), "config": dataclasses.asdict(cfg),
+                     "world_size": env.world_size, "max_steps": steps}
+            if lora:
+                state["adapter"] = lora_state_dict(model)
+            weights = plain_model(model, merged=True) if lora else model
+            save_checkpoint(path, weights, tokenizer, train_state=state, meta=info)
+            prune_checkpoints(out / "ckpt", cfg.keep_checkpoints)
+            if final:
+                _save_final(out / "final", model, weights, tokenizer, cfg, info)
+        barrier()
+        return out / "final" if final else path
+
+    return save
+
+
+def _save_final(path: Path, model, weights, tokenizer, cfg: SFTConfig, info: dict) -> None:
+    from gptlab.checkpoint import save_checkpoint
+
+    if cfg.lora_r > 0 and not cfg.merge:
+        save_checkpoint(path, plain_model(model, merged=False), tokenizer, meta=info)
+        tmp = path.with_name(f".{path.name}.adapter-tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))  # adapter_config.json + adapter_model.safetensors
+        for f in tmp.iterdir():
+            f.replace(path / f.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        save_checkpoint(path, weights, tokenizer, meta=info)
+
+
+def maybe_resume(cfg: SFTConfig, model, optimizer, stream: SFTBatches, env: DistEnv) -> int:
+    """Load the newest out/ckpt checkpoint when resuming; returns the step to start from.
+    A fresh run removes step checkpoints of an earlier run."""
+    from gptlab.checkpoint import load_checkpoint, load_train_state
+
+    root = Path(cfg.out) / "ckpt"
+    if env.is_main:
+        remove_stale_temp_dirs(root)
+    latest = latest_checkpoint(root) if cfg.resume else None
+    if latest is None:
+        if cfg.resume:
+            print0(f"--resume: no checkpoint in {root}; starting fresh")
+        elif env.is_main and list_checkpoints(root):
+            print0(f"removing checkpoints of an earlier run in {root} (use --resume to continue)")
+            shutil.rmtree(root)
+        barrier()
+        return 0
+    state = load_train_state(latest)
+    old = _resume_fixed(SFTConfig(**{k: v for k, v in state["config"].items()
+                                     if k in {f.name for f in dataclasses.fields(SFTConfig)}}))
+    for key, value in _resume_fixed(cfg).items():
+        if old[key] != value:
+            raise ValueError(f"cannot resume {latest}: {key} was {old[key]!r}, now {value!r}")
+    if cfg.lora_r > 0:
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model, state["adapter"])
+    else:
+        model.load_state_dict(load_checkpoint(latest, device="cpu").model.state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    stream.load_state_dict(state["data"])
+    set_rng_state(state["rng"])
+    print0(f"resumed from {latest} (step {state['step']})")
+    return int(state["step"])
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def sft(cfg: SFTConfig) -> Path:
+    """Fine-tune as configured; returns the final checkpoint directory (out/final)."""
+    env = setup_dist(cfg.device)
+    try:
+        return _sft(cfg, env)
+    finally:
+        cleanup_dist()
+
+
+def _sft(cfg: SFTConfig, env: DistEnv) -> Path:
+    from gptlab.chat import load_chat_model
+
+    validate_config(cfg)
+    seed_everything(cfg.seed)
+    per_step = cfg.device_batch_size * env.world_size
+    if cfg.batch_size % per_step:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --device-batch-size x "
+                         f"processes = {cfg.device_batch_size} x {env.world_size}")
+    accum = cfg.batch_size // per_step
+    ckpt = load_chat_model(cfg.init, device="cpu")  # merges a --no-merge LoRA adapter
+    tokenizer, raw = ckpt.tokenizer, ckpt.model
+    if tokenizer is None:
+        raise ValueError(f"{cfg.init} has no tokenizer.json: SFT needs the model's tokenizer")
+    seq_len = cfg.seq_len or min(raw.config.max_position_embeddings, 2048)
+    data = prepare_data(cfg, tokenizer, seq_len)
+    stream = SFTBatches(data, cfg.device_batch_size, tokenizer.pad_id, seq_len, seed=cfg.seed,
+                        accum=accum, rank=env.rank, world_size=env.world_size, device=env.device)
+    steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * stream.batches_per_epoch / (accum * env.world_size)))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.03 * steps)
+    lora = cfg.lora_r > 0
+    lr = cfg.lr if cfg.lr is not None else default_lr(raw.config.hidden_size, lora)
+    torch.manual_seed(cfg.seed)
+    raw = raw.to(env.device).train()
+    if lora:
+        raw = apply_lora(raw, cfg, chat_token_ids(tokenizer, raw.config.vocab_size)
+                         if cfg.lora_chat_tokens else None)
+    optimizer = build_optimizer(raw, lr=lr, weight_decay=cfg.weight_decay)
+    start = maybe_resume(cfg, raw, optimizer, stream, env)
+    out = Path(cfg.out)
+    if start >= steps and (out / "final" / "config.json").is_file():
+        print0(f"already trained {start} >= {steps} steps: {out / 'final'}")
+        return out / "final"
+    dtype = resolve_dtype(cfg.dtype, env.device)
+
+    def autocast():
+        return autocast_context(env.device, dtype)
+
+    model = wrap_model(raw, env, compile=cfg.compile)
+    _announce(cfg, raw, data, stream, steps, accum, lr, warmup, seq_len, env)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "data.json").write_text(json.dumps(data.info, indent=2) + "\n")
+    meta = {"stage": "sft", "parent": str(cfg.init), "parent_stage": ckpt.meta.get("stage"),
+            "data": data.info, "lora": _lora_meta(cfg) if lora else None,
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                       if k not in ("progress", "resume", "tensorboard", "wandb")}}
+    latest: dict = {}
+    save = make_saver(raw, optimizer, stream, tokenizer, cfg, env, meta, latest, steps)
+
+    def evaluate() -> dict:
+        latest["val_loss"] = evaluate_val(raw, data.val, tokenizer.pad_id, seq_len,
+                                          cfg.device_batch_size, env, autocast) if data.val else None
+        latest["epoch"] = round(stream.epoch, 3)
+        return {k: v for k, v in latest.items() if v is not None}
+
+    hooks = LoopHooks(next_batch=stream.next_batch, save=save, loss_fn=make_loss_fn(),
+                      evaluate=evaluate)
+    epoch0 = data.epoch_examples(0)
+    mean_len = sum(len(e) - 1 for e in epoch0) / len(epoch0)  # tokens/s is an estimate
+    loop_cfg = LoopConfig(
+        max_steps=steps, accum_steps=accum, tokens_per_step=int(mean_len * cfg.batch_size),
+        warmup_steps=warmup, schedule=cfg.schedule, final_lr_frac=cfg.final_lr_frac,
+        grad_clip=cfg.grad_clip, eval_every=cfg.eval_every, save_every=cfg.save_every,
+        flops_per_token=None if lora else raw.flops_per_token(int(mean_len)),
+        progress=cfg.progress, desc="sft")
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start or None,
+                           tensorboard_dir=out / "tb" if cfg.tensorboard else None,
+                           wandb_project=cfg.wandb, wandb_config=dataclasses.asdict(cfg))
+    try:
+        if start >= steps:  # finished but out/final missing: write it again
+            return save(start, True)
+        return run_loop(model, optimizer, loop_cfg, hooks, env=env, logger=logger,
+                        start_step=start, autocast=autocast)
+    finally:
+        logger.close()
+
+
+def _lora_meta(cfg: SFTConfig) -> dict:
+    return {"r": cfg.lora_r, "alpha": cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora_r,
+            "dropout": cfg.lora_dropout, "targets": cfg.lora_targets,
+            "chat_tokens": cfg.lora_chat_tokens, "merged": cfg.merge}
+
+
+def _announce(cfg, model, data: SFTData, stream: SFTBatches, steps, accum, lr, warmup, seq_len,
+              env: DistEnv) -> None:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    mode = f"LoRA r={cfg.lora_r}" if cfg.lora_r else "full fine-tuning"
+    print0(f"sft: {mode}, {trainable / 1e6:.3f}M of {total / 1e6:.2f}M params trained | "
+           f"{env.world_size} process(es) on {env.device} | batch {cfg.batch_size} rows = "
+           f"{cfg.device_batch_size} x {accum} accum x {env.world_size} | seq_len {seq_len} | "
+           f"{steps} steps = {steps * accum * env.world_size / stream.batches_per_epoch:.2f} epochs of "
+           f"{data.epoch_size} rows | lr {lr:.2e}, warmup {warmup}, {cfg.schedule}")
