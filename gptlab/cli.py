@@ -19,6 +19,10 @@ EXAMPLES = {
     "chat": 'gptlab chat --model runs/demo/sft/final --system "Answer in one word."',
     "eval": "gptlab eval --model runs/demo/sft/final --world runs/demo/world --suite world --suite bpb --limit 50",
     "report": "gptlab report runs/demo",
+    "scaling sweep": "gptlab scaling sweep --out runs/scaling --scale full --budgets 2.5e11,5e11,1e12,2e12 --threads 1",
+    "scaling fit": "gptlab scaling fit --out runs/scaling",
+    "scaling predict": "gptlab scaling predict --out runs/scaling --flops 2e13",
+    "scaling check": "gptlab scaling check --out runs/scaling --flops 2e13",
 }
 
 
@@ -123,10 +127,11 @@ def _add_sft(sub) -> None:
 
 
 def cmd_sft(args) -> None:
-    from gptlab.train.loop import print0
+    import os
     from gptlab.train.sft import SFTConfig, sft
     final = sft(dataclass_from_args(SFTConfig, args))
-    print0(f"final checkpoint: {final}")
+    if os.environ.get("RANK", "0") == "0":  # the process group is gone by now
+        print(f"final checkpoint: {final}")
 
 
 def _add_chat(sub) -> None:
@@ -208,6 +213,58 @@ def cmd_report(args) -> None:
     print(f"wrote {report(args.run_dir, out=args.out)}")
 
 
+def _add_scaling(sub) -> None:
+    sc = sub.add_parser("scaling", help="predict a big run's loss and capability from small runs")
+    sc_sub = sc.add_subparsers(dest="scaling_command", required=True, metavar="SUBCOMMAND")
+    from gptlab.scaling import SweepConfig
+    p = _parser(sc_sub, "sweep", "train a grid of small runs (compute budgets x model sizes) -> "
+                "OUT/sweep.csv; finished runs are skipped", "scaling sweep")
+    add_dataclass_args(p, SweepConfig)
+    p.set_defaults(func=cmd_scaling_sweep)
+    for name, help_text in (
+            ("fit", "fit L(C), L(N, D) (Huber, bootstrap) and the capability law -> OUT/fit.json"),
+            ("predict", "predict loss, compute-optimal size and capability for --flops -> "
+                        "OUT/predict.json, OUT/scaling.png"),
+            ("check", "train the predicted configuration for --flops; actual beside predicted -> "
+                      "OUT/check.json")):
+        p = _parser(sc_sub, name, help_text, f"scaling {name}")
+        p.add_argument("--out", default="runs/scaling", help="the sweep's directory (default: runs/scaling)")
+        p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default: 200)")
+        if name == "fit":
+            p.add_argument("--max-flops", type=float, default=None, help="fit only runs of at most this compute")
+        else:
+            p.add_argument("--flops", type=float, default=None,
+                           help="target compute in FLOPs (default: 10x the largest sweep run)")
+            p.add_argument("--max-fit-frac", type=float, default=0.1,
+                           help="fit only runs of at most this fraction of --flops (default: 0.1)")
+        if name == "check":
+            p.add_argument("--device", default=None, help="device of the check run (default: the sweep's)")
+            p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the sweep's)")
+        p.set_defaults(func=cmd_scaling)
+
+
+def cmd_scaling_sweep(args) -> None:
+    from gptlab.scaling import SweepConfig, sweep
+    print(f"wrote {sweep(dataclass_from_args(SweepConfig, args))}")
+
+
+def cmd_scaling(args) -> None:
+    from gptlab import scaling
+    out = Path(args.out)
+    if args.scaling_command == "fit":
+        r = scaling.run_fit(out, max_flops=args.max_flops, n_boot=args.bootstrap)
+        print(scaling.format_fit(r))
+        print(f"wrote {out / 'fit.json'}")
+    elif args.scaling_command == "predict":
+        pred = scaling.run_predict(out, args.flops, args.max_fit_frac, n_boot=args.bootstrap)
+        print(scaling.format_prediction(pred))
+        print(f"wrote {out / 'predict.json'} and {out / 'scaling.png'}")
+    else:
+        scaling.check(out, args.flops, args.max_fit_frac, n_boot=args.bootstrap,
+                      device=args.device, threads=args.threads)
+        print(f"wrote {out / 'check.json'} and {out / 'scaling.png'}")
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _parser(sub, "speedrun", "the whole pipeline on miniworld, each stage skipped when done")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--preset", default="cpu-tiny", choices=["cpu-tiny"], help="size preset")
+    p.add_argument("--preset", default="cpu-tiny", choices=["cpu-tiny", "test"],
+                   help="size preset (test: a seconds-long run for the test suite)")
     p.add_argument("--scale", default="small", choices=["tiny", "small", "full"],
                    help="miniworld scale (tiny is for tests)")
     p.set_defaults(func=cmd_speedrun)
@@ -268,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chat(sub)
     _add_eval(sub)
     _add_report(sub)
+    _add_scaling(sub)
     return parser
 
 

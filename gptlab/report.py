@@ -287,13 +287,14 @@ def _evals(ctx: _Ctx, files: list[Path]) -> list[str]:
 def _side_by_side(loaded, names, kinds, metrics: list[str]) -> list[str]:
     diff = len(loaded) >= 2
     rows = ["| metric | " + " | ".join(f"{n} ({k})" for n, k in zip(names, kinds))
-            + (" | difference (last - first) |" if diff else " |"),
+            + (" | difference (last - earliest with a value) |" if diff else " |"),
             "|---|" + "---:|" * (len(names) + diff)]
     for m in metrics:
         vals = [e["metrics"].get(m) for _, e in loaded]
         cells = [R.fmt_value(m, v) for v in vals]
         if diff:
-            cells.append(R.fmt_delta(m, vals[0], vals[-1]))
+            ref = next((v for v in vals[:-1] if v is not None), None)
+            cells.append(R.fmt_delta(m, ref, vals[-1]))
         rows.append(f"| {R._label(m)} | " + " | ".join(cells) + " |")
     return rows
 
@@ -339,26 +340,33 @@ def _command_of(meta: dict) -> str | None:
         return cmd
     cfg = meta.get("config")
     if isinstance(cfg, dict) and meta.get("stage"):
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
-                         if v is not None and not isinstance(v, (dict, list)))
-        return f"gptlab {meta['stage']} {flags}  # reconstructed from gptlab.json config"
+        flags = []
+        for k, v in cfg.items():
+            flag = "--" + k.replace("_", "-")
+            if isinstance(v, bool):
+                flags.append(flag if v else "--no-" + k.replace("_", "-"))
+            elif v is not None and v != "" and not isinstance(v, (dict, list)):
+                flags.append(f"{flag} {v}")
+        return f"gptlab {meta['stage']} {' '.join(flags)}  # reconstructed from gptlab.json config"
     return None
 
 
 def _commands(ctx: _Ctx, ckpts: list[Path], evals: list[Path]) -> list[str]:
     out = ["## Commands", ""]
-    lines, missing = [], []
+    by_cmd: dict[str, list[str]] = {}     # one entry per command: the checkpoints it made
+    missing = []
     for c in ckpts:
         meta = _read_json(c / "gptlab.json") or {}
         cmd = _command_of(meta)
         if cmd:
-            lines.append(f"# {ctx.rel(c)} ({meta.get('stage') or 'checkpoint'})\n{cmd}")
+            by_cmd.setdefault(cmd, []).append(f"{ctx.rel(c)} ({meta.get('stage') or 'checkpoint'})")
         else:
             missing.append(f"`{ctx.rel(c)}` ({meta.get('stage') or 'no stage'})")
+    lines = [f"# {', '.join(where)}\n{cmd}" for cmd, where in by_cmd.items()]
     for f in evals:
         e = _read_json(f) or {}
-        if e.get("command"):
-            lines.append(f"# {_model_name(ctx, f)} (eval)\n{e['command']}")
+        for cmd in e.get("commands") or ([e["command"]] if e.get("command") else []):
+            lines.append(f"# {_model_name(ctx, f)} (eval)\n{cmd}")
     if lines:
         out += ["```bash", "\n\n".join(lines), "```", ""]
     if missing:

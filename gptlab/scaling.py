@@ -62,16 +62,17 @@ def _f(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
-# The size ladder: widths ~48-64 x depth. The sweep uses a subset (--sizes); predict picks
-# the best size for a budget from the whole ladder.
-LADDER = ("1x32", "1x64", "2x64", "2x96", "2x128", "3x128", "3x160", "3x192", "4x192", "4x256",
-          "5x256", "5x320", "6x320", "6x384", "8x512", "10x640", "12x768")
-DEFAULT_SIZES = "1x64,2x64,2x96,2x128,3x128,3x160"
-DEFAULT_BUDGETS = "2.5e11,5e11,1e12,2e12"
+# The size ladder, N increasing: depth >= 2 (one layer cannot form induction heads), width
+# ~32-64 x depth. The sweep uses a few (--sizes); predict picks the best size for a budget
+# from the whole ladder plus the sweep's own sizes.
+LADDER = ("2x32", "2x64", "2x96", "2x128", "3x128", "3x160", "3x192", "4x192", "4x256", "5x256",
+          "5x320", "6x320", "6x384", "8x512", "10x640", "12x768")
+DEFAULT_SIZES = "2x32,2x64,2x96,2x128"
+DEFAULT_BUDGETS = "6.25e11,1.25e12,2.5e12"
 CSV_FIELDS = ("name", "budget", "size", "depth", "width", "params", "params_total",
               "flops_per_token", "batch_tokens", "steps", "tokens", "flops", "val_loss",
               "val_bpb", "fact_acc", "fact_n", "train_s", "eval_s")
-QUICK = dict(scale="tiny", vocab_size=384, sizes="1x32,1x64", budgets="3e9,6e9", seq_len=64,
+QUICK = dict(scale="tiny", vocab_size=384, sizes="1x32,2x32,1x64", budgets="3e9,6e9", seq_len=64,
              device_batch_size=8, batch_tokens=512, min_steps=4, eval_batches=2, val_docs=60,
              fact_limit=12, min_tokens_per_param=0.0, max_tokens_per_param=1e9)
 
@@ -83,22 +84,24 @@ class SweepConfig:
     out: str = _f("runs/scaling", "output directory (shared data, runs, sweep.csv, fits, plot)")
     data: str | None = _f(None, "pretraining text (file, dir, hf:org/name); unset: the miniworld corpus")
     world: str | None = _f(None, "miniworld directory (fact-completion eval); unset: OUT/world, generated")
-    scale: str = _f("small", "miniworld scale when OUT/world is generated (tiny, small, full)")
+    scale: str = _f("full", "miniworld scale when OUT/world is generated (tiny, small, full)")
     vocab_size: int = _f(2048, "vocabulary of the one tokenizer all runs share")
     budgets: str = _f(DEFAULT_BUDGETS, "comma-separated compute budgets in FLOPs (IsoFLOP curves)")
     sizes: str = _f(DEFAULT_SIZES, "comma-separated model sizes DEPTHxWIDTH (or DEPTH: width 64 x depth)")
     seq_len: int = _f(128, "context length of every run")
-    device_batch_size: int = _f(16, "sequences per micro-batch")
-    batch_tokens: int = _f(2048, "tokens per optimizer step, the same for every run")
-    min_steps: int = _f(40, "skip grid points with fewer optimizer steps")
-    min_tokens_per_param: float = _f(1.0, "skip grid points with fewer training tokens per parameter")
+    device_batch_size: int = _f(8, "sequences per micro-batch")
+    batch_tokens: int = _f(1024, "tokens per optimizer step, the same for every run")
+    lr_mult: float = _f(2.0, "multiplier on pretrain's default AdamW LR (6e-4 x sqrt(768 / width)) for every run")
+    min_steps: int = _f(100, "skip grid points with fewer optimizer steps")
+    min_tokens_per_param: float = _f(0.5, "skip grid points with fewer training tokens per parameter")
     max_tokens_per_param: float = _f(400.0, "skip grid points with more training tokens per parameter")
     eval_batches: int = _f(16, "validation batches for the final val loss / bpb")
     val_docs: int = _f(1000, "documents held out for validation")
     fact_limit: int | None = _f(None, "at most this many fact-completion prompts per run; unset: all")
     seed: int = _f(0, "seed of every run (init and data order)")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
-    threads: int | None = _f(None, "torch CPU threads per run; unset: torch's default")
+    threads: int | None = _f(1, "torch CPU threads per run (tiny models: 1 is fastest, and 1 per core when sharing)")
+    workers: int = _f(1, "worker processes running runs side by side (CPU: one per core)")
     gpus: str | None = _f(None, "comma-separated GPU ids: one worker process per GPU (CUDA_VISIBLE_DEVICES)")
     quick: bool = _f(False, "a few tiny runs on miniworld 'tiny' (seconds; for tests and smoke checks)")
     worker: str | None = _f(None, "internal: I/N = run only every N-th pending run, from the I-th")
@@ -242,7 +245,7 @@ def train_run(plan: dict, cfg: SweepConfig, data: dict, run_dir: Path) -> dict:
             data=str(data["shards"]), tokenizer=str(data["tokenizer"]), out=str(run_dir),
             depth=plan["depth"], width=plan["width"], seq_len=cfg.seq_len,
             device_batch_size=cfg.device_batch_size, total_batch_tokens=cfg.batch_tokens,
-            max_steps=plan["steps"], eval_every=0, eval_batches=cfg.eval_batches, save_every=0,
+            max_steps=plan["steps"], lr=_lr(plan, cfg.lr_mult), eval_every=0, eval_batches=cfg.eval_batches, save_every=0,
             keep_checkpoints=1, seed=cfg.seed, device=cfg.device, progress=False)
         pretrain(pcfg)
     train_s = time.perf_counter() - t0
@@ -254,6 +257,14 @@ def train_run(plan: dict, cfg: SweepConfig, data: dict, run_dir: Path) -> dict:
     return {**plan, "val_loss": metrics["val_loss"], "val_bpb": metrics["val_bpb"],
             "fact_acc": acc, "fact_n": n, "train_s": round(train_s, 1),
             "eval_s": round(time.perf_counter() - t0 - train_s, 1)}
+
+
+def _lr(plan: dict, mult: float) -> float | None:
+    """pretrain's default LR for the size (None: let pretrain derive it), times ``mult``."""
+    if mult == 1.0:
+        return None
+    from gptlab.model import training_defaults
+    return mult * training_defaults(plan["depth"])["lr"] * math.sqrt(64 * plan["depth"] / plan["width"])
 
 
 def _final_step(final: Path) -> int | None:
@@ -275,7 +286,8 @@ def read_rows(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: v if k in ("name", "size") else _num(v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def _num(v: str):
@@ -313,15 +325,16 @@ def sweep(cfg: SweepConfig) -> Path:
     done = {r["name"] for r in read_rows(csv_path)}
     plans = plan_grid(cfg, data["vocab_size"])
     todo = [p for p in plans if p["name"] not in done]
-    if cfg.gpus and not cfg.worker:
-        _spawn_workers(cfg, todo)
+    if (cfg.gpus or cfg.workers > 1) and not cfg.worker:
+        _spawn_workers(cfg)
     else:
         if cfg.worker:
             i, n = (int(x) for x in cfg.worker.split("/"))
             todo = todo[i::n]
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        print(f"sweep: {len(plans)} runs planned, {len(plans) - len(todo)} already done", flush=True)
+        print(f"sweep{' worker ' + cfg.worker if cfg.worker else ''}: {len(plans)} runs planned, "
+              f"{len(done & {p['name'] for p in plans})} already done, {len(todo)} to run here", flush=True)
         for k, plan in enumerate(todo):
             row = train_run(plan, cfg, data, out / "runs" / plan["name"])
             append_row(csv_path, row)
@@ -335,19 +348,19 @@ def sweep(cfg: SweepConfig) -> Path:
     return csv_path
 
 
-def _spawn_workers(cfg: SweepConfig, todo: list[dict]) -> None:
-    """One `gptlab scaling sweep --worker i/n` process per GPU; waits for all."""
-    gpus = [g.strip() for g in cfg.gpus.split(",") if g.strip()]
+def _spawn_workers(cfg: SweepConfig) -> None:
+    """One `gptlab scaling sweep --worker i/n` process per GPU (or --workers on CPU); waits."""
+    gpus = [g.strip() for g in cfg.gpus.split(",") if g.strip()] if cfg.gpus else [None] * cfg.workers
     procs = []
     for i, gpu in enumerate(gpus):
         args = [sys.executable, "-m", "gptlab", "scaling", "sweep", "--worker", f"{i}/{len(gpus)}"]
         for f in dataclasses.fields(SweepConfig):
             v = getattr(cfg, f.name)
-            if f.name in ("gpus", "worker", "quick") or v is None:
+            if f.name in ("gpus", "workers", "worker", "quick") or v is None:
                 continue
             args += [f"--{f.name.replace('_', '-')}", str(v)] if not isinstance(v, bool) else \
                 [f"--{'' if v else 'no-'}{f.name.replace('_', '-')}"]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
         procs.append(subprocess.Popen(args, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
@@ -386,8 +399,9 @@ def _lse_huber_grid(grid: np.ndarray, F: np.ndarray, target: np.ndarray) -> np.n
     return np.where(np.abs(r) <= d, 0.5 * r * r, d * (np.abs(r) - 0.5 * d)).sum(-1)
 
 
-def _best_fit(F, target, grid, extra_inits=(), top_k: int = 8) -> tuple[np.ndarray, float]:
-    """L-BFGS from the best ``top_k`` grid points (and ``extra_inits``); the best result."""
+def _best_fit(F, target, grid, bounds, extra_inits=(), top_k: int = 8) -> tuple[np.ndarray, float]:
+    """L-BFGS(-B, within loose ``bounds`` that only keep exp() finite) from the best ``top_k``
+    grid points (and ``extra_inits``); the best result."""
     from scipy.optimize import minimize
 
     vals = _lse_huber_grid(grid, F, target)
@@ -396,7 +410,8 @@ def _best_fit(F, target, grid, extra_inits=(), top_k: int = 8) -> tuple[np.ndarr
     best, best_val = None, float("inf")
     with np.errstate(over="ignore", invalid="ignore"):
         for x0 in inits:
-            res = minimize(_lse_huber, x0, args=(F, target), jac=True, method="L-BFGS-B",
+            x0 = np.clip(x0, *np.array(bounds).T)
+            res = minimize(_lse_huber, x0, args=(F, target), jac=True, method="L-BFGS-B", bounds=bounds,
                            options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-12})
             if np.isfinite(res.fun) and res.fun < best_val:
                 best, best_val = res.x, float(res.fun)
@@ -421,7 +436,8 @@ def fit_chinchilla(N, D, L, inits=(), top_k: int = 8) -> dict:
     F = np.array([[one, zero, zero, -x, zero],     # a - alpha log N
                   [zero, one, zero, zero, -y],     # b - beta log D
                   [zero, zero, one, zero, zero]])  # e
-    theta, val = _best_fit(F, target, _chinchilla_grid(), inits, top_k)
+    bounds = [(-20, 80), (-20, 80), (-10, 5), (0, 5), (0, 5)]
+    theta, val = _best_fit(F, target, _chinchilla_grid(), bounds, inits, top_k)
     a, b, e, alpha, beta = theta
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": float(alpha),
             "beta": float(beta), "objective": val, "theta": [float(t) for t in theta]}
@@ -445,7 +461,7 @@ def fit_power_law(C, L, inits=(), top_k: int = 8) -> dict:
     grid = np.array([(math.log(max(lmax - f * lmin, 1e-3)) - b * umid, b, math.log(f * lmin) if f else -10.0)
                      for b in (-0.02, -0.05, -0.1, -0.2, -0.35, -0.5, -0.8, -1.2)
                      for f in (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.98)])
-    theta, val = _best_fit(F, target, grid, inits, top_k)
+    theta, val = _best_fit(F, target, grid, [(-50, 200), (-5, 0), (-20, 5)], inits, top_k)
     la, b, lc = theta
     return {"a": math.exp(la), "b": float(b), "c": math.exp(lc), "objective": val,
             "theta": [float(t) for t in theta]}
@@ -486,7 +502,7 @@ def isoflop_minima(rows: list[dict]) -> list[dict]:
         x = np.log([r["params"] for r in runs])  # centred below: polyfit stays well conditioned
         y = np.array([r["val_loss"] for r in runs])
         n_opt, l_opt, vertex = best["params"], best["val_loss"], False
-        if len(runs) >= 3:
+        if len(set(x)) >= 3:
             x0 = x.mean()
             c2, c1, c0 = np.polyfit(x - x0, y, 2)
             xv = -c1 / (2 * c2) if c2 > 0 else None
@@ -505,7 +521,7 @@ def isoflop_minima(rows: list[dict]) -> list[dict]:
 def fit(rows: list[dict], *, max_flops: float | None = None, n_boot: int = 200,
         seed: int = 0) -> dict:
     """Fit every law on the runs of at most ``max_flops`` (all runs when None)."""
-    rows = [r for r in rows if max_flops is None or r["flops"] <= max_flops]
+    rows = [r for r in rows if max_flops is None or r["flops"] <= max_flops * (1 + 1e-9)]
     budgets = sorted({r["budget"] for r in rows})
     if len(budgets) < 2 or len(rows) < 6:
         raise ValueError(f"fit needs >= 6 runs over >= 2 budgets; got {len(rows)} runs, "
@@ -544,8 +560,8 @@ def _fit_once(rows: list[dict], init: dict | None = None) -> dict:
 
 
 def ladder_options(flops: float, spec: dict, sizes=LADDER) -> list[dict]:
-    """Every ladder size trained for ``flops``: its N, tokens, steps (spec: vocab_size,
-    seq_len, batch_tokens of the sweep)."""
+    """Every size trained for ``flops``: its N, tokens, steps, by increasing N (spec:
+    vocab_size, seq_len, batch_tokens of the sweep)."""
     out = []
     for size in sizes:
         st = size_stats(size, spec["vocab_size"], spec["seq_len"])
@@ -555,7 +571,7 @@ def ladder_options(flops: float, spec: dict, sizes=LADDER) -> list[dict]:
             tokens = steps * spec["batch_tokens"]
             out.append({"size": size, "depth": depth, "width": width, **st, "steps": steps,
                         "tokens": tokens, "flops": tokens * st["flops_per_token"]})
-    return out
+    return sorted(out, key=lambda o: o["params"])
 
 
 def _interval(values, ci: float) -> dict:
@@ -582,7 +598,7 @@ def predict(fit_result: dict, flops: float, spec: dict, ci: float = 0.95) -> dic
     loss (with a bootstrap interval), the frontier L(C), the continuous optimum, and the
     fact-completion accuracy."""
     ch, boot = fit_result["chinchilla"], fit_result["bootstrap"]
-    options = ladder_options(flops, spec)
+    options = ladder_options(flops, spec, sorted(set(LADDER) | set(spec.get("sizes", ()))))
     for o in options:
         o["pred_loss"] = float(chinchilla_loss(ch, o["params"], o["tokens"]))
     cfg = min(options, key=lambda o: o["pred_loss"])
@@ -621,6 +637,27 @@ def format_prediction(pred: dict, actual: dict | None = None) -> str:
         lines += [f"actual: val loss {actual['val_loss']:.4f} ({_rel(lo['value'], actual['val_loss'])} vs L(N,D), "
                   f"{_rel(pred['loss_frontier']['value'], actual['val_loss'])} vs L(C)), "
                   f"bpb {actual['val_bpb']:.4f}, fact accuracy {actual['fact_acc']:.3f}"]
+    return "\n".join(lines)
+
+
+def format_fit(r: dict, ci: float = 0.95) -> str:
+    """The fitted laws with bootstrap intervals, one per line."""
+    def iv(law, key):
+        lo, hi = _interval([b[law][key] for b in r["bootstrap"]], ci).values()
+        return f"{r[law][key]:.4g} [{lo:.4g}, {hi:.4g}]"
+
+    ch = r["chinchilla"]
+    lines = [f"{r['n_runs']} runs, budgets {', '.join(f'{b:.3g}' for b in r['budgets'])} FLOPs"
+             + (f" (runs of <= {r['max_flops']:.3g} FLOPs)" if r["max_flops"] else ""),
+             f"L(N, D) = E + A/N^alpha + B/D^beta: E {iv('chinchilla', 'E')}, A {iv('chinchilla', 'A')}, "
+             f"alpha {iv('chinchilla', 'alpha')}, B {iv('chinchilla', 'B')}, beta {iv('chinchilla', 'beta')}",
+             f"L(C) = a C^b + c: a {iv('frontier', 'a')}, b {iv('frontier', 'b')}, c {iv('frontier', 'c')}",
+             f"-log(fact accuracy) = k C^-gamma: k {iv('capability', 'k')}, gamma {iv('capability', 'gamma')}",
+             f"N_opt(C) = G C^a (IsoFLOP minima): G {r['n_opt_law']['G']:.4g}, a {r['n_opt_law']['a']:.3f}; "
+             f"L(N, D) gives N_opt ~ C^{ch['beta'] / (ch['alpha'] + ch['beta']):.3f}"]
+    for m in r["isoflop"]:
+        lines.append(f"  C={m['budget']:.3g}: N_opt {m['n_opt']:,.0f} ({'parabola' if m['vertex'] else 'best run'}), "
+                     f"L_opt {m['l_opt']:.4f}, best run {m['best']} fact {m['best_acc']:.3f}")
     return "\n".join(lines)
 
 
@@ -744,7 +781,7 @@ def _spec(out: Path) -> dict:
     cfg = load_sweep_config(out)
     from gptlab.tokenizer import Tokenizer
     return {"vocab_size": Tokenizer.load(out / "tokenizer").vocab_size, "seq_len": cfg.seq_len,
-            "batch_tokens": cfg.batch_tokens}
+            "batch_tokens": cfg.batch_tokens, "sizes": [x.strip() for x in cfg.sizes.split(",")]}
 
 
 def default_target(rows: list[dict]) -> float:

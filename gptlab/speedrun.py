@@ -1,10 +1,10 @@
 """The speedrun: every stage of gptlab in order on the embedded miniworld data.
 
 Each stage writes into its own folder under the run directory and is skipped when its
-output already exists, so a killed speedrun resumes where it stopped (pretraining itself
-resumes from its last checkpoint). Stages so far: miniworld data -> tokenizer -> pretrain
--> samples. Later stages (SFT, feedback, reward, RL/DPO, evals, red team, report) join as
-they land.
+output already exists, so a killed speedrun resumes where it stopped (the training stages
+themselves resume from their last checkpoint). Stages so far: miniworld data ->
+tokenizer -> pretrain -> SFT -> evals of base and SFT -> REPORT.md. Alignment (feedback,
+reward model, RL/DPO) and the red team join as they land.
 """
 from __future__ import annotations
 
@@ -14,24 +14,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-PROMPTS = ["The capital of France is", "Japan is a country in", "The currency of Brazil is"]
-
-# cpu-tiny: a few-million-parameter model that learns miniworld's facts in minutes on 2 cores.
+# cpu-tiny: a few-million-parameter model that learns miniworld's facts in minutes on 2
+# cores; `tiny` scale is what the tests use (seconds per stage).
 PRESETS = {
-    "cpu-tiny": dict(vocab_size=4096, depth=4, seq_len=256, max_steps=1500,
-                     device_batch_size=16, total_batch_tokens=8192),
+    "cpu-tiny": dict(vocab_size=4096, depth=4, seq_len=256, pretrain_steps=1200,
+                     device_batch_size=16, total_batch_tokens=8192, sft_epochs=2.0,
+                     sft_mix=0.2, eval_limit=None, val_docs=500),
+    "test": dict(vocab_size=512, depth=2, seq_len=128, pretrain_steps=30,
+                 device_batch_size=8, total_batch_tokens=2048, sft_epochs=0.3,
+                 sft_mix=0.2, eval_limit=8, val_docs=40),
 }
 
 
 @dataclass
 class Stage:
     name: str
-    output: Path          # the stage is done when this path exists
+    output: Path | None   # the stage is done when this path exists (None: always run)
     run: Callable[[], None]
 
 
-def _stages(out: Path, preset: dict, scale: str) -> list[Stage]:
-    world, tok, pre = out / "world", out / "tokenizer", out / "pretrain"
+def _stages(out: Path, p: dict, scale: str) -> list[Stage]:
+    world, tok, pre, sft_dir = out / "world", out / "tokenizer", out / "pretrain", out / "sft"
 
     def make_world():
         from gptlab.data.world import generate_world
@@ -39,64 +42,90 @@ def _stages(out: Path, preset: dict, scale: str) -> list[Stage]:
 
     def make_tokenizer():
         from gptlab.tokenizer import train_tokenizer_from_source
-        train_tokenizer_from_source(world / "corpus", tok, vocab_size=preset["vocab_size"])
+        train_tokenizer_from_source(world / "corpus", tok, vocab_size=p["vocab_size"])
 
     def make_pretrain():
         from gptlab.train.pretrain import PretrainConfig, pretrain
-        cfg = PretrainConfig(data=str(world / "corpus"), tokenizer=str(tok), out=str(pre),
-                             depth=preset["depth"], seq_len=preset["seq_len"],
-                             max_steps=preset["max_steps"],
-                             device_batch_size=preset["device_batch_size"],
-                             total_batch_tokens=preset["total_batch_tokens"], resume=True)
-        pretrain(cfg)
+        pretrain(PretrainConfig(
+            data=str(world / "corpus"), tokenizer=str(tok), out=str(pre), depth=p["depth"],
+            seq_len=p["seq_len"], max_steps=p["pretrain_steps"],
+            device_batch_size=p["device_batch_size"],
+            total_batch_tokens=p["total_batch_tokens"], val_docs=p["val_docs"],
+            eval_every=max(p["pretrain_steps"] // 10, 1), resume=True))
 
-    def make_samples():
-        _write_samples(pre / "final", out / "samples.md")
+    def make_sft():
+        from gptlab.train.sft import SFTConfig, sft
+        sft(SFTConfig(init=str(pre / "final"), data=str(world), out=str(sft_dir),
+                      mix=f"{world / 'corpus'}:{p['sft_mix']}", seq_len=p["seq_len"],
+                      epochs=p["sft_epochs"], resume=True))
+
+    def make_eval(model: Path):
+        def run():
+            from gptlab.evals import evaluate
+            evaluate(model, world, limit=p["eval_limit"])
+        return run
+
+    def make_report():
+        from gptlab.report import report
+        report(out)
 
     return [
         Stage("miniworld data", world / "manifest.json", make_world),
         Stage("tokenizer", tok / "tokenizer.json", make_tokenizer),
         Stage("pretrain", pre / "final" / "config.json", make_pretrain),
-        Stage("samples", out / "samples.md", make_samples),
+        Stage("SFT", sft_dir / "final" / "config.json", make_sft),
+        Stage("eval base", pre / "final" / "eval.json", make_eval(pre / "final")),
+        Stage("eval SFT", sft_dir / "final" / "eval.json", make_eval(sft_dir / "final")),
+        Stage("report", None, make_report),  # cheap, and must see every stage's timing
     ]
 
 
-def _write_samples(model_dir: Path, path: Path) -> None:
-    from gptlab.checkpoint import load_checkpoint
-    from gptlab.engine import Engine
-    ckpt = load_checkpoint(model_dir)
-    engine = Engine(ckpt.model, ckpt.tokenizer)
-    prompts = [ckpt.tokenizer.encode(p) for p in PROMPTS]
-    outs = engine.generate(prompts, max_new_tokens=24, temperature=0.0)
-    lines = ["# Greedy samples from the pretrained model", ""]
-    for p, o in zip(PROMPTS, outs):
-        lines.append(f"- **{p}**{ckpt.tokenizer.decode(o)}")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+HEADLINE = [("fact_accuracy", "fact completion"), ("bpb", "bits per byte"),
+            ("qa_accuracy", "QA accuracy"), ("system_compliance", "system-message compliance"),
+            ("harmful_refusal", "harmful refusal"), ("over_refusal", "over-refusal"),
+            ("premise_correction", "premise correction")]
+
+
+def headline_table(out: Path) -> str:
+    """Base and SFT side by side on the headline metrics (what `make demo` ends with)."""
+    cols = {}
+    for name, sub in (("base", "pretrain"), ("SFT", "sft")):
+        f = out / sub / "final" / "eval.json"
+        cols[name] = json.loads(f.read_text())["metrics"] if f.exists() else {}
+    lines = ["| metric | base | SFT |", "| --- | --- | --- |"]
+    for key, label in HEADLINE:
+        cells = [_fmt(cols[c].get(key)) for c in ("base", "SFT")]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def speedrun(out: Path, preset: str = "cpu-tiny", scale: str = "small") -> dict:
     """Run every stage not yet done; returns {stage: seconds} (0 for skipped stages)."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = _stages(out, PRESETS[preset], scale)
-    timings: dict[str, float] = {}
+    timings_file = out / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     for i, stage in enumerate(stages, 1):
-        if stage.output.exists():
-            print(f"[{i}/{len(stages)}] {stage.name}: done already ({stage.output})", flush=True)
-            timings[stage.name] = 0.0
+        tag = f"[{i}/{len(stages)}] {stage.name}"
+        if stage.output is not None and stage.output.exists():
+            print(f"{tag}: done already ({stage.output})", flush=True)
             continue
-        print(f"[{i}/{len(stages)}] {stage.name} ...", flush=True)
+        print(f"{tag} ...", flush=True)
         t0 = time.time()
         stage.run()
         timings[stage.name] = round(time.time() - t0, 1)
-        print(f"[{i}/{len(stages)}] {stage.name}: {timings[stage.name]:.0f}s", flush=True)
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+        print(f"{tag}: {timings[stage.name]:.0f}s", flush=True)
+        timings_file.write_text(json.dumps(timings, indent=2))
     print("\nstage                 seconds")
     for name, sec in timings.items():
         print(f"{name:<21} {sec:>7.0f}")
-    samples = out / "samples.md"
-    if samples.exists():
-        print("\n" + samples.read_text(encoding="utf-8"))
-    print(f"generate more: gptlab generate --model {out / 'pretrain' / 'final'} --prompt \"The capital of Peru is\"")
+    print(f"{'total':<21} {sum(timings.values()):>7.0f}\n")
+    print(headline_table(out))
+    print(f"\nfull report: {out / 'REPORT.md'}")
+    print(f"chat with it: gptlab chat --model {out / 'sft' / 'final'}")
     return timings

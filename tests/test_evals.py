@@ -301,6 +301,7 @@ def test_base_model_through_the_cli_and_merge(models, world, tmp_path, capsys):
     assert res["model_kind"] == "base"
     assert {"fact_accuracy", "bpb", "ece", "score/fact_completion"} <= set(res["metrics"])
     assert 0 <= res["metrics"]["fact_accuracy"] <= 1
+    assert len(res["commands"]) == 2 and "--suite calibration" in res["command"]
     # --kind overrides the detection
     res2 = R.evaluate(base, world, ["world"], limit=1, kind="chat", max_new_tokens=4,
                       progress=False, write=False)

@@ -31,6 +31,16 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: with `pytest -n 2` (or any other load) two threads per process
+    oversubscribe a 2-core machine and made the SmolLM2 tests up to 15x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
     return train_tokenizer(TEXTS * 30, vocab_size=320, progress=False)

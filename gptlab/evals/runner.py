@@ -467,10 +467,15 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
         t0 = time.time()
         results[suite] = {**_run_suite(suite, run), "seconds": round(time.time() - t0, 2),
                           "limit": limit}
+    command = _command(model_dir, world_dir, chosen, kind, settings, bpb_text, out)
+    for res in results.values():
+        res["command"] = command
     result = _assemble(model_dir, meta, kind, world_dir, results, skipped, settings)
-    result["command"] = _command(model_dir, world_dir, chosen, kind, settings, bpb_text, out)
     if run.path is not None:
         result = merge_previous(run.path, result)
+    result["command"] = command            # the latest run; "commands" lists every run kept
+    result["commands"] = [c for c in result["commands"] if c != command] + [command]
+    if run.path is not None:
         write_eval(run.path, result)
     return result
 
@@ -575,6 +580,8 @@ def _flatten(result: dict) -> dict:
             examples.update(res.get("examples", {}))
     result["metrics"], result["counts"] = metrics, counts
     result["examples"] = examples
+    cmds = [res.get("command") for res in result["suites"].values() if res.get("command")]
+    result["commands"] = list(dict.fromkeys(cmds))     # the runs that made this file
     return result
 
 
