@@ -283,7 +283,9 @@ def _add_scaling(sub) -> None:
 
 def cmd_scaling_sweep(args) -> None:
     from gptlab.scaling import SweepConfig, sweep
-    print(f"wrote {sweep(dataclass_from_args(SweepConfig, args))}")
+    path = sweep(dataclass_from_args(SweepConfig, args))
+    if not args.worker:
+        print(f"wrote {path}")
 
 
 def cmd_scaling(args) -> None:

@@ -72,7 +72,7 @@ DEFAULT_BUDGETS = "6.25e11,1.25e12,2.5e12"
 CSV_FIELDS = ("name", "budget", "size", "depth", "width", "params", "params_total",
               "flops_per_token", "batch_tokens", "steps", "tokens", "flops", "val_loss",
               "val_bpb", "fact_acc", "fact_n", "train_s", "eval_s")
-QUICK = dict(scale="tiny", vocab_size=384, sizes="1x32,2x32,1x64", budgets="3e9,6e9", seq_len=64,
+QUICK = dict(scale="tiny", vocab_size=384, sizes="2x32,3x32,2x64", budgets="3e9,6e9", seq_len=64,
              device_batch_size=8, batch_tokens=512, min_steps=4, eval_batches=2, val_docs=60,
              fact_limit=12, min_tokens_per_param=0.0, max_tokens_per_param=1e9)
 
@@ -581,16 +581,22 @@ def _interval(values, ci: float) -> dict:
     return {"lo": float(lo), "hi": float(hi)}
 
 
+def fpt_curve(n, sizes: list[dict]):
+    """FLOPs per token at N, interpolated log-log between sizes (dicts with params and
+    flops_per_token), proportional to N beyond them."""
+    sizes = sorted(sizes, key=lambda s: s["params"])
+    ln, lf = np.log([s["params"] for s in sizes]), np.log([s["flops_per_token"] for s in sizes])
+    x = np.log(np.asarray(n, dtype=np.float64))
+    return np.exp(np.interp(x, ln, lf) + np.where(x < ln[0], x - ln[0], 0) + np.where(x > ln[-1], x - ln[-1], 0))
+
+
 def continuous_optimum(p: dict, flops: float, options: list[dict]) -> dict:
-    """argmin over N of L(N, C / fpt(N)), fpt interpolated log-log along the ladder."""
-    ln = np.log([o["params"] for o in options])
-    lf = np.log([o["flops_per_token"] for o in options])
-    grid = np.linspace(ln.min() - 2, ln.max(), 4000)
-    fpt = np.exp(np.interp(grid, ln, lf, left=None, right=None) + np.where(grid < ln.min(), grid - ln.min(), 0))
-    tokens = flops / fpt
-    loss = chinchilla_loss(p, np.exp(grid), tokens)
+    """argmin over N of L(N, C / fpt(N)) (fpt from :func:`fpt_curve` along the ladder)."""
+    n = np.geomspace(options[0]["params"] / 10, options[-1]["params"], 4000)
+    tokens = flops / fpt_curve(n, options)
+    loss = chinchilla_loss(p, n, tokens)
     i = int(np.argmin(loss))
-    return {"params": float(math.exp(grid[i])), "tokens": float(tokens[i]), "loss": float(loss[i])}
+    return {"params": float(n[i]), "tokens": float(tokens[i]), "loss": float(loss[i])}
 
 
 def predict(fit_result: dict, flops: float, spec: dict, ci: float = 0.95) -> dict:
@@ -622,7 +628,8 @@ def format_prediction(pred: dict, actual: dict | None = None) -> str:
     """A few lines for the terminal."""
     c, lo = pred["config"], pred["loss"]
     lines = [
-        f"budget {pred['flops']:.3g} FLOPs (fit on {pred['fit_runs']} runs of <= {pred['fit_max_flops']:.3g} FLOPs)",
+        f"budget {pred['flops']:.3g} FLOPs (fit on {pred['fit_runs']} runs"
+        + (f" of <= {pred['fit_max_flops']:.3g} FLOPs)" if pred["fit_max_flops"] else ")"),
         f"compute-optimal: N ~ {pred['optimum']['params']:,.0f} params, D ~ {pred['optimum']['tokens']:,.0f} tokens "
         f"(IsoFLOP minima law: N ~ {pred['optimum']['params_isoflop']:,.0f})",
         f"ladder choice: {c['size']} (N {c['params']:,}, D {c['tokens']:,} tokens = {c['steps']} steps, "
@@ -698,9 +705,8 @@ def _plot_isoflops(ax, rows, budgets, colors, fit_result, prediction, actual):
                 color=col, label=f"C={b:.2g}")
         if fit_result is not None:
             n = np.geomspace(runs[0]["params"] / 1.5, runs[-1]["params"] * 1.5, 100)
-            fpt = np.interp(np.log(n), np.log([r["params"] for r in runs]),
-                            [r["flops_per_token"] for r in runs])
-            ax.plot(n, chinchilla_loss(fit_result["chinchilla"], n, b / fpt), "-", color=col, lw=1)
+            ax.plot(n, chinchilla_loss(fit_result["chinchilla"], n, b / fpt_curve(n, rows)), "-",
+                    color=col, lw=1)
     if prediction is not None:
         c = prediction["config"]
         ax.errorbar([c["params"]], [prediction["loss"]["value"]], yerr=_err(prediction["loss"]),

@@ -15,14 +15,19 @@ from pathlib import Path
 from typing import Callable
 
 # cpu-tiny: a few-million-parameter model that learns miniworld's facts in minutes on 2
-# cores; `tiny` scale is what the tests use (seconds per stage).
+# cores (docs/RESULTS.md has the measurements behind these numbers); `test` is the
+# smallest run that still goes through every stage (what tests/test_speedrun.py runs at
+# scale tiny). Optional keys: lr / optimizer (pretrain; unset = the depth's defaults),
+# sft_lr, threads (torch CPU threads; unset = torch's default, all cores), eval_tail_k /
+# eval_tail_prompts / eval_max_new_tokens (unset = the eval defaults).
 PRESETS = {
     "cpu-tiny": dict(vocab_size=4096, depth=4, seq_len=256, pretrain_steps=1200,
                      device_batch_size=16, total_batch_tokens=8192, sft_epochs=2.0,
                      sft_mix=0.2, eval_limit=None, val_docs=500),
-    "test": dict(vocab_size=512, depth=2, seq_len=128, pretrain_steps=30,
-                 device_batch_size=8, total_batch_tokens=2048, sft_epochs=0.3,
-                 sft_mix=0.2, eval_limit=8, val_docs=40),
+    "test": dict(vocab_size=300, depth=1, seq_len=128, pretrain_steps=6,
+                 device_batch_size=8, total_batch_tokens=1024, sft_epochs=0.1,
+                 sft_mix=0.2, eval_limit=2, val_docs=20, eval_tail_k=2,
+                 eval_tail_prompts=1, eval_max_new_tokens=8),
 }
 
 
@@ -51,18 +56,21 @@ def _stages(out: Path, p: dict, scale: str) -> list[Stage]:
             seq_len=p["seq_len"], max_steps=p["pretrain_steps"],
             device_batch_size=p["device_batch_size"],
             total_batch_tokens=p["total_batch_tokens"], val_docs=p["val_docs"],
+            lr=p.get("lr"), optimizer=p.get("optimizer", "adamw"),
             eval_every=max(p["pretrain_steps"] // 10, 1), resume=True))
 
     def make_sft():
         from gptlab.train.sft import SFTConfig, sft
         sft(SFTConfig(init=str(pre / "final"), data=str(world), out=str(sft_dir),
                       mix=f"{world / 'corpus'}:{p['sft_mix']}", seq_len=p["seq_len"],
-                      epochs=p["sft_epochs"], resume=True))
+                      epochs=p["sft_epochs"], lr=p.get("sft_lr"), resume=True))
 
     def make_eval(model: Path):
         def run():
             from gptlab.evals import evaluate
-            evaluate(model, world, limit=p["eval_limit"])
+            evaluate(model, world, limit=p["eval_limit"], tail_k=p.get("eval_tail_k", 8),
+                     tail_prompts=p.get("eval_tail_prompts", 4),
+                     max_new_tokens=p.get("eval_max_new_tokens"))
         return run
 
     def make_report():
@@ -107,7 +115,11 @@ def speedrun(out: Path, preset: str = "cpu-tiny", scale: str = "small") -> dict:
     """Run every stage not yet done; returns {stage: seconds} (0 for skipped stages)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stages = _stages(out, PRESETS[preset], scale)
+    p = PRESETS[preset]
+    if p.get("threads"):
+        import torch
+        torch.set_num_threads(p["threads"])
+    stages = _stages(out, p, scale)
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     for i, stage in enumerate(stages, 1):

@@ -1,0 +1,91 @@
+"""The speedrun end to end at `--preset test --scale tiny`: every stage writes its output,
+the report has every section, and a second call skips every finished stage."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+
+from gptlab.speedrun import HEADLINE, PRESETS, headline_table, speedrun
+
+STAGES = ["miniworld data", "tokenizer", "pretrain", "SFT", "eval base", "eval SFT", "report"]
+REPORT_SECTIONS = ["# Report card", "## Wall time", "## Checkpoints", "## Training", "## Evals",
+                   "## Commands"]
+BASE_KEYS = ["fact_accuracy", "bpb"]
+CHAT_KEYS = [k for k, _ in HEADLINE if k != "fact_accuracy"]
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speedrun")
+    t0 = time.time()
+    timings = speedrun(out=out, preset="test", scale="tiny")
+    return out, timings, time.time() - t0
+
+
+def test_every_stage_writes_its_output(run):
+    out, timings, _ = run
+    assert (out / "world" / "manifest.json").is_file()
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    for stage in ("pretrain", "sft"):
+        final = out / stage / "final"
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "gptlab.json"):
+            assert (final / name).is_file(), final / name
+    assert json.loads((out / "sft" / "final" / "gptlab.json").read_text())["stage"] == "sft"
+    assert list(timings) == STAGES
+    assert json.loads((out / "timings.json").read_text()) == timings
+    assert all(isinstance(v, (int, float)) and v >= 0 for v in timings.values())
+
+
+def test_evals_have_the_headline_metrics(run):
+    out, _, _ = run
+    base = json.loads((out / "pretrain" / "final" / "eval.json").read_text())
+    chat = json.loads((out / "sft" / "final" / "eval.json").read_text())
+    assert base["model_kind"] == "base" and chat["model_kind"] == "chat"
+    for key in BASE_KEYS:
+        assert key in base["metrics"], key
+    for key in CHAT_KEYS:
+        assert key in chat["metrics"], key
+    table = headline_table(out)
+    for _, label in HEADLINE:
+        assert f"| {label} |" in table
+
+
+def test_report_has_every_section(run):
+    out, _, _ = run
+    text = (out / "REPORT.md").read_text()
+    for heading in REPORT_SECTIONS:
+        assert heading in text, heading
+    # the wall-time table lists the stages that ran before the report
+    for stage in STAGES[:-1]:
+        assert f"| {stage} |" in text, stage
+
+
+def test_second_call_skips_finished_stages(run, capsys):
+    out, first, _ = run
+    weights = [out / s / "final" / "model.safetensors" for s in ("pretrain", "sft")]
+    evals = [out / s / "final" / "eval.json" for s in ("pretrain", "sft")]
+    before = {p: (p.stat().st_mtime_ns, _sha(p)) for p in weights + evals}
+    t0 = time.time()
+    again = speedrun(out=out, preset="test", scale="tiny")
+    elapsed = time.time() - t0
+    log = capsys.readouterr().out
+    for i, stage in enumerate(STAGES[:-1], 1):
+        assert f"[{i}/{len(STAGES)}] {stage}: done already" in log, stage
+    assert {p: (p.stat().st_mtime_ns, _sha(p)) for p in weights + evals} == before
+    # skipped stages keep their first timings; only the (cheap) report reruns
+    assert {k: again[k] for k in STAGES[:-1]} == {k: first[k] for k in STAGES[:-1]}
+    assert elapsed < 30 and (out / "REPORT.md").is_file()
+
+
+def test_presets_name_every_key_the_stages_read():
+    required = {"vocab_size", "depth", "seq_len", "pretrain_steps", "device_batch_size",
+                "total_batch_tokens", "sft_epochs", "sft_mix", "eval_limit", "val_docs"}
+    for name, p in PRESETS.items():
+        assert required <= set(p), (name, required - set(p))
