@@ -21,10 +21,10 @@ EXAMPLES = {
     "chat": 'gptlab chat --model runs/demo/sft/final --system "Answer in one word."',
     "eval": "gptlab eval --model runs/demo/sft/final --world runs/demo/world --suite world --suite bpb --limit 50",
     "report": "gptlab report runs/demo",
-    "scaling sweep": "gptlab scaling sweep --out runs/scaling --scale full --budgets 2.5e11,5e11,1e12,2e12 --threads 1",
+    "scaling sweep": "gptlab scaling sweep --out runs/scaling --workers 2",
     "scaling fit": "gptlab scaling fit --out runs/scaling",
-    "scaling predict": "gptlab scaling predict --out runs/scaling --flops 2e13",
-    "scaling check": "gptlab scaling check --out runs/scaling --flops 2e13",
+    "scaling predict": "gptlab scaling predict --out runs/scaling --flops 2.5e13",
+    "scaling check": "gptlab scaling check --out runs/scaling --flops 2.5e13",
 }
 
 

@@ -19,22 +19,52 @@ Conventions (the same in ``generate`` and ``stream``):
   token and only its stable prefix is emitted; a trailing U+FFFD (an incomplete UTF-8 byte
   sequence) and any tail that could still grow into a stop string are held back.
   Joined, the deltas equal the decoded completion.
+
+Decode speed on CPU (docs/PERFORMANCE.md): ``Engine(model, tok, weights=...)`` optionally
+runs the linear layers from a weight-only quantized copy that shares every other tensor
+with ``model`` (which is left untouched):
+
+- ``"int4"``: the transformer blocks' projections as 4-bit integers with one scale and one
+  offset per group of 32 input weights (asymmetric round-to-nearest; this is llama.cpp's
+  Q4_1 layout, so weights imported from a Q4_1 GGUF such as ``smollm2`` are represented
+  *exactly*, up to bf16 scales), through ``torch._weight_int4pack_mm_for_cpu``; the
+  output head stays in the model's dtype. CPU only.
+- ``"int8"``: every projection including the head as int8 with one scale per output row
+  (``torch._weight_int8pack_mm``).
+- ``"bf16"``: every projection's weights in bfloat16.
+
+The matmuls of all three take bfloat16 activations (the fast kernels need them); norms,
+RoPE, attention, the KV cache and the logits stay in the model's dtype. Their error
+against the full-precision model is measured in docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from gptlab.model import GPT, KVCache
 
+WEIGHT_MODES = (None, "int4", "int8", "bf16")
+
 
 class Engine:
-    def __init__(self, model: GPT, tokenizer=None):
-        self.model = model
+    """``weights``: None (the model as it is), or "int4" / "int8" / "bf16" to decode from a
+    weight-only quantized copy of the linear layers (see the module docstring)."""
+
+    def __init__(self, model: GPT, tokenizer=None, weights: str | None = None):
+        self.model = model if weights is None else quantize_for_decode(model, weights)
         self.tokenizer = tokenizer
+        self.weights = weights
         self.last_finish_reasons: list[str] = []
+        # wall seconds of the last call: the prompt pass (prefill, up to the first token's
+        # logits) and the remaining decode steps
+        self.last_prefill_s = self.last_decode_s = 0.0
 
     # ------------------------------------------------------------------ public API
 
@@ -126,18 +156,109 @@ class Engine:
         gen = None if seed is None else torch.Generator(param.device).manual_seed(seed)
         ids, mask, positions = _left_pad(prompts, param.device)
         cache = KVCache(self.model.config, len(prompts), ids.shape[1] + max_new_tokens,
-                        device=param.device, dtype=param.dtype)
+                        device=param.device, dtype=_compute_dtype(self.model, param))
+        self.last_prefill_s = self.last_decode_s = 0.0
+        t = time.perf_counter()
         logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions,
                             logits_to_keep=1)[:, -1]
         next_pos = None if positions is None else positions[:, -1:] + 1
         for step in range(max_new_tokens):
             token = sample(logits, temperature, top_k, top_p, gen)
-            yield token.tolist()
+            tokens = token.tolist()
+            if step == 0:  # time to the first token
+                self.last_prefill_s = time.perf_counter() - t
+            else:
+                self.last_decode_s += time.perf_counter() - t
+            yield tokens
             if all(done) or step == max_new_tokens - 1:
                 return
+            t = time.perf_counter()
             logits = self.model(token[:, None], kv_cache=cache, position_ids=next_pos)[:, -1]
             if next_pos is not None:
                 next_pos += 1
+
+
+def _compute_dtype(model, param) -> torch.dtype:
+    """The dtype activations (and so the KV cache) have: the embedding table's."""
+    emb = getattr(getattr(model, "model", None), "embed_tokens", None)
+    return emb.weight.dtype if emb is not None else param.dtype
+
+
+# ----------------------------------------------------------------------------- weight-only quantization
+
+
+class Int4Linear(nn.Module):
+    """y = x @ dequant(W).T with W (N, K) stored as 4-bit codes q in [0, 15], one bf16 scale s
+    and offset m per group of ``group`` inputs: w = s * q + m (llama.cpp's Q4_1)."""
+
+    def __init__(self, weight: torch.Tensor, group: int = 32):
+        super().__init__()
+        w = weight.detach().float()
+        N, K = w.shape
+        wg = w.view(N, K // group, group)
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        scale = ((hi - lo) / 15).clamp(min=1e-12)
+        q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp_(0, 15).view(N, K)
+        self.group, self.out_features = group, N
+        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1))
+        # the kernel computes (q - 8) * scale + zero
+        self.register_buffer("scales_zeros", torch.stack([scale, lo + 8 * scale], -1)
+                             .transpose(0, 1).contiguous().to(torch.bfloat16))
+
+    def forward(self, x):
+        y = torch._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.packed,
+                                              self.group, self.scales_zeros)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (s * q).T with q (N, K) int8 and one scale per output row (symmetric)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        w = weight.detach().float()
+        scale = w.abs().amax(1).clamp(min=1e-12) / 127
+        self.register_buffer("q", torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+
+    def forward(self, x):
+        y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.q, self.scale)
+        return y.view(*x.shape[:-1], self.q.shape[0]).to(x.dtype)
+
+
+class BF16Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().to(torch.bfloat16))
+
+    def forward(self, x):
+        return F.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
+
+
+def quantize_for_decode(model: GPT, weights: str, group: int = 32) -> GPT:
+    """A copy of ``model`` for inference whose ``nn.Linear`` layers are replaced by
+    weight-only quantized ones (``weights``: "int4", "int8" or "bf16"; see the module
+    docstring). Everything else (embeddings, norms) is shared with ``model``, not copied.
+    Under "int4" the output head, and any projection whose input size is not a multiple of
+    ``group``, keep their original weights."""
+    if weights not in WEIGHT_MODES[1:]:
+        raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
+    if next(model.parameters()).device.type != "cpu" and weights != "bf16":
+        raise ValueError(f"weights={weights!r} uses CPU kernels; move the model to the CPU or use 'bf16'")
+    memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    out = copy.deepcopy(model, memo).eval()
+    for parent in list(out.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear):
+                continue
+            if weights == "int4":
+                if name == "lm_head" or child.in_features % group:
+                    continue
+                new = Int4Linear(child.weight, group)
+            else:
+                new = Int8Linear(child.weight) if weights == "int8" else BF16Linear(child.weight)
+            setattr(parent, name, new)
+    return out
 
 
 def _left_pad(prompts, device):

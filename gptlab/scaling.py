@@ -8,7 +8,8 @@ Four steps, one function each (CLI: ``gptlab scaling sweep|fit|predict|check``):
   validation loss, bits per byte and fact-completion accuracy (miniworld's
   ``eval/fact_completion.jsonl``, greedy continuation judged by the gold judge) to one CSV.
   One tokenizer and one set of token shards serve all runs. Finished runs are skipped, so
-  a killed sweep resumes; ``gpus=`` spreads runs over GPUs (one worker per GPU).
+  a killed sweep resumes; ``workers=`` runs several side by side on CPU, ``gpus=`` one per
+  GPU.
 - :func:`fit` fits, on runs of at most ``max_flops``:
   the compute-optimal frontier ``L(C) = a * C^b + c`` (IsoFLOP minima from a parabola in
   log N, Hoffmann et al. 2022 "approach 2"); the parametric law
@@ -19,9 +20,10 @@ Four steps, one function each (CLI: ``gptlab scaling sweep|fit|predict|check``):
   arXiv:2404.10102); bootstrap intervals (runs resampled with replacement); and the
   capability as ``-log(accuracy) = k * C^-gamma`` on the frontier runs, the form the
   GPT-4 report (OpenAI 2023, arXiv:2303.08774) used for HumanEval pass rates.
-- :func:`predict` gives, for a budget, the predicted loss with an interval, the
-  compute-optimal size (continuous, and the best size of the ladder) and tokens, the
-  predicted capability, and a plot of the fits with the prediction.
+- :func:`predict` gives, for a budget, the predicted loss with a bootstrap interval (from
+  the frontier L(C), and from L(N, D) at the chosen size), the compute-optimal size
+  (continuous, and the best size of the ladder) and tokens, the predicted capability, and
+  a plot of the fits with the prediction.
 - :func:`check` trains the predicted configuration at that budget and writes the actual
   result beside the prediction (``check.json``).
 
@@ -30,7 +32,8 @@ sweeps, so a size is ``DEPTHxWIDTH`` (``2x96``): ``preset(depth)``'s recipe at t
 (``PretrainConfig.width``). N is the non-embedding parameter count (the untied output head
 included: it does matmul work), D the training tokens. Every run uses the same batch (in
 tokens), context length, AdamW settings and a cosine schedule over its own length; the LR
-follows the width (``6e-4 * sqrt(768 / width)``).
+follows the width (``lr_mult * 6e-4 * sqrt(768 / width)``). docs/SCALING.md has the
+measured result on miniworld.
 
 Layout of ``out``::
 
@@ -48,6 +51,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -245,14 +249,17 @@ def train_run(plan: dict, cfg: SweepConfig, data: dict, run_dir: Path) -> dict:
             data=str(data["shards"]), tokenizer=str(data["tokenizer"]), out=str(run_dir),
             depth=plan["depth"], width=plan["width"], seq_len=cfg.seq_len,
             device_batch_size=cfg.device_batch_size, total_batch_tokens=cfg.batch_tokens,
-            max_steps=plan["steps"], lr=_lr(plan, cfg.lr_mult), eval_every=0, eval_batches=cfg.eval_batches, save_every=0,
-            keep_checkpoints=1, seed=cfg.seed, device=cfg.device, progress=False)
+            max_steps=plan["steps"], lr=_lr(plan, cfg.lr_mult), eval_every=0,
+            eval_batches=cfg.eval_batches, save_every=0, keep_checkpoints=1, seed=cfg.seed,
+            device=cfg.device, progress=False)
         pretrain(pcfg)
-    train_s = time.perf_counter() - t0
+        train_s = time.perf_counter() - t0
+    else:  # trained before: its step times are in metrics.jsonl
+        train_s = _logged_train_time(run_dir / "metrics.jsonl")
+        t0 = time.perf_counter() - train_s
     ckpt = load_checkpoint(final, device=_device(cfg.device))
     metrics = ckpt.meta.get("metrics", {})
     acc, n = fact_accuracy(ckpt.model, ckpt.tokenizer, data["world"], cfg.fact_limit)
-    import shutil
     shutil.rmtree(run_dir / "ckpt", ignore_errors=True)  # optimizer state: not needed any more
     return {**plan, "val_loss": metrics["val_loss"], "val_bpb": metrics["val_bpb"],
             "fact_acc": acc, "fact_n": n, "train_s": round(train_s, 1),
@@ -265,6 +272,12 @@ def _lr(plan: dict, mult: float) -> float | None:
         return None
     from gptlab.model import training_defaults
     return mult * training_defaults(plan["depth"])["lr"] * math.sqrt(64 * plan["depth"] / plan["width"])
+
+
+def _logged_train_time(path: Path) -> float:
+    if not path.is_file():
+        return 0.0
+    return sum(json.loads(x).get("dt", 0.0) for x in path.read_text().splitlines() if x.strip())
 
 
 def _final_step(final: Path) -> int | None:
@@ -372,7 +385,7 @@ def _spawn_workers(cfg: SweepConfig) -> None:
 #
 # Both loss laws are fitted the same way: log L = LSE_k(t_k), each term t_k linear in the
 # parameters theta (t = F @ theta, F a (terms, params, runs) array), with a Huber loss
-# (delta 1e-3) on log L *summed* over runs, minimised by L-BFGS (scipy) from the best
+# (delta 1e-3) on log L *summed* over runs, minimised by L-BFGS (:func:`lbfgs`) from the best
 # points of a grid of initialisations. The bootstrap refits on runs resampled with
 # replacement within each budget and reports percentile intervals.
 
@@ -399,22 +412,56 @@ def _lse_huber_grid(grid: np.ndarray, F: np.ndarray, target: np.ndarray) -> np.n
     return np.where(np.abs(r) <= d, 0.5 * r * r, d * (np.abs(r) - 0.5 * d)).sum(-1)
 
 
-def _best_fit(F, target, grid, bounds, extra_inits=(), top_k: int = 8) -> tuple[np.ndarray, float]:
-    """L-BFGS(-B, within loose ``bounds`` that only keep exp() finite) from the best ``top_k``
-    grid points (and ``extra_inits``); the best result."""
-    from scipy.optimize import minimize
+def lbfgs(fun, x0, max_iter: int = 2000, history: int = 10, gtol: float = 1e-12,
+          ftol: float = 1e-14) -> tuple[np.ndarray, float]:
+    """Minimise ``fun`` (x -> (value, gradient)) by L-BFGS: the two-loop recursion (Nocedal &
+    Wright, "Numerical Optimization", alg. 7.4) with a backtracking Armijo line search.
+    numpy only: a few parameters need no BLAS threads (which thrash on a shared CPU)."""
+    x = np.asarray(x0, dtype=np.float64).copy()
+    f, g = fun(x)
+    S, Y = [], []
+    for _ in range(max_iter):
+        if not np.isfinite(f) or np.abs(g).max() < gtol:
+            break
+        q, alphas = g.copy(), []
+        for s_, y_ in zip(reversed(S), reversed(Y)):
+            alphas.append(s_ @ q / (y_ @ s_))
+            q -= alphas[-1] * y_
+        if S:
+            q *= (S[-1] @ Y[-1]) / (Y[-1] @ Y[-1])
+        for s_, y_, a in zip(S, Y, reversed(alphas)):
+            q += s_ * (a - y_ @ q / (y_ @ s_))
+        d = -q if g @ q > 0 else -g
+        t, fn = 1.0, np.inf
+        while t > 1e-20:
+            xn = x + t * d
+            fn, gn = fun(xn)
+            if np.isfinite(fn) and fn <= f + 1e-4 * t * (g @ d):
+                break
+            t *= 0.5
+        if not (np.isfinite(fn) and fn <= f):
+            break
+        s_, y_ = xn - x, gn - g
+        if y_ @ s_ > 1e-12 * np.linalg.norm(y_) * np.linalg.norm(s_):
+            S, Y = (S + [s_])[-history:], (Y + [y_])[-history:]
+        done = f - fn <= ftol * max(abs(f), abs(fn), 1e-300)
+        x, f, g = xn, fn, gn
+        if done:
+            break
+    return x, float(f)
 
+
+def _best_fit(F, target, grid, extra_inits=(), top_k: int = 8) -> tuple[np.ndarray, float]:
+    """L-BFGS from the best ``top_k`` grid points (and ``extra_inits``); the best result."""
     vals = _lse_huber_grid(grid, F, target)
     vals = np.where(np.isfinite(vals), vals, np.inf)
     inits = [grid[i] for i in np.argsort(vals)[:top_k]] + [np.asarray(x, dtype=np.float64) for x in extra_inits]
     best, best_val = None, float("inf")
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for x0 in inits:
-            x0 = np.clip(x0, *np.array(bounds).T)
-            res = minimize(_lse_huber, x0, args=(F, target), jac=True, method="L-BFGS-B", bounds=bounds,
-                           options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-12})
-            if np.isfinite(res.fun) and res.fun < best_val:
-                best, best_val = res.x, float(res.fun)
+            x, val = lbfgs(lambda th: _lse_huber(th, F, target), x0)
+            if np.isfinite(val) and val < best_val:
+                best, best_val = x, val
     return best, best_val
 
 
@@ -436,17 +483,19 @@ def fit_chinchilla(N, D, L, inits=(), top_k: int = 8) -> dict:
     F = np.array([[one, zero, zero, -x, zero],     # a - alpha log N
                   [zero, one, zero, zero, -y],     # b - beta log D
                   [zero, zero, one, zero, zero]])  # e
-    bounds = [(-20, 80), (-20, 80), (-10, 5), (0, 5), (0, 5)]
-    theta, val = _best_fit(F, target, _chinchilla_grid(), bounds, inits, top_k)
+    theta, val = _best_fit(F, target, _chinchilla_grid(), inits, top_k)
     a, b, e, alpha, beta = theta
-    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": float(alpha),
+    with np.errstate(over="ignore"):
+        E, A, B = (float(np.exp(v)) for v in (e, a, b))
+    return {"E": E, "A": A, "B": B, "alpha": float(alpha),
             "beta": float(beta), "objective": val, "theta": [float(t) for t in theta]}
 
 
 def chinchilla_loss(p: dict, N, D):
     """E + A / N^alpha + B / D^beta (numpy, broadcasts)."""
     N, D = np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)
-    return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+    with np.errstate(all="ignore"):  # a wild bootstrap fit may overflow: inf, filtered later
+        return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
 
 
 # -- L(C) = a * C^b + c on the compute-optimal frontier
@@ -461,14 +510,18 @@ def fit_power_law(C, L, inits=(), top_k: int = 8) -> dict:
     grid = np.array([(math.log(max(lmax - f * lmin, 1e-3)) - b * umid, b, math.log(f * lmin) if f else -10.0)
                      for b in (-0.02, -0.05, -0.1, -0.2, -0.35, -0.5, -0.8, -1.2)
                      for f in (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.98)])
-    theta, val = _best_fit(F, target, grid, [(-50, 200), (-5, 0), (-20, 5)], inits, top_k)
+    theta, val = _best_fit(F, target, grid, inits, top_k)
     la, b, lc = theta
-    return {"a": math.exp(la), "b": float(b), "c": math.exp(lc), "objective": val,
+    with np.errstate(over="ignore"):
+        a, c = float(np.exp(la)), float(np.exp(lc))
+    return {"a": a, "b": float(b), "c": c, "objective": val,
             "theta": [float(t) for t in theta]}
 
 
 def power_law(p: dict, C):
-    return p["a"] * np.asarray(C, dtype=np.float64) ** p["b"] + p["c"]
+    """a * C^b + c (numpy)."""
+    with np.errstate(all="ignore"):
+        return p["a"] * np.asarray(C, dtype=np.float64) ** p["b"] + p["c"]
 
 
 # -- capability: -log(accuracy) = k * C^-gamma (GPT-4 report, HumanEval)
@@ -520,8 +573,9 @@ def isoflop_minima(rows: list[dict]) -> list[dict]:
 
 def fit(rows: list[dict], *, max_flops: float | None = None, n_boot: int = 200,
         seed: int = 0) -> dict:
-    """Fit every law on the runs of at most ``max_flops`` (all runs when None)."""
-    rows = [r for r in rows if max_flops is None or r["flops"] <= max_flops * (1 + 1e-9)]
+    """Fit every law on the runs whose budget is at most ``max_flops`` (all when None); a
+    run's actual FLOPs are within half an optimizer step of its budget."""
+    rows = [r for r in rows if max_flops is None or r["budget"] <= max_flops * (1 + 1e-9)]
     budgets = sorted({r["budget"] for r in rows})
     if len(budgets) < 2 or len(rows) < 6:
         raise ValueError(f"fit needs >= 6 runs over >= 2 budgets; got {len(rows)} runs, "
@@ -532,8 +586,10 @@ def fit(rows: list[dict], *, max_flops: float | None = None, n_boot: int = 200,
     for _ in range(n_boot):
         sample = [r for b in budgets for r in _resample([r for r in rows if r["budget"] == b], rng)]
         boot.append(_fit_once(sample, main))
+    ratios = [r["val_bpb"] / r["val_loss"] for r in rows if r.get("val_bpb")]  # same val set
+    bpb_per_nat = float(np.median(ratios)) if ratios else None
     return {**main, "max_flops": max_flops, "n_runs": len(rows), "runs": [r["name"] for r in rows],
-            "budgets": budgets, "bootstrap": boot}
+            "budgets": budgets, "bpb_per_nat": bpb_per_nat, "bootstrap": boot}
 
 
 def _resample(runs: list[dict], rng) -> list[dict]:
@@ -600,9 +656,10 @@ def continuous_optimum(p: dict, flops: float, options: list[dict]) -> dict:
 
 
 def predict(fit_result: dict, flops: float, spec: dict, ci: float = 0.95) -> dict:
-    """Predictions for a run of ``flops``: the best ladder size by the fitted L(N, D), its
-    loss (with a bootstrap interval), the frontier L(C), the continuous optimum, and the
-    fact-completion accuracy."""
+    """Predictions for a run of ``flops``: the loss of the compute-optimal run, from the
+    frontier L(C) (``loss``, the headline) and from L(N, D) at the best ladder size
+    (``loss_nd``), each with a bootstrap interval; that size and its tokens (``config``),
+    the continuous optimum, and the fact-completion accuracy."""
     ch, boot = fit_result["chinchilla"], fit_result["bootstrap"]
     options = ladder_options(flops, spec, sorted(set(LADDER) | set(spec.get("sizes", ()))))
     for o in options:
@@ -617,8 +674,10 @@ def predict(fit_result: dict, flops: float, spec: dict, ci: float = 0.95) -> dic
     return {
         "flops": flops, "ci": ci, "fit_max_flops": fit_result["max_flops"],
         "fit_runs": fit_result["n_runs"], "config": cfg,
-        "loss": {"value": cfg["pred_loss"], **_interval(at_cfg, ci)},
-        "loss_frontier": {"value": float(power_law(fit_result["frontier"], flops)), **_interval(front, ci)},
+        "loss": {"value": float(power_law(fit_result["frontier"], flops)), **_interval(front, ci)},
+        "loss_nd": {"value": cfg["pred_loss"], **_interval(at_cfg, ci)},
+        "val_bpb": {k: v * (fit_result.get("bpb_per_nat") or float("nan")) for k, v in
+                    {"value": float(power_law(fit_result["frontier"], flops)), **_interval(front, ci)}.items()},
         "optimum": {**opt, "params_isoflop": float(law["G"] * flops ** law["a"])},
         "fact_acc": {"value": float(capability(fit_result["capability"], flops)), **_interval(caps, ci)},
     }
@@ -626,7 +685,7 @@ def predict(fit_result: dict, flops: float, spec: dict, ci: float = 0.95) -> dic
 
 def format_prediction(pred: dict, actual: dict | None = None) -> str:
     """A few lines for the terminal."""
-    c, lo = pred["config"], pred["loss"]
+    c, lo, nd = pred["config"], pred["loss"], pred["loss_nd"]
     lines = [
         f"budget {pred['flops']:.3g} FLOPs (fit on {pred['fit_runs']} runs"
         + (f" of <= {pred['fit_max_flops']:.3g} FLOPs)" if pred["fit_max_flops"] else ")"),
@@ -634,16 +693,17 @@ def format_prediction(pred: dict, actual: dict | None = None) -> str:
         f"(IsoFLOP minima law: N ~ {pred['optimum']['params_isoflop']:,.0f})",
         f"ladder choice: {c['size']} (N {c['params']:,}, D {c['tokens']:,} tokens = {c['steps']} steps, "
         f"{c['tokens_per_param']:.1f} tokens/param)",
-        f"val loss L(N,D): {lo['value']:.4f}  [{lo['lo']:.4f}, {lo['hi']:.4f}] ({100 * pred['ci']:.0f}% bootstrap)",
-        f"val loss L(C) frontier: {pred['loss_frontier']['value']:.4f}  "
-        f"[{pred['loss_frontier']['lo']:.4f}, {pred['loss_frontier']['hi']:.4f}]",
+        f"val loss, frontier L(C): {lo['value']:.4f}  [{lo['lo']:.4f}, {lo['hi']:.4f}] "
+        f"({100 * pred['ci']:.0f}% bootstrap interval)",
+        f"val loss, L(N, D) at {c['size']}: {nd['value']:.4f}  [{nd['lo']:.4f}, {nd['hi']:.4f}]",
+        f"val bits per byte (from L(C)): {pred['val_bpb']['value']:.4f}",
         f"fact-completion accuracy: {pred['fact_acc']['value']:.3f}  "
         f"[{pred['fact_acc']['lo']:.3f}, {pred['fact_acc']['hi']:.3f}]",
     ]
     if actual:
-        lines += [f"actual: val loss {actual['val_loss']:.4f} ({_rel(lo['value'], actual['val_loss'])} vs L(N,D), "
-                  f"{_rel(pred['loss_frontier']['value'], actual['val_loss'])} vs L(C)), "
-                  f"bpb {actual['val_bpb']:.4f}, fact accuracy {actual['fact_acc']:.3f}"]
+        lines += [f"actual: val loss {actual['val_loss']:.4f} (L(C) {_rel(lo['value'], actual['val_loss'])}, "
+                  f"L(N, D) {_rel(nd['value'], actual['val_loss'])}), bpb {actual['val_bpb']:.4f}, "
+                  f"fact accuracy {actual['fact_acc']:.3f}"]
     return "\n".join(lines)
 
 
@@ -709,8 +769,9 @@ def _plot_isoflops(ax, rows, budgets, colors, fit_result, prediction, actual):
                     color=col, lw=1)
     if prediction is not None:
         c = prediction["config"]
-        ax.errorbar([c["params"]], [prediction["loss"]["value"]], yerr=_err(prediction["loss"]),
-                    fmt="*", color="red", ms=12, capsize=3, label=f"predicted C={prediction['flops']:.2g}")
+        ax.errorbar([c["params"]], [prediction["loss_nd"]["value"]], yerr=_err(prediction["loss_nd"]),
+                    fmt="*", color="red", ms=12, capsize=3,
+                    label=f"L(N, D) prediction, C={prediction['flops']:.2g}")
     if actual is not None:
         ax.plot([actual["params"]], [actual["val_loss"]], "D", color="black", label="actual")
     ax.set(xscale="log", xlabel="parameters N (non-embedding)", ylabel="final val loss (nats/token)",
@@ -738,10 +799,14 @@ def _plot_frontier(ax, rows, fit_result, prediction, actual):
                 label=f"L(C) = {f['a']:.3g} C^{f['b']:.3f} + {f['c']:.3f}")
         band = np.array([power_law(b["frontier"], c) for b in fit_result["bootstrap"]])
         if len(band):
-            ax.fill_between(c, *np.percentile(band, [2.5, 97.5], axis=0), color="C0", alpha=0.15)
+            band = np.where(np.isfinite(band), band, np.nan)
+            ax.fill_between(c, *np.nanpercentile(band, [2.5, 97.5], axis=0), color="C0", alpha=0.15,
+                            label="95% bootstrap band")
     if prediction is not None:
         ax.errorbar([prediction["flops"]], [prediction["loss"]["value"]], yerr=_err(prediction["loss"]),
-                    fmt="*", color="red", ms=12, capsize=3, label="predicted L(N, D)")
+                    fmt="*", color="red", ms=12, capsize=3, label="L(C) prediction")
+        ax.plot([prediction["flops"]], [prediction["loss_nd"]["value"]], "*", color="orange",
+                ms=9, label="L(N, D) prediction")
     if actual is not None:
         ax.plot([actual["flops"]], [actual["val_loss"]], "D", color="black", label="actual")
     ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="final val loss",
@@ -843,15 +908,17 @@ def check(out: str | Path, flops: float | None = None, max_fit_frac: float = 0.1
     print(format_prediction(pred), flush=True)
     print(f"training {plan['name']}: {plan['steps']} steps", flush=True)
     actual = train_run(plan, cfg, data, out / "check" / plan["name"])
-    append_row(out / "check.csv", actual)
+    if actual["name"] not in {r["name"] for r in read_rows(out / "check.csv")}:
+        append_row(out / "check.csv", actual)
+    err = {k: (pred[k]["value"] - actual["val_loss"]) / actual["val_loss"] for k in ("loss", "loss_nd")}
     report = {
         "prediction": pred, "actual": actual,
-        "loss_rel_error": (pred["loss"]["value"] - actual["val_loss"]) / actual["val_loss"],
-        "frontier_rel_error": (pred["loss_frontier"]["value"] - actual["val_loss"]) / actual["val_loss"],
+        "loss_rel_error": err["loss"], "within_2pct": abs(err["loss"]) <= 0.02,
+        "loss_nd_rel_error": err["loss_nd"], "within_2pct_nd": abs(err["loss_nd"]) <= 0.02,
+        "fact_acc_error": pred["fact_acc"]["value"] - actual["fact_acc"],
         "fit_max_flops_ratio": max(r["flops"] for r in read_rows(out / "sweep.csv")
                                    if r["name"] in set(result["runs"])) / pred["flops"],
     }
-    report["within_2pct"] = abs(report["loss_rel_error"]) <= 0.02
     _write_json(out / "check.json", report)
     plot(read_rows(out / "sweep.csv"), result, out / "scaling.png", prediction=pred, actual=actual)
     print(format_prediction(pred, actual), flush=True)

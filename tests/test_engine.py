@@ -219,3 +219,54 @@ def test_argument_errors_are_clear():
     with pytest.raises(ValueError, match="at least one token"):
         engine.generate([[1], []], max_new_tokens=2)
     assert engine.generate(PROMPTS, max_new_tokens=0) == [[], [], []]
+
+
+# ----------------------------------------------------------------------------- weight-only decode paths
+
+
+def q4_1_representable(model, group=32):
+    """Round every block weight to llama.cpp's Q4_1 grid (what a Q4_1 GGUF import gives)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "layers" in name:
+                w = p.view(p.shape[0], -1, group)
+                lo, scale = w.amin(-1, keepdim=True), (w.amax(-1, keepdim=True) - w.amin(-1, keepdim=True)) / 15
+                p.copy_((torch.round((w - lo) / scale) * scale + lo).view_as(p))
+    return model
+
+
+def test_int4_linear_is_exact_on_q4_1_weights_up_to_bf16():
+    from gptlab.engine import Int4Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 64, bias=False)
+    q4_1_representable(torch.nn.ModuleDict({"layers": lin}))
+    x = torch.randn(3, 5, 96)
+    y = Int4Linear(lin.weight)(x)
+    assert y.shape == (3, 5, 64) and y.dtype == torch.float32
+    ref = torch.nn.functional.linear(x, lin.weight)
+    assert (y - ref).abs().max() <= 2e-2 * ref.abs().max()  # bf16 activations and scales only
+
+
+@pytest.mark.parametrize("weights", ["int4", "int8", "bf16"])
+def test_quantized_decode_is_close_and_leaves_the_model_alone(weights):
+    model = q4_1_representable(tiny_gpt(seed=2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    engine = Engine(model, ByteTokenizer(), weights=weights)
+    assert engine.model is not model
+    assert engine.model.model.embed_tokens.weight is model.model.embed_tokens.weight  # shared, not copied
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    ids = torch.tensor([PROMPTS[0] * 3])
+    with torch.inference_mode():
+        ref, got = model(ids), engine.model(ids)
+    assert got.dtype == torch.float32
+    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+    out = engine.generate(PROMPTS, max_new_tokens=6, stop_token_ids=[])  # padded batch, cache path
+    assert [len(o) for o in out] == [6, 6, 6]
+    assert engine.last_prefill_s > 0 and engine.last_decode_s > 0
+
+
+def test_weight_mode_errors():
+    with pytest.raises(ValueError, match="weights must be one of"):
+        Engine(tiny_gpt(), weights="int3")

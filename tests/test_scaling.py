@@ -155,7 +155,8 @@ def test_predict_and_check_end_to_end(quick_sweep):
     rows = read_rows(out / "sweep.csv")
     target = max(r["flops"] for r in rows)
     pred = scaling.run_predict(out, flops=target, max_fit_frac=1.0, n_boot=5)
-    assert pred["loss"]["lo"] <= pred["loss"]["hi"] and pred["loss"]["value"] > 0
+    for key in ("loss", "loss_nd"):
+        assert pred[key]["lo"] <= pred[key]["hi"] and pred[key]["value"] > 0
     assert 0 <= pred["fact_acc"]["value"] <= 1
     assert pred["config"]["size"] in scaling.LADDER
     assert (out / "predict.json").is_file() and (out / "scaling.png").is_file()
@@ -164,7 +165,11 @@ def test_predict_and_check_end_to_end(quick_sweep):
     assert actual["name"].startswith("check_") and actual["val_loss"] > 0
     assert report["loss_rel_error"] == pytest.approx(
         (pred["loss"]["value"] - actual["val_loss"]) / actual["val_loss"], rel=0.2, abs=0.05)
-    assert (out / "check.json").is_file() and read_rows(out / "check.csv")
+    assert report["loss_nd_rel_error"] == pytest.approx(
+        (pred["loss_nd"]["value"] - actual["val_loss"]) / actual["val_loss"], rel=0.2, abs=0.05)
+    assert (out / "check.json").is_file() and len(read_rows(out / "check.csv")) == 1
+    again = scaling.check(out, flops=target, max_fit_frac=1.0, n_boot=5)  # no retraining, no new row
+    assert again["actual"]["val_loss"] == actual["val_loss"] and len(read_rows(out / "check.csv")) == 1
 
 
 def test_cli_fit(quick_sweep, capsys):

@@ -89,3 +89,9 @@ def test_presets_name_every_key_the_stages_read():
                 "total_batch_tokens", "sft_epochs", "sft_mix", "eval_limit", "val_docs"}
     for name, p in PRESETS.items():
         assert required <= set(p), (name, required - set(p))
+
+
+def test_refuses_to_resume_a_run_made_with_another_preset(run):
+    out, _, _ = run
+    with pytest.raises(ValueError, match="other speedrun settings"):
+        speedrun(out=out, preset="test", scale="small")
