@@ -15,7 +15,9 @@ new tokens / their time) separately, for gptlab in float32 and with each ``--wei
 mode (see gptlab.engine), for transformers' ``generate`` (timed through a streamer), and
 for llama-cpp-python when it is importable (the checkpoint exported to an f32 GGUF, the
 same precision, and the original Q4_1 GGUF; f32 KV cache: ``type_k=type_v=0``), plus
-each implementation's resident memory and greedy agreement with gptlab float32.
+each implementation's weight memory (tensor bytes; the GGUF size for llama.cpp), its peak
+RSS growth during one call (Linux), the process peak RSS, and greedy agreement with
+gptlab float32.
 
     python bench/decode.py --model smollm2 --threads 2     # 128-token prompt, 64 new tokens
 """
@@ -170,13 +172,14 @@ def bench_model(args):
     ck_dir = ensure_model(args.model)
     mem, impls = {}, {}
 
-    def loaded(name, before_kb):
-        mem[name] = {"load_mb": (_proc_kb("VmRSS") - before_kb) / 1024}
+    def loaded(name, module):  # MB of distinct weight tensors the implementation holds
+        seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*module.parameters(), *module.buffers()]}
+        mem[name] = {"load_mb": sum(seen.values()) / 2**20}
 
-    rss = _proc_kb("VmRSS")
     ck = load_checkpoint(ck_dir)
     model, tok = ck.model.eval(), ck.tokenizer
-    loaded("gptlab f32", rss)
+    loaded("gptlab f32", model)
     ids = (tok.encode(PROMPT_TEXT) * (P // 8 + 1))[:P] if tok is not None else list(range(1, P + 1))
     prompt = torch.tensor([ids])
 
@@ -188,13 +191,12 @@ def bench_model(args):
 
     impls["gptlab f32"] = ours(Engine(model))
     for w in [w for w in args.weights.split(",") if w]:
-        rss = _proc_kb("VmRSS")
-        impls[f"gptlab {w}"] = ours(Engine(model, weights=w))
-        loaded(f"gptlab {w}", rss)
+        engine = Engine(model, weights=w)
+        impls[f"gptlab {w}"] = ours(engine)
+        loaded(f"gptlab {w}", engine.model)
 
-    rss = _proc_kb("VmRSS")
     hf = LlamaForCausalLM.from_pretrained(ck_dir, dtype=torch.float32).eval()
-    loaded("hf f32", rss)
+    loaded("hf f32", hf)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     def run_hf():
@@ -218,8 +220,6 @@ def bench_model(args):
             rss = _proc_kb("VmRSS")
             can_peak = _reset_peak_rss()
             outputs[name], pre, dec = impls[name]()
-            if i == 0:  # lazily mapped weights and buffers made on first use count as loaded
-                mem.setdefault(name, {"load_mb": 0.0})["load_mb"] += (_proc_kb("VmRSS") - rss) / 1024
             if can_peak and (i >= args.warmup or args.warmup == 0):
                 peak[name] = max(peak[name], (_proc_kb("VmHWM") - rss) / 1024)
             if i >= args.warmup:
@@ -229,7 +229,7 @@ def bench_model(args):
     n_params = model.num_params()
     print(f"config: model={args.model} params={n_params / 1e6:.1f}M prompt={P} new_tokens={n} batch=1 "
           f"threads={args.threads} runs={args.runs} torch={torch.__version__}")
-    print(f"{'implementation':>16} {'decode tok/s':>13} {'prefill tok/s':>14} {'resident MB':>12} "
+    print(f"{'implementation':>16} {'decode tok/s':>13} {'prefill tok/s':>14} {'weights MB':>12} "
           f"{'peak/call MB':>13}  greedy vs gptlab f32")
     res = {}
     ref = outputs["gptlab f32"]
@@ -267,10 +267,9 @@ def _llama_cpp_runners(args, ck_dir, aliases, ids, n, tmpdir, mem):
         ggufs[f"llama.cpp {src.path.stem.rsplit('.', 1)[-1]}"] = src.path
     runners = {}
     for name, path in ggufs.items():
-        rss = _proc_kb("VmRSS")
         llm = Llama(model_path=str(path), n_threads=args.threads, n_threads_batch=args.threads,
                     n_ctx=len(ids) + n + 8, n_batch=max(512, len(ids)), type_k=0, type_v=0, verbose=False)
-        mem[name] = {"load_mb": (_proc_kb("VmRSS") - rss) / 1024}
+        mem[name] = {"load_mb": Path(path).stat().st_size / 2**20}  # mmapped file
 
         def run(llm=llm, vocab=llm.n_vocab()):
             llm.reset()
