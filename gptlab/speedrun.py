@@ -126,6 +126,10 @@ def _check_settings(out: Path, settings: dict) -> None:
             raise ValueError(f"{out} was made with other speedrun settings ({diff}); "
                              f"use another --out or delete it")
         return
+    stale = [d for d in ("tokenizer", "pretrain", "sft") if (out / d).exists()]
+    if stale:
+        raise ValueError(f"{out} has {', '.join(stale)} from a speedrun without speedrun.json "
+                         f"(settings unknown); use another --out or delete it")
     f.write_text(json.dumps(settings, indent=2))
 
 

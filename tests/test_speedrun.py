@@ -95,3 +95,9 @@ def test_refuses_to_resume_a_run_made_with_another_preset(run):
     out, _, _ = run
     with pytest.raises(ValueError, match="other speedrun settings"):
         speedrun(out=out, preset="test", scale="small")
+
+
+def test_refuses_a_run_directory_of_unknown_settings(tmp_path):
+    (tmp_path / "tokenizer").mkdir()   # left by a speedrun that predates speedrun.json
+    with pytest.raises(ValueError, match="without speedrun.json"):
+        speedrun(out=tmp_path, preset="test", scale="tiny")
