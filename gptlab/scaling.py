@@ -55,15 +55,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+from gptlab.train.loop import cli_field as _f  # one definition of a --flag field for every stage
 
 
 # The size ladder, N increasing: depth >= 2 (one layer cannot form induction heads), width

@@ -22,6 +22,8 @@ Small pieces, each usable alone:
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import json
 import math
@@ -755,3 +757,9 @@ def _format_eval(step: int, rec: dict) -> str:
     vals = ", ".join(f"{k} {v:.4f}" for k, v in rec.items()
                      if k.startswith("val_") and isinstance(v, float))
     return f"step {step}: {vals}"
+
+
+def cli_field(default, help: str):
+    """A dataclass field with a one-line help text; `gptlab.cli.add_dataclass_args` turns each
+    such field of a stage's config into a `--flag` (shared by pretrain, sft and scaling)."""
+    return dataclasses.field(default=default, metadata={"help": help})

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,9 +37,7 @@ from gptlab.train.loop import (
 )
 
 
-def _f(default, help: str):
-    """A dataclass field with a one-line help text (the CLI turns it into --flag help)."""
-    return field(default=default, metadata={"help": help})
+from gptlab.train.loop import cli_field as _f  # one definition of a --flag field for every stage
 
 
 @dataclass

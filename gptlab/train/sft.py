@@ -35,7 +35,7 @@ import json
 import math
 import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,12 +51,9 @@ from gptlab.train.loop import (
     seed_everything, set_rng_state, setup_dist, wrap_model,
 )
 
+from gptlab.train.loop import cli_field as _f  # one definition of a --flag field for every stage
+
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-
-
-def _f(default, help: str):
-    """A dataclass field with a one-line help text (the CLI turns it into --flag help)."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
