@@ -1,0 +1,287 @@
+"""The feedback store: prompts, sampled responses, rankings, pairwise comparisons, thumbs.
+
+One SQLAlchemy 2 schema shared by everything that produces or consumes human feedback:
+`gptlab feedback simulate` (the gold judge plays the raters), the web chat's thumbs and
+"which is better?" votes, `gptlab feedback import/export`, the reward model and DPO.
+
+SQLite by default (a plain path or ``sqlite:///file.db``), in WAL mode with a busy timeout
+and ``BEGIN IMMEDIATE`` transactions, so several processes can write at once without
+"database is locked" errors; any other SQLAlchemy URL (PostgreSQL...) works unchanged.
+
+    store = FeedbackStore("runs/demo/feedback.db")
+    pid = store.add_prompt([{"role": "user", "content": "Capital of France?"}])
+    a, b = store.add_response(pid, "Paris."), store.add_response(pid, "Lyon.")
+    store.add_comparison(pid, chosen_id=a, rejected_id=b, rater="alice", kind="human")
+    store.pairs()   # -> [{"prompt": [...], "chosen": "Paris.", "rejected": "Lyon.", ...}]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine,
+                        event, func, select)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+RATER_KINDS = ("human", "judge", "import")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Shared by every table of the store (the serving layer adds its own tables to it)."""
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    messages: Mapped[list] = mapped_column(JSON)            # chat messages ending with a user turn
+    source: Mapped[str] = mapped_column(String(64), default="")   # miniworld / web / import file
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)  # e.g. the miniworld record's meta
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Response(Base):
+    __tablename__ = "responses"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(256), default="")   # model name / version
+    sampling: Mapped[dict] = mapped_column(JSON, default=dict)    # temperature, top_p, seed...
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Ranking(Base):
+    """A K-wise ranking of responses to one prompt, best first."""
+    __tablename__ = "rankings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    response_ids: Mapped[list] = mapped_column(JSON)
+    rater: Mapped[str] = mapped_column(String(128), default="")
+    kind: Mapped[str] = mapped_column(String(16), default="human")  # human / judge / import
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Comparison(Base):
+    """One pairwise vote: `chosen` was preferred over `rejected`."""
+    __tablename__ = "comparisons"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    chosen_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
+    rejected_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
+    rater: Mapped[str] = mapped_column(String(128), default="")
+    kind: Mapped[str] = mapped_column(String(16), default="human")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Rating(Base):
+    """Thumbs up (+1) or down (-1) on one response (or a score in between)."""
+    __tablename__ = "ratings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    response_id: Mapped[int] = mapped_column(ForeignKey("responses.id"), index=True)
+    value: Mapped[float] = mapped_column(Float)
+    rater: Mapped[str] = mapped_column(String(128), default="")
+    kind: Mapped[str] = mapped_column(String(16), default="human")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+def database_url(url_or_path: str | Path) -> str:
+    """A plain file path becomes an SQLite URL; URLs pass through."""
+    s = str(url_or_path)
+    return s if "://" in s else f"sqlite:///{Path(s).expanduser()}"
+
+
+def make_engine(url_or_path: str | Path):
+    """An engine for the store; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
+    url = database_url(url_or_path)
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    path = url.split("///", 1)[1] if "///" in url else ""   # "sqlite://" is in memory
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_setup(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None    # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn):
+        # Take the write lock at the start: a deferred transaction that reads and then writes
+        # can fail with "database is locked" at once, whatever the busy timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class FeedbackStore:
+    """Read and write feedback. Safe to use from several processes at once."""
+
+    def __init__(self, url: str | Path = "feedback.db"):
+        self.url = database_url(url)
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    # ------------------------------------------------------------------ writes
+    def _add(self, row) -> int:
+        with self.Session.begin() as s:
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def add_prompt(self, messages: Sequence[dict], source: str = "", meta: dict | None = None) -> int:
+        _check_messages(messages)
+        return self._add(Prompt(messages=list(messages), source=source, meta=meta or {}))
+
+    def add_response(self, prompt_id: int, text: str, model: str = "",
+                     sampling: dict | None = None) -> int:
+        return self._add(Response(prompt_id=prompt_id, text=text, model=model,
+                                  sampling=sampling or {}))
+
+    def add_ranking(self, prompt_id: int, response_ids_best_first: Sequence[int], rater: str = "",
+                    kind: str = "judge") -> int:
+        ids = [int(i) for i in response_ids_best_first]
+        if len(ids) < 2 or len(set(ids)) != len(ids):
+            raise ValueError(f"a ranking needs >= 2 distinct responses, got {ids}")
+        _check_kind(kind)
+        return self._add(Ranking(prompt_id=prompt_id, response_ids=ids, rater=rater, kind=kind))
+
+    def add_comparison(self, prompt_id: int, chosen_id: int, rejected_id: int, rater: str = "",
+                       kind: str = "human") -> int:
+        if chosen_id == rejected_id:
+            raise ValueError("chosen and rejected must be different responses")
+        _check_kind(kind)
+        return self._add(Comparison(prompt_id=prompt_id, chosen_id=chosen_id,
+                                    rejected_id=rejected_id, rater=rater, kind=kind))
+
+    def add_rating(self, response_id: int, value: float, rater: str = "", kind: str = "human") -> int:
+        _check_kind(kind)
+        return self._add(Rating(response_id=response_id, value=float(value), rater=rater, kind=kind))
+
+    def add_pair(self, prompt: Sequence[dict], chosen: str, rejected: str, *, source: str = "",
+                 rater: str = "", kind: str = "import", model: str = "") -> int:
+        """Prompt + two responses + the comparison, in one transaction (for imports)."""
+        _check_messages(prompt)
+        _check_kind(kind)
+        with self.Session.begin() as s:
+            p = Prompt(messages=list(prompt), source=source, meta={})
+            s.add(p)
+            s.flush()
+            a = Response(prompt_id=p.id, text=chosen, model=model, sampling={})
+            b = Response(prompt_id=p.id, text=rejected, model=model, sampling={})
+            s.add_all([a, b])
+            s.flush()
+            c = Comparison(prompt_id=p.id, chosen_id=a.id, rejected_id=b.id, rater=rater, kind=kind)
+            s.add(c)
+            s.flush()
+            return c.id
+
+    # ------------------------------------------------------------------ reads
+    def counts(self) -> dict[str, int]:
+        with self.Session() as s:
+            return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
+                    for t in (Prompt, Response, Ranking, Comparison, Rating)}
+
+    def rankings(self, kinds: Iterable[str] | None = None, limit: int | None = None) -> list[dict]:
+        """[{"prompt": messages, "meta", "responses": [texts best first], "rater", "kind"}]"""
+        with self.Session() as s:
+            q = select(Ranking).order_by(Ranking.id)
+            if kinds:
+                q = q.where(Ranking.kind.in_(list(kinds)))
+            if limit:
+                q = q.limit(limit)
+            rows = s.scalars(q).all()
+            prompts = _by_id(s, Prompt, {r.prompt_id for r in rows})
+            texts = _by_id(s, Response, {i for r in rows for i in r.response_ids})
+            return [{"prompt": prompts[r.prompt_id].messages, "meta": prompts[r.prompt_id].meta,
+                     "responses": [texts[i].text for i in r.response_ids], "rater": r.rater,
+                     "kind": r.kind, "ranking_id": r.id} for r in rows]
+
+    def comparisons(self, kinds: Iterable[str] | None = None) -> list[dict]:
+        """Stored pairwise votes: [{"prompt", "meta", "chosen", "rejected", "rater", "kind"}]."""
+        with self.Session() as s:
+            q = select(Comparison).order_by(Comparison.id)
+            if kinds:
+                q = q.where(Comparison.kind.in_(list(kinds)))
+            rows = s.scalars(q).all()
+            prompts = _by_id(s, Prompt, {r.prompt_id for r in rows})
+            texts = _by_id(s, Response, {i for r in rows for i in (r.chosen_id, r.rejected_id)})
+            return [{"prompt": prompts[r.prompt_id].messages, "meta": prompts[r.prompt_id].meta,
+                     "chosen": texts[r.chosen_id].text, "rejected": texts[r.rejected_id].text,
+                     "rater": r.rater, "kind": r.kind} for r in rows]
+
+    def pairs(self, kinds: Iterable[str] | None = None, limit: int | None = None) -> list[dict]:
+        """Every preference as a pair: comparisons, plus each ranking expanded to its C(K,2)
+        pairs (better first). `limit` caps the number of pairs, taken in insertion order."""
+        out = self.comparisons(kinds)
+        for r in self.rankings(kinds):
+            for i, j in itertools.combinations(range(len(r["responses"])), 2):
+                out.append({"prompt": r["prompt"], "meta": r["meta"], "chosen": r["responses"][i],
+                            "rejected": r["responses"][j], "rater": r["rater"], "kind": r["kind"]})
+        return out[:limit] if limit else out
+
+    def ratings(self) -> list[dict]:
+        with self.Session() as s:
+            rows = s.scalars(select(Rating).order_by(Rating.id)).all()
+            return [{"response_id": r.response_id, "value": r.value, "rater": r.rater,
+                     "kind": r.kind} for r in rows]
+
+    # ------------------------------------------------------------------ files
+    def import_file(self, path: str | Path, fmt: str = "auto", rater: str = "") -> int:
+        """UltraFeedback / HH-RLHF / TRL ``prompt,chosen,rejected`` files -> comparisons."""
+        from gptlab.data.formats import iter_records
+        n = 0
+        source = Path(path).name
+        for rec in iter_records(path, fmt, kind="prefs"):
+            self.add_pair(rec["prompt"], rec["chosen"], rec["rejected"], source=source,
+                          rater=rater or source, kind="import")
+            n += 1
+        return n
+
+    def export_trl(self, path: str | Path, kinds: Iterable[str] | None = None) -> int:
+        """Write every pair as TRL's conversational ``prompt, chosen, rejected`` jsonl (atomic)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        pairs = self.pairs(kinds)
+        with open(tmp, "w", encoding="utf-8") as f:
+            for p in pairs:
+                f.write(json.dumps({"prompt": p["prompt"],
+                                    "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                                    "rejected": [{"role": "assistant", "content": p["rejected"]}]},
+                                   ensure_ascii=False) + "\n")
+        tmp.replace(path)
+        return len(pairs)
+
+
+def _by_id(s: Session, table, ids: set) -> dict:
+    if not ids:
+        return {}
+    return {r.id: r for r in s.scalars(select(table).where(table.id.in_(list(ids))))}
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in RATER_KINDS:
+        raise ValueError(f"rater kind must be one of {RATER_KINDS}, got {kind!r}")
+
+
+def _check_messages(messages) -> None:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("a prompt is a non-empty list of chat messages")
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(m.get("content"), str):
+            raise ValueError(f"bad chat message {m!r}: need role system/user/assistant and "
+                             f"string content")
