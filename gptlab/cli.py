@@ -153,7 +153,8 @@ def _resolve_model_alias(args) -> None:
 
 def cmd_speedrun(args) -> None:
     from gptlab.speedrun import speedrun
-    speedrun(out=Path(args.out), preset=args.preset, scale=args.scale)
+    speedrun(out=Path(args.out), preset=args.preset, scale=args.scale,
+             nproc_per_node=args.nproc_per_node)
 
 
 def _add_sft(sub) -> None:
@@ -357,10 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _parser(sub, "speedrun", "the whole pipeline on miniworld, each stage skipped when done")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--preset", default="cpu-tiny", choices=["cpu-tiny", "test"],
-                   help="size preset (test: a seconds-long run for the test suite)")
-    p.add_argument("--scale", default="small", choices=["tiny", "small", "full"],
-                   help="miniworld scale (tiny is for tests)")
+    p.add_argument("--preset", default="cpu-tiny",
+                   choices=["cpu-tiny", "gpu-small", "gpu-d20", "test"],
+                   help="size preset: cpu-tiny (2 cores, ~30 min), gpu-small (one GPU, minutes), "
+                        "gpu-d20 (0.5 B params, a GPU node), test (seconds, for the test suite)")
+    p.add_argument("--scale", default=None, choices=["tiny", "small", "full"],
+                   help="miniworld scale (default: the preset's; tiny is for tests)")
+    p.add_argument("--nproc-per-node", type=int, default=1,
+                   help="run the training stages under torchrun on this many local GPUs/processes")
     p.set_defaults(func=cmd_speedrun)
     _add_sft(sub)
     _add_chat(sub)

@@ -34,6 +34,79 @@ PRESETS = {
 }
 
 
+# GPU presets: bf16 autocast + torch.compile, real data sets by hub id where the hub is
+# reachable (else miniworld at scale full, with a message), several GPUs through torchrun
+# (`--nproc-per-node`). gpu-small is a d12 (~110 M params with a 32k vocabulary) that
+# trains in minutes on one H100; gpu-d20 is nanochat's d20 (~0.5 B) at Chinchilla's ratio.
+HUB_DATA = {"pretrain": "hf:HuggingFaceFW/fineweb-edu:sample-10BT:train",
+            "sft": "hf:HuggingFaceTB/smoltalk:all:train",
+            "prefs": "hf:HuggingFaceH4/ultrafeedback_binarized:default:train_prefs"}
+GPU_PRESETS = {
+    "gpu-small": dict(vocab_size=32768, depth=12, seq_len=1024, pretrain_steps=2000,
+                      device_batch_size=32, total_batch_tokens=262144, optimizer="muon",
+                      sft_epochs=1.0, sft_mix=0.1, eval_limit=200, val_docs=2000,
+                      dtype="bfloat16", compile=True, hub_data=True, scale="full"),
+    "gpu-d20": dict(vocab_size=65536, depth=20, seq_len=2048, pretrain_steps=21400,
+                    device_batch_size=32, total_batch_tokens=524288, optimizer="muon",
+                    sft_epochs=1.0, sft_mix=0.1, eval_limit=None, val_docs=10000,
+                    dtype="bfloat16", compile=True, hub_data=True, scale="full"),
+}
+PRESETS.update(GPU_PRESETS)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we reach the Hugging Face hub? (HF_HUB_OFFLINE=1 says no without asking.)"""
+    import os
+    import socket
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def data_sources(p: dict, world: Path) -> dict:
+    """Where pretraining text, chat data and preferences come from for this preset."""
+    local = {"pretrain": str(world / "corpus"), "sft": str(world), "prefs": None}
+    if not p.get("hub_data"):
+        return local
+    if hub_reachable():
+        return dict(HUB_DATA)
+    print("speedrun: the Hugging Face hub is not reachable (offline, or HF_HUB_OFFLINE=1): "
+          "falling back to the embedded miniworld data", flush=True)
+    return local
+
+
+def config_argv(cfg) -> list[str]:
+    """A stage config -> the CLI flags that rebuild it (fields left at their default are
+    omitted), to launch the same stage under torchrun."""
+    import dataclasses
+    argv = []
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if value == f.default:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def run_distributed(command: str, cfg, nproc: int) -> None:
+    """`gptlab COMMAND` with cfg's flags on `nproc` local processes (torchrun --standalone).
+    For several nodes, run the stage commands under torchrun on every node (docs/SPEEDRUN
+    in README), then `gptlab speedrun` on node 0 skips the stages already done."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "gptlab", command, *config_argv(cfg)]
+    print("  " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
 @dataclass
 class Stage:
     name: str
@@ -41,8 +114,9 @@ class Stage:
     run: Callable[[], None]
 
 
-def _stages(out: Path, p: dict, scale: str) -> list[Stage]:
+def _stages(out: Path, p: dict, scale: str, nproc: int = 1) -> list[Stage]:
     world, tok, pre, sft_dir = out / "world", out / "tokenizer", out / "pretrain", out / "sft"
+    src = data_sources(p, world)
 
     def make_world():
         from gptlab.data.world import generate_world
@@ -50,23 +124,30 @@ def _stages(out: Path, p: dict, scale: str) -> list[Stage]:
 
     def make_tokenizer():
         from gptlab.tokenizer import train_tokenizer_from_source
-        train_tokenizer_from_source(world / "corpus", tok, vocab_size=p["vocab_size"])
+        train_tokenizer_from_source(src["pretrain"], tok, vocab_size=p["vocab_size"])
 
     def make_pretrain():
         from gptlab.train.pretrain import PretrainConfig, pretrain
-        pretrain(PretrainConfig(
-            data=str(world / "corpus"), tokenizer=str(tok), out=str(pre), depth=p["depth"],
+        tokens = p["pretrain_steps"] * p["total_batch_tokens"]
+        cfg = PretrainConfig(
+            data=src["pretrain"], tokenizer=str(tok), out=str(pre), depth=p["depth"],
             seq_len=p["seq_len"], max_steps=p["pretrain_steps"],
             device_batch_size=p["device_batch_size"],
             total_batch_tokens=p["total_batch_tokens"], val_docs=p["val_docs"],
             lr=p.get("lr"), optimizer=p.get("optimizer", "adamw"),
-            eval_every=max(p["pretrain_steps"] // 10, 1), resume=True))
+            dtype=p.get("dtype", "auto"), compile=p.get("compile", False),
+            # streamed hub text: tokenize ~1.2 passes' worth, not the whole data set
+            data_tokens=int(tokens * 1.2) if src["pretrain"].startswith("hf:") else None,
+            eval_every=max(p["pretrain_steps"] // 10, 1), resume=True)
+        run_distributed("pretrain", cfg, nproc) if nproc > 1 else pretrain(cfg)
 
     def make_sft():
         from gptlab.train.sft import SFTConfig, sft
-        sft(SFTConfig(init=str(pre / "final"), data=str(world), out=str(sft_dir),
-                      mix=f"{world / 'corpus'}:{p['sft_mix']}", seq_len=p["seq_len"],
-                      epochs=p["sft_epochs"], lr=p.get("sft_lr"), resume=True))
+        cfg = SFTConfig(init=str(pre / "final"), data=src["sft"], out=str(sft_dir),
+                        mix=f"{src['pretrain']}:{p['sft_mix']}", seq_len=p["seq_len"],
+                        epochs=p["sft_epochs"], lr=p.get("sft_lr"), dtype=p.get("dtype", "auto"),
+                        compile=p.get("compile", False), resume=True)
+        run_distributed("sft", cfg, nproc) if nproc > 1 else sft(cfg)
 
     def make_eval(model: Path):
         def run():
@@ -133,17 +214,23 @@ def _check_settings(out: Path, settings: dict) -> None:
     f.write_text(json.dumps(settings, indent=2))
 
 
-def speedrun(out: Path, preset: str = "cpu-tiny", scale: str = "small") -> dict:
+def speedrun(out: Path, preset: str = "cpu-tiny", scale: str | None = None,
+             nproc_per_node: int = 1) -> dict:
     """Run every stage not yet done; returns {stage: seconds}. A skipped stage keeps the
-    seconds it took when it ran (from timings.json), so the table describes the whole run."""
+    seconds it took when it ran (from timings.json), so the table describes the whole run.
+    scale: miniworld size (unset: the preset's, else small). nproc_per_node > 1 runs the
+    training stages under torchrun on that many local processes (GPUs)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     p = PRESETS[preset]
+    scale = scale or p.get("scale", "small")
     _check_settings(out, {"preset": preset, "scale": scale, **p})
     if p.get("threads"):
         import torch
         torch.set_num_threads(p["threads"])
-    stages = _stages(out, p, scale)
+    stages = _stages(out, p, scale, nproc_per_node)
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     for i, stage in enumerate(stages, 1):

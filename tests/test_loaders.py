@@ -287,3 +287,14 @@ def test_hf_spec_parsing():
     assert _parse_hf("org/name:sample-10BT:train") == ("org/name", "sample-10BT", "train")
     with pytest.raises(DataError):
         _parse_hf("a:b:c:d")
+
+
+def test_max_tokens_stops_reading_early(tok, tmp_path):
+    src = write_jsonl(tmp_path / "s.jsonl", [{"text": t} for t in DOCS])
+    full = build_shards(src, tok, tmp_path / "full", val_docs=2)
+    capped = build_shards(src, tok, tmp_path / "cap", val_docs=2, max_tokens=300)
+    train = capped["splits"]["train"]
+    # stops at the first document that reaches the cap: >= cap, and short of the full set
+    assert 300 <= train["tokens"] < full["splits"]["train"]["tokens"]
+    assert train["docs"] < full["splits"]["train"]["docs"]
+    assert capped["max_tokens"] == 300 and full["max_tokens"] is None

@@ -101,3 +101,51 @@ def test_refuses_a_run_directory_of_unknown_settings(tmp_path):
     (tmp_path / "tokenizer").mkdir()   # left by a speedrun that predates speedrun.json
     with pytest.raises(ValueError, match="without speedrun.json"):
         speedrun(out=tmp_path, preset="test", scale="tiny")
+
+
+# ---- GPU presets, torchrun launch and hub fallback (CPU-checkable parts) ----------------
+
+def test_config_argv_round_trips_through_the_cli():
+    from gptlab.cli import build_parser, dataclass_from_args
+    from gptlab.speedrun import config_argv
+    from gptlab.train.pretrain import PretrainConfig
+    cfg = PretrainConfig(data="hf:org/x:train", out="runs/x", depth=12, max_steps=7, lr=3e-4,
+                         compile=True, progress=False, dtype="bfloat16", data_tokens=1000)
+    args = build_parser().parse_args(["pretrain", *config_argv(cfg)])
+    assert dataclass_from_args(PretrainConfig, args) == cfg
+
+
+def test_offline_hub_falls_back_to_miniworld(monkeypatch, capsys, tmp_path):
+    from gptlab.speedrun import PRESETS, data_sources, hub_reachable
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable() is False
+    src = data_sources(PRESETS["gpu-small"], tmp_path / "world")
+    assert src["pretrain"] == str(tmp_path / "world" / "corpus") and src["sft"] == str(tmp_path / "world")
+    assert "falling back to the embedded miniworld" in capsys.readouterr().out
+
+
+def test_gpu_presets_use_bf16_and_compile():
+    for name in ("gpu-small", "gpu-d20"):
+        p = PRESETS[name]
+        assert p["dtype"] == "bfloat16" and p["compile"] is True and p["hub_data"] is True
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset"):
+        speedrun(out=tmp_path, preset="gpu-huge")
+
+
+def test_training_stage_under_torchrun(tmp_path, tiny_corpus):
+    """The launcher the GPU presets use, on 2 CPU processes (gloo): both ranks train and
+    rank 0 writes the final checkpoint."""
+    from gptlab.speedrun import run_distributed
+    from gptlab.train.pretrain import PretrainConfig
+    cfg = PretrainConfig(data=str(tiny_corpus), vocab_size=300, out=str(tmp_path / "pre"), depth=1,
+                         seq_len=32, max_steps=2, device_batch_size=2, total_batch_tokens=128,
+                         val_docs=2, eval_every=0, progress=False)
+    run_distributed("pretrain", cfg, nproc=2)
+    assert (tmp_path / "pre" / "final" / "model.safetensors").is_file()
+    import torch
+    states = sorted((tmp_path / "pre" / "ckpt").glob("*/train_state.pt"))
+    assert states, "no step checkpoint"
+    assert torch.load(states[-1], weights_only=False)["world_size"] == 2

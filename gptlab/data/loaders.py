@@ -276,8 +276,12 @@ def _batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
 
 def build_shards(source: str | Path, tokenizer, out_dir: str | Path, *, val_docs: int = 1000,
                  val_fraction: float | None = None, shard_size: int = 100_000_000,
-                 text_field: str = "text", progress: bool = True) -> dict:
+                 text_field: str = "text", progress: bool = True,
+                 max_tokens: int | None = None) -> dict:
     """Tokenize `source` into token shards in `out_dir`; returns the shards.json dict.
+
+    `max_tokens` stops reading once the train split holds that many tokens (for hub data
+    sets streamed through `datasets`, which may be far larger than a run needs).
 
     The first `val_docs` documents go to the val split -- or, when `val_fraction` is set,
     each document goes to val when the hash of its text falls below that fraction.
@@ -300,7 +304,11 @@ def build_shards(source: str | Path, tokenizer, out_dir: str | Path, *, val_docs
                     split = "val" if _is_val(index, text, val_docs, val_fraction) else "train"
                     writers[split].add(ids + [tokenizer.eos_id], text)
                     index += 1
+                    if max_tokens and writers["train"].tokens >= max_tokens:
+                        break
                 bar.update(len(texts))
+                if max_tokens and writers["train"].tokens >= max_tokens:
+                    break
         for w in writers.values():
             w.close()
         if writers["train"].docs == 0:
@@ -314,6 +322,7 @@ def build_shards(source: str | Path, tokenizer, out_dir: str | Path, *, val_docs
             "source": str(source),
             "source_sha256": src_hash.hexdigest(),
             "text_field": text_field,
+            "max_tokens": max_tokens,
             "shard_size": shard_size,
             "val_docs": val_docs if val_fraction is None else None,
             "val_fraction": val_fraction,

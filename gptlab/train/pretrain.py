@@ -68,6 +68,7 @@ class PretrainConfig:
     eval_every: int = _f(100, "validate every N steps (and at the end; 0 = only at the end)")
     eval_batches: int = _f(8, "validation batches (of device_batch_size rows per process)")
     val_docs: int = _f(1000, "documents held out for validation when building shards")
+    data_tokens: int | None = _f(None, "stop reading --data once this many training tokens are tokenized (hub data sets are streamed); unset: all of it")
     save_every: int = _f(500, "checkpoint every N steps (and at the end; 0 = only at the end)")
     keep_checkpoints: int = _f(2, "how many step checkpoints to keep under out/ckpt (0 = all)")
     seed: int = _f(0, "random seed (model init and data order)")
@@ -196,7 +197,8 @@ def prepare_shards(cfg: PretrainConfig, tokenizer, env: DistEnv) -> Path:
             print0(f"{shard_dir} does not match --data / tokenizer: rebuilding")
             shutil.rmtree(shard_dir)
         print0(f"tokenizing {cfg.data} -> {shard_dir}")
-        build_shards(cfg.data, tokenizer, shard_dir, val_docs=cfg.val_docs, progress=cfg.progress)
+        build_shards(cfg.data, tokenizer, shard_dir, val_docs=cfg.val_docs, progress=cfg.progress,
+                     max_tokens=cfg.data_tokens)
     barrier()
     return shard_dir
 
@@ -208,6 +210,7 @@ def _shards_match(shard_dir: Path, cfg: PretrainConfig, tokenizer) -> bool:
     meta = json.loads(p.read_text())
     # Matching on the source *path* (not a content hash) keeps the check instant on big data.
     return (meta.get("source") == str(cfg.data) and meta.get("val_docs") == cfg.val_docs
+            and meta.get("max_tokens") == cfg.data_tokens
             and meta.get("tokenizer_sha256") == _tokenizer_sha(tokenizer))
 
 
