@@ -1,0 +1,611 @@
+// gptlab web chat: one page, no build step. Talks to the OpenAI-compatible API for replies
+// (/v1/models, /v1/chat/completions with stream: true) and to /api/* for history,
+// personalization, thumbs and A/B votes (see gptlab/serve/web.py).
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const store = window.localStorage;
+
+const state = {
+  user: store.getItem("gptlab.user") || "",
+  apiKey: store.getItem("gptlab.apiKey") || "",
+  models: [],
+  customInstructions: "",
+  defaultSystem: "",
+  conv: null,          // {id, title, system, messages: [{role, content, model, sampling, rating, response_id, ab}]}
+  pending: null,       // an A/B pair waiting for a vote: {prompt, answers: [{text, model, sampling}], blind}
+  busy: null,          // AbortController of the reply being streamed
+};
+
+// ------------------------------------------------------------------ markdown (untrusted model output)
+
+const md = new marked.Marked({ gfm: true, breaks: true });
+// Raw HTML in the markdown is shown as text, never rendered; DOMPurify cleans what is left.
+md.use({ renderer: { html: (token) => escapeHtml(token.text || token.raw || "") } });
+
+function escapeHtml(s) {
+  return s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function renderMarkdown(text) {
+  const div = document.createElement("div");
+  div.className = "markdown";
+  div.innerHTML = DOMPurify.sanitize(md.parse(text || ""), { USE_PROFILE: { html: true } });
+  div.querySelectorAll("pre code").forEach((el) => hljs.highlightElement(el));
+  div.querySelectorAll("a").forEach((a) => { a.target = "_blank"; a.rel = "noopener noreferrer"; });
+  return div;
+}
+
+// ------------------------------------------------------------------ HTTP
+
+function headers() {
+  // Header values are latin-1: percent-encode the name so any script works (web.py decodes it).
+  const h = { "Content-Type": "application/json", "X-Gptlab-User": encodeURIComponent(state.user) };
+  if (state.apiKey) h["Authorization"] = "Bearer " + state.apiKey;
+  return h;
+}
+
+async function errorMessage(res) {
+  const text = await res.text();
+  try {
+    const body = JSON.parse(text);
+    if (body.error && body.error.message) return body.error.message;
+    if (body.detail) return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  } catch (_) { /* not JSON */ }
+  return `${res.status} ${res.statusText}: ${text.slice(0, 300)}`;
+}
+
+async function api(method, path, body) {
+  const res = await fetch(path, { method, headers: headers(), body: body === undefined ? undefined : JSON.stringify(body) });
+  if (!res.ok) throw new Error(await errorMessage(res));
+  return res.json();
+}
+
+// POST /v1/chat/completions with stream: true; calls onDelta(choiceIndex, text) per SSE chunk.
+async function streamChat(body, onDelta, signal) {
+  const res = await fetch("v1/chat/completions", {
+    method: "POST", headers: headers(), signal, body: JSON.stringify({ ...body, stream: true }),
+  });
+  if (!res.ok) throw new Error(await errorMessage(res));
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  const finish = {};
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const event = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") return finish;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message || JSON.stringify(chunk.error));
+        for (const choice of chunk.choices || []) {
+          const delta = choice.delta && choice.delta.content;
+          if (delta) onDelta(choice.index || 0, delta);
+          if (choice.finish_reason) finish[choice.index || 0] = choice.finish_reason;
+        }
+      }
+    }
+  }
+  return finish;
+}
+
+// ------------------------------------------------------------------ settings
+
+function sampling() {
+  const stop = $("#stop-seqs").value.split("\n").filter((s) => s.length > 0);
+  const out = { temperature: parseFloat($("#temperature").value), max_tokens: parseInt($("#max-tokens").value, 10) || 256 };
+  if (stop.length) out.stop = stop.slice(0, 4);
+  return out;
+}
+
+function abMode() {
+  return $("#ab-toggle").checked ? document.querySelector("input[name=ab-mode]:checked").value : "off";
+}
+
+// The system message the model sees: this chat's system message + the user's custom instructions.
+function systemText() {
+  return [state.conv.system.trim(), state.customInstructions.trim()].filter(Boolean).join("\n\n");
+}
+
+// The chat messages sent for a reply to messages[0..upto): role/content only, system first.
+// `system` defaults to the current one; a rating uses the one its reply was written under.
+function promptMessages(upto, system = systemText()) {
+  const history = state.conv.messages.slice(0, upto).map((m) => ({ role: m.role, content: m.content }));
+  return system ? [{ role: "system", content: system }, ...history] : history;
+}
+
+// ------------------------------------------------------------------ conversations
+
+function newConversation() {
+  return { id: null, title: "", system: state.defaultSystem, messages: [] };
+}
+
+async function saveConversation() {
+  const c = state.conv;
+  const saved = await api("POST", "api/conversations", {
+    id: c.id, title: c.title, system: c.system, messages: c.messages, model: $("#model").value,
+    settings: { ...sampling(), ab: abMode() },
+  });
+  c.id = saved.id;
+  c.title = saved.title;
+  await refreshConversationList();
+}
+
+async function refreshConversationList() {
+  const { data } = await api("GET", "api/conversations");
+  const nav = $("#conversations");
+  nav.replaceChildren();
+  for (const item of data) {
+    const row = document.createElement("div");
+    row.className = "conv" + (state.conv && item.id === state.conv.id ? " active" : "");
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "conv-open";
+    open.textContent = item.title || "New chat";
+    open.title = item.title;
+    open.onclick = () => openConversation(item.id);
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "conv-delete";
+    del.textContent = "×";
+    del.title = "Delete this chat";
+    del.onclick = () => deleteConversation(item.id);
+    row.append(open, del);
+    nav.append(row);
+  }
+}
+
+async function openConversation(id) {
+  if (state.busy) return;
+  const c = await api("GET", "api/conversations/" + encodeURIComponent(id));
+  state.conv = { id: c.id, title: c.title, system: c.system, messages: c.messages };
+  state.pending = null;
+  $("#system").value = c.system;
+  if (c.model && state.models.includes(c.model)) $("#model").value = c.model;
+  renderMessages();
+  await refreshConversationList();
+}
+
+async function deleteConversation(id) {
+  await api("DELETE", "api/conversations/" + encodeURIComponent(id));
+  if (state.conv && state.conv.id === id) startNewChat();
+  await refreshConversationList();
+}
+
+function startNewChat() {
+  if (state.busy) return;
+  state.conv = newConversation();
+  state.pending = null;
+  $("#system").value = state.conv.system;
+  renderMessages();
+  refreshConversationList().catch(showError);
+  $("#input").focus();
+}
+
+// ------------------------------------------------------------------ rendering
+
+function renderMessages() {
+  const box = $("#messages");
+  box.querySelectorAll(".msg, .ab-pair, .actions.retry").forEach((el) => el.remove());
+  $("#empty").hidden = state.conv.messages.length > 0 || !!state.pending;
+  state.conv.messages.forEach((m, i) => box.append(m.ab ? pairView(m, i) : messageView(m, i)));
+  const last = state.conv.messages[state.conv.messages.length - 1];
+  if (last && last.role === "user" && !state.busy && !state.pending) box.append(retryView());
+  if (state.pending) box.append(pendingView());
+  updateComposer();
+  box.scrollTop = box.scrollHeight;
+}
+
+function messageView(m, i) {
+  const el = document.createElement("article");
+  el.className = "msg " + m.role;
+  const body = document.createElement("div");
+  body.className = "body";
+  if (m.role === "assistant") body.append(renderMarkdown(m.content));
+  else body.textContent = m.content;
+  el.append(body);
+  const last = i === state.conv.messages.length - 1;
+  if (m.role === "assistant" && !(state.busy && last)) el.append(actionsView(m, i));
+  return el;
+}
+
+// A user turn left without a reply (an error, or Stop before the first token): ask again.
+function retryView() {
+  const bar = document.createElement("div");
+  bar.className = "actions retry";
+  const b = document.createElement("button");
+  b.type = "button";
+  b.title = "Retry";
+  b.setAttribute("aria-label", "Retry");
+  b.append(icon("redo"), document.createTextNode(" Retry"));
+  b.onclick = () => { if (!state.busy) reply(); };
+  bar.append(b);
+  return bar;
+}
+
+// Icons as inline SVG (system fonts often lack emoji). Paths from Feather Icons (MIT).
+const ICONS = {
+  up: "M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3zM7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3",
+  down: "M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3zm7-13h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17",
+  copy: "M20 9h-9a2 2 0 0 0-2 2v9a2 2 0 0 0 2 2h9a2 2 0 0 0 2-2v-9a2 2 0 0 0-2-2zM5 15H4a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2h9a2 2 0 0 1 2 2v1",
+  redo: "M23 4v6h-6M1 20v-6h6M3.51 9a9 9 0 0 1 14.85-3.36L23 10M1 14l4.64 4.36A9 9 0 0 0 20.49 15",
+};
+
+function icon(name) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", ICONS[name]);
+  svg.append(path);
+  return svg;
+}
+
+function actionsView(m, i) {
+  const bar = document.createElement("div");
+  bar.className = "actions";
+  const button = (label, title, onclick, active) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.append(icon(label));
+    b.title = title;
+    b.setAttribute("aria-label", title);
+    if (active) b.classList.add("active");
+    b.onclick = onclick;
+    bar.append(b);
+    return b;
+  };
+  button("up", "Good answer", () => rate(i, 1), m.rating === 1);
+  button("down", "Bad answer", () => rate(i, -1), m.rating === -1);
+  button("copy", "Copy", () => navigator.clipboard && navigator.clipboard.writeText(m.content));
+  if (i === state.conv.messages.length - 1 && !state.busy) button("redo", "Regenerate", regenerate);
+  if (m.model) {
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = m.model + (m.finish === "length" ? " · cut at max tokens" : m.finish === "stopped" ? " · stopped" : "");
+    bar.append(tag);
+  }
+  return bar;
+}
+
+function answerColumn(label, answer, extraClass) {
+  const col = document.createElement("div");
+  col.className = "ab-answer " + (extraClass || "");
+  const head = document.createElement("div");
+  head.className = "ab-head";
+  head.textContent = label;
+  const body = document.createElement("div");
+  body.className = "body";
+  body.append(renderMarkdown(answer.text));
+  col.append(head, body);
+  return col;
+}
+
+function pendingView() {
+  const p = state.pending;
+  const el = document.createElement("div");
+  el.className = "ab-pair pending";
+  const cols = document.createElement("div");
+  cols.className = "ab-cols";
+  p.answers.forEach((a, k) => cols.append(answerColumn(
+    (k ? "B" : "A") + (p.blind ? "" : " · " + a.model), a, "streaming-" + k)));
+  el.append(cols);
+  const vote = document.createElement("div");
+  vote.className = "ab-vote";
+  if (!state.busy) {
+    for (const [winner, text] of [["a", "A is better"], ["tie", "Tie"], ["b", "B is better"]]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = text;
+      b.dataset.winner = winner;
+      b.onclick = () => vote_(winner);
+      vote.append(b);
+    }
+  } else {
+    vote.textContent = "Writing two answers…";
+  }
+  el.append(vote);
+  return el;
+}
+
+function pairView(m, i) {
+  const el = document.createElement("div");
+  el.className = "ab-pair voted";
+  const cols = document.createElement("div");
+  cols.className = "ab-cols";
+  const w = m.ab.winner;
+  cols.append(answerColumn("A · " + m.ab.a.model + (w === "a" ? " ✓ preferred" : ""), m.ab.a, w === "b" ? "loser" : "winner"));
+  cols.append(answerColumn("B · " + m.ab.b.model + (w === "b" ? " ✓ preferred" : ""), m.ab.b, w === "a" ? "loser" : "winner"));
+  el.append(cols);
+  const note = document.createElement("div");
+  note.className = "ab-note";
+  note.textContent = w === "tie" ? "You voted: tie (A continues the chat)" : `You voted: ${w.toUpperCase()} is better`;
+  el.append(note, actionsView(m, i));
+  return el;
+}
+
+function updateComposer() {
+  const busy = !!state.busy;
+  $("#send").hidden = busy;
+  $("#stop").hidden = !busy;
+  $("#input").disabled = !!state.pending;
+  $("#hint").textContent = state.pending && !busy ? "Pick the better answer to continue." : "";
+}
+
+function showError(err) {
+  const box = $("#error");
+  box.textContent = String(err && err.message ? err.message : err);
+  box.hidden = false;
+  clearTimeout(showError.timer);
+  showError.timer = setTimeout(() => { box.hidden = true; }, 8000);
+}
+
+// Re-render a streaming bubble at most once per frame (markdown + highlighting are not free).
+function liveRenderer(getTarget) {
+  let scheduled = false;
+  return (text) => {
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(() => {
+      scheduled = false;
+      const target = getTarget();
+      if (!target) return;
+      target.replaceChildren(renderMarkdown(text()));
+      const box = $("#messages");
+      box.scrollTop = box.scrollHeight;
+    });
+  };
+}
+
+// ------------------------------------------------------------------ actions
+
+async function send(text) {
+  if (state.busy || state.pending || !text.trim()) return;
+  state.conv.messages.push({ role: "user", content: text });
+  await reply();
+}
+
+async function regenerate() {
+  if (state.busy) return;
+  const last = state.conv.messages[state.conv.messages.length - 1];
+  if (!last || last.role !== "assistant") return;
+  state.conv.messages.pop();
+  await reply();
+}
+
+async function reply() {
+  const mode = abMode();
+  state.busy = new AbortController();
+  $("#error").hidden = true;
+  try {
+    if (mode === "off") await replyOne();
+    else await replyPair(mode);
+  } catch (err) {
+    if (err.name !== "AbortError") showError(err);
+    // A pair with a missing answer cannot be compared: drop it.
+    if (state.pending && state.pending.answers.some((a) => !a.text)) state.pending = null;
+  } finally {
+    state.busy = null;
+    renderMessages();
+  }
+  try {
+    await saveConversation();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+async function replyOne() {
+  const model = $("#model").value;
+  const samp = sampling();
+  const msg = { role: "assistant", content: "", model, sampling: samp, system: systemText() };
+  state.conv.messages.push(msg);
+  renderMessages();
+  const bubbles = $("#messages").querySelectorAll(".msg.assistant .body");
+  const target = bubbles[bubbles.length - 1];
+  target.parentElement.classList.add("streaming");
+  const draw = liveRenderer(() => target);
+  try {
+    const finish = await streamChat({ model, messages: promptMessages(state.conv.messages.length - 1), ...samp },
+      (_, delta) => { msg.content += delta; draw(() => msg.content); }, state.busy.signal);
+    msg.finish = finish[0] || "stop";
+  } catch (err) {
+    msg.finish = "stopped";
+    if (!msg.content) state.conv.messages.pop();
+    throw err;
+  }
+}
+
+async function replyPair(mode) {
+  const samp = sampling();
+  // Two samples of one model only differ when sampling: raise temperature 0 to 1.
+  const pairSampling = { ...samp, temperature: samp.temperature > 0 ? samp.temperature : 1.0 };
+  const prompt = promptMessages(state.conv.messages.length);
+  let models = [$("#model").value, $("#model").value];
+  let blind = false;
+  if (mode === "models") {
+    models = [$("#model").value, $("#model-b").value];
+    blind = true;   // show model names only after the vote, and shuffle sides against position bias
+    if (Math.random() < 0.5) models.reverse();
+  }
+  const answers = models.map((model) => ({ text: "", model, sampling: mode === "models" ? samp : pairSampling }));
+  state.pending = { prompt, answers, blind };
+  renderMessages();
+  const draws = answers.map((a, k) => liveRenderer(() => document.querySelector(`.ab-pair.pending .streaming-${k} .body`)));
+  const onDelta = (offset) => (k, delta) => { answers[k + offset].text += delta; draws[k + offset](() => answers[k + offset].text); };
+  const signal = state.busy.signal;
+  if (mode === "models") {
+    await Promise.all(models.map((model, k) =>
+      streamChat({ model, messages: prompt, ...samp }, onDelta(k), signal)));
+  } else {
+    await streamChat({ model: models[0], messages: prompt, ...pairSampling, n: 2 }, onDelta(0), signal);
+  }
+}
+
+async function vote_(winner) {
+  const p = state.pending;
+  if (!p) return;
+  const [a, b] = p.answers;
+  if (a.text === b.text && winner !== "tie") {
+    showError("The two answers are identical: vote Tie.");
+    return;
+  }
+  try {
+    const res = await api("POST", "api/compare", { messages: p.prompt, a, b, winner });
+    const kept = winner === "b" ? b : a;
+    state.conv.messages.push({
+      role: "assistant", content: kept.text, model: kept.model, sampling: kept.sampling,
+      system: p.prompt[0].role === "system" ? p.prompt[0].content : "",
+      ab: { a, b, winner, comparison_id: res.comparison_id },
+      response_id: res.response_ids[winner === "b" ? "b" : "a"],   // thumbs on it rate that row
+    });
+    state.pending = null;
+    renderMessages();
+    await saveConversation();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+async function rate(i, value) {
+  const m = state.conv.messages[i];
+  try {
+    const res = await api("POST", "api/rate", {
+      messages: promptMessages(i, m.system ?? systemText()), response: m.content, value, model: m.model || "",
+      sampling: m.sampling || {}, response_id: m.response_id ?? null,
+    });
+    m.response_id = res.response_id;
+    m.rating = value;
+    renderMessages();
+    await saveConversation();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// ------------------------------------------------------------------ startup
+
+async function loadModels() {
+  const { data } = await api("GET", "v1/models");
+  state.models = data.map((m) => m.id);
+  for (const sel of [$("#model"), $("#model-b")]) {
+    sel.replaceChildren(...state.models.map((id) => new Option(id, id)));
+  }
+  const saved = store.getItem("gptlab.model");
+  if (saved && state.models.includes(saved)) $("#model").value = saved;
+  const two = state.models.length > 1;
+  if (two) $("#model-b").value = state.models.find((id) => id !== $("#model").value);
+  // "Two models" needs a second model being served.
+  document.querySelector("input[name=ab-mode][value=models]").disabled = !two;
+  $("#model-b").disabled = !two;
+  $("#model-b").title = two ? "" : "the server runs only one model";
+}
+
+async function loadSettings() {
+  const s = await api("GET", "api/settings");
+  state.customInstructions = s.custom_instructions;
+  state.defaultSystem = s.system;
+  $("#custom").value = s.custom_instructions;
+  $("#who-name").textContent = s.user;
+}
+
+async function putSettings() {
+  await api("PUT", "api/settings", { custom_instructions: state.customInstructions, system: state.defaultSystem });
+  const note = $("#saved-note");
+  note.hidden = false;
+  setTimeout(() => { note.hidden = true; }, 1500);
+}
+
+function askForUser() {
+  const dialog = $("#login");
+  $("#user-name").value = state.user;
+  $("#login-key").value = state.apiKey;
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", resolve, { once: true });
+  });
+}
+
+async function start() {
+  if (!state.user) await askForUser();
+  try {
+    await loadModels();
+    await loadSettings();
+    if (!state.conv) startNewChat();
+    else await refreshConversationList();
+  } catch (err) {
+    showError(err);
+  }
+  document.body.dataset.ready = "1";
+}
+
+function bindControls() {
+  $("#composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("#input").value;
+    if (!text.trim()) return;
+    $("#input").value = "";
+    autosize();
+    send(text);
+  });
+  $("#input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("#composer").requestSubmit();
+    }
+  });
+  $("#input").addEventListener("input", autosize);
+  $("#stop").onclick = () => state.busy && state.busy.abort();
+  $("#new-chat").onclick = startNewChat;
+  $("#system").addEventListener("input", () => { state.conv.system = $("#system").value; });
+  $("#save-system-default").onclick = () => { state.defaultSystem = $("#system").value; putSettings().catch(showError); };
+  $("#save-custom").onclick = () => { state.customInstructions = $("#custom").value; putSettings().catch(showError); };
+  $("#temperature").addEventListener("input", () => { $("#temperature-value").textContent = $("#temperature").value; });
+  $("#model").addEventListener("change", () => store.setItem("gptlab.model", $("#model").value));
+  $("#api-key").value = state.apiKey;
+  $("#api-key").addEventListener("change", () => {
+    state.apiKey = $("#api-key").value.trim();
+    store.setItem("gptlab.apiKey", state.apiKey);
+    start();   // the models and settings the new key may see
+  });
+  $("#settings-close").onclick = () => $("#settings-toggle").click();
+  $("#settings-toggle").onclick = () => {
+    // Wide screens show the panel until closed; narrow ones hide it until opened.
+    const narrow = window.matchMedia("(max-width: 900px)").matches;
+    const shown = narrow ? document.body.classList.toggle("settings-open")
+                         : !document.body.classList.toggle("settings-closed");
+    $("#settings-toggle").setAttribute("aria-expanded", String(shown));
+  };
+  $("#change-user").onclick = async () => {
+    await askForUser();
+    state.conv = null;   // another user's history
+    await start();
+  };
+  // Escape must not leave the page without a user name.
+  $("#login").addEventListener("cancel", (e) => { if (!state.user) e.preventDefault(); });
+  $("#login-form").addEventListener("submit", () => {
+    state.user = $("#user-name").value.trim();
+    state.apiKey = $("#login-key").value.trim();
+    store.setItem("gptlab.user", state.user);
+    store.setItem("gptlab.apiKey", state.apiKey);
+    $("#api-key").value = state.apiKey;
+  });
+}
+
+function autosize() {
+  const el = $("#input");
+  el.style.height = "auto";
+  el.style.height = Math.min(el.scrollHeight, 240) + "px";
+}
+
+window.gptlab = { state, renderMarkdown, streamChat };
+bindControls();
+start();
