@@ -51,6 +51,8 @@ def report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     parts += _checkpoints(ctx, ckpts)
     parts += _training(ctx, metric_files)
     parts += _evals(ctx, evals)
+    parts += _alignment(ctx)
+    parts += _redteam(ctx)
     parts += _commands(ctx, ckpts, evals)
     text = "\n".join(parts).rstrip() + "\n"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -349,6 +351,69 @@ def _command_of(meta: dict) -> str | None:
                 flags.append(f"{flag} {v}")
         return f"gptlab {meta['stage']} {' '.join(flags)}  # reconstructed from gptlab.json config"
     return None
+
+
+def _alignment(ctx: _Ctx) -> list[str]:
+    """Simulated feedback, the reward model, and the win rates over SFT (speedrun layout:
+    align/feedback.json, rm/reward.json, align/winrate.json)."""
+    out = ["## Alignment", ""]
+    fb, rm = _read_json(ctx.run / "align" / "feedback.json"), _read_json(ctx.run / "rm" / "reward.json")
+    wr = _read_json(ctx.run / "align" / "winrate.json")
+    if not (fb or rm or wr):
+        return out + ["No alignment stage has run yet (`gptlab feedback simulate`, `gptlab reward`, "
+                      "`gptlab rl`, `gptlab dpo`).", ""]
+    if fb:
+        out += ["Simulated feedback: " + ", ".join(f"{k} {v}" for k, v in fb.items()
+                                                  if isinstance(v, (int, float, str))), ""]
+    if rm:
+        keys = ["train_pairs", "val_pairs", "train_accuracy", "val_accuracy", "val_rm_vs_judge",
+                "val_labels_vs_judge", "val_ratio_to_ceiling", "train_seconds"]
+        out += ["| reward model | value |", "| --- | ---: |"]
+        out += [f"| {k} | {_cell(round(rm[k], 4) if isinstance(rm[k], float) else rm[k])} |"
+                for k in keys if rm.get(k) is not None] + [""]
+    if wr:
+        rows = {k: v for k, v in wr.items() if isinstance(v, dict) and "win_rate" in v}
+        out += [f"Gold-judge win rate over {wr.get('reference', 'SFT')} on {wr.get('n_prompts')} "
+                f"held-out prompts (ties count one half):", "",
+                "| method | win rate | wins | ties | losses | mean judge score | SFT's |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        out += [f"| {k} | {v['win_rate']:.3f} | {v['wins']} | {v['ties']} | {v['losses']} | "
+                f"{v['mean_policy']:.3f} | {v['mean_ref']:.3f} |" for k, v in rows.items()]
+        out += [""]
+        if rows:
+            out += _winrate_plot(ctx, rows)
+    return out
+
+
+def _winrate_plot(ctx: _Ctx, rows: dict) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ctx.figs.mkdir(parents=True, exist_ok=True)
+    path = ctx.figs / "winrate.png"
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(list(rows), [v["win_rate"] for v in rows.values()], color="#4c72b0")
+    ax.axhline(0.5, color="gray", ls="--", lw=1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("win rate over SFT")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [f"![win rates]({ctx.link(path)})", ""]
+
+
+def _redteam(ctx: _Ctx) -> list[str]:
+    """The red team's table (redteam/redteam.json, written by `gptlab redteam`)."""
+    out = ["## Red team", ""]
+    rt = _read_json(ctx.run / "redteam" / "redteam.json")
+    if not rt:
+        return out + ["No red-team run yet (`gptlab redteam --model DIR --out RUN/redteam`).", ""]
+    from gptlab.redteam import format_report
+    body = format_report(rt).splitlines()
+    # drop its title; demote its headings one level under this section
+    body = [("#" + line if line.startswith("##") else line) for line in body
+            if not line.startswith("# ")]
+    return out + body + [""]
 
 
 def _commands(ctx: _Ctx, ckpts: list[Path], evals: list[Path]) -> list[str]:

@@ -53,6 +53,25 @@ GPU_PRESETS = {
 }
 PRESETS.update(GPU_PRESETS)
 
+# Alignment settings per preset: K answers per prompt for `prompts` train prompts (C(K,2)
+# pairs each), the reward model, PPO against it, DPO on the same comparisons, and how
+# much of the held-out sets the win rates and the red team use.
+_ALIGN_CPU = dict(k=4, prompts=170, noise=0.25, max_new_tokens=64, rm_epochs=2.0,
+                  rm_train_layers=None, ppo_steps=30, ppo_batch=32, rl_eval=4,
+                  dpo_pairs=1000, dpo_epochs=2.0, dpo_beta=0.1, winrate_per_category=20,
+                  best_of=4, redteam_limit=None)
+ALIGN_PRESETS = {
+    "cpu-tiny": _ALIGN_CPU,
+    "gpu-small": {**_ALIGN_CPU, "prompts": 2000, "ppo_steps": 200, "ppo_batch": 64,
+                  "dpo_pairs": None, "max_new_tokens": 256, "winrate_per_category": 100},
+    "gpu-d20": {**_ALIGN_CPU, "prompts": 5000, "ppo_steps": 400, "ppo_batch": 128,
+                "dpo_pairs": None, "max_new_tokens": 512, "winrate_per_category": 200},
+    "test": dict(k=2, prompts=6, noise=0.25, max_new_tokens=8, rm_epochs=1.0,
+                 rm_train_layers=None, ppo_steps=2, ppo_batch=4, rl_eval=1, dpo_pairs=8,
+                 dpo_epochs=1.0, dpo_beta=0.1, winrate_per_category=1, best_of=2,
+                 redteam_limit=2),
+}
+
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Can we reach the Hugging Face hub? (HF_HUB_OFFLINE=1 says no without asking.)"""
@@ -161,15 +180,133 @@ def _stages(out: Path, p: dict, scale: str, nproc: int = 1) -> list[Stage]:
         from gptlab.report import report
         report(out)
 
+    align = _align_stages(out, p, world, sft_dir / "final")
+    evals = [Stage(f"eval {name}", out / d / "final" / "eval.json", make_eval(out / d / "final"))
+             for name, d in MODELS if name != "base"]
     return [
         Stage("miniworld data", world / "manifest.json", make_world),
         Stage("tokenizer", tok / "tokenizer.json", make_tokenizer),
         Stage("pretrain", pre / "final" / "config.json", make_pretrain),
         Stage("SFT", sft_dir / "final" / "config.json", make_sft),
+        *align[:4],                      # feedback, reward model, PPO, DPO
         Stage("eval base", pre / "final" / "eval.json", make_eval(pre / "final")),
-        Stage("eval SFT", sft_dir / "final" / "eval.json", make_eval(sft_dir / "final")),
+        *evals,                          # SFT, PPO, DPO
+        *align[4:],                      # win rates, moderation, red team, final
         Stage("report", None, make_report),  # cheap, and must see every stage's timing
     ]
+
+
+# The models the speedrun trains, by their folder under the run directory.
+MODELS = [("base", Path("pretrain")), ("SFT", Path("sft")), ("PPO", Path("ppo")),
+          ("DPO", Path("dpo"))]
+
+
+def _align_stages(out: Path, p: dict, world: Path, sft_final: Path) -> list[Stage]:
+    """Simulated feedback -> reward model -> PPO and DPO -> win rates -> moderation ->
+    red team -> the best model copied to out/final."""
+    db, rm, align = out / "feedback.db", out / "rm", out / "align"
+    a = p["align"]
+
+    def make_feedback():
+        from gptlab.align.simulate import simulate_feedback
+        stats = simulate_feedback(sft_final, world, str(db), k=a["k"], n=a["prompts"],
+                                  noise=a["noise"], max_new_tokens=a["max_new_tokens"])
+        _write_json(align / "feedback.json", stats)
+
+    def make_rm():
+        from gptlab.align.reward import RewardConfig, train_reward
+        train_reward(RewardConfig(init=str(sft_final), db=str(db), out=str(rm),
+                                  epochs=a["rm_epochs"], world=str(world),
+                                  train_layers=a.get("rm_train_layers")))
+
+    def make_ppo():
+        from gptlab.align.rl import RLConfig, run_rl
+        run_rl(RLConfig(algo="ppo", init=str(sft_final), reward=str(rm), prompts=str(world),
+                        out=str(out / "ppo"), steps=a["ppo_steps"], batch_size=a["ppo_batch"],
+                        max_new_tokens=a["max_new_tokens"], eval_per_category=a["rl_eval"],
+                        resume=True))
+
+    def make_dpo():
+        from gptlab.align.dpo import DPOConfig, run_dpo
+        run_dpo(DPOConfig(init=str(sft_final), db=str(db), out=str(out / "dpo"),
+                          max_pairs=a["dpo_pairs"], epochs=a["dpo_epochs"], beta=a["dpo_beta"],
+                          resume=True))
+
+    def make_winrates():
+        _write_json(align / "winrate.json", win_rates(out, world, a))
+
+    def make_moderator():
+        from gptlab.safety import ModeratorConfig, train_moderator
+        train_moderator(ModeratorConfig(data=str(world), out=str(out / "moderator")))
+
+    def make_redteam():
+        from gptlab.redteam import RedteamConfig, run_redteam
+        run_redteam(RedteamConfig(model=str(best_model(out)), world=str(world),
+                                  out=str(out / "redteam"), guard=str(out / "moderator"),
+                                  limit=a["redteam_limit"]))
+
+    def make_final():
+        from gptlab.checkpoint import atomic_dir
+        import shutil
+        best = best_model(out)
+        with atomic_dir(out / "final", markers=("config.json",)) as tmp:
+            shutil.copytree(best, tmp, dirs_exist_ok=True)
+            _write_json(tmp / "speedrun_choice.json", {"chosen": str(best.relative_to(out))})
+
+    return [
+        Stage("feedback", align / "feedback.json", make_feedback),
+        Stage("reward model", rm / "reward.json", make_rm),
+        Stage("PPO", out / "ppo" / "final" / "config.json", make_ppo),
+        Stage("DPO", out / "dpo" / "final" / "config.json", make_dpo),
+        Stage("win rates", align / "winrate.json", make_winrates),
+        Stage("moderation", out / "moderator" / "moderator.json", make_moderator),
+        Stage("red team", out / "redteam" / "redteam.json", make_redteam),
+        Stage("final", out / "final" / "config.json", make_final),
+    ]
+
+
+def win_rates(out: Path, world: Path, a: dict) -> dict:
+    """Gold-judge win rate of PPO, DPO and best-of-N over the SFT model's greedy answers on
+    held-out prompts (the same prompts for all)."""
+    from gptlab.align.common import generate_answers, heldout_records, load_reward, win_rate
+    from gptlab.align.reward import best_of_n
+    from gptlab.chat import load_chat_model
+    from gptlab.data.judge import Judge
+
+    judge = Judge.from_dir(world)
+    records = heldout_records(world, n_per_category=a["winrate_per_category"], seed=1)
+    n_tok = a["max_new_tokens"]
+    sft = load_chat_model(out / "sft" / "final")
+    ref = generate_answers(sft.model, sft.tokenizer, records, max_new_tokens=n_tok)
+    result = {"n_prompts": len(records), "reference": "SFT, greedy"}
+    for name in ("PPO", "DPO"):
+        ck = load_chat_model(out / name.lower() / "final")
+        answers = generate_answers(ck.model, ck.tokenizer, records, max_new_tokens=n_tok)
+        result[name] = win_rate(answers, ref, records, judge)
+    rm = load_reward(out / "rm")
+    picks = best_of_n(sft.model, sft.tokenizer, rm, records, a["best_of"], max_new_tokens=n_tok)
+    answers = [pick["best"] for pick in picks]
+    result[f"best-of-{a['best_of']}"] = win_rate(answers, ref, records, judge)
+    return result
+
+
+def best_model(out: Path) -> Path:
+    """The chat model with the highest mean gold-judge score in its eval (SFT, PPO, DPO)."""
+    scores = {}
+    for name, sub in MODELS[1:]:
+        f = out / sub / "final" / "eval.json"
+        if f.exists():
+            scores[out / sub / "final"] = json.loads(f.read_text())["metrics"].get("judge_score", 0)
+    if not scores:
+        raise FileNotFoundError(f"no evaluated chat model under {out}")
+    return max(scores, key=scores.get)
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 HEADLINE = [("fact_accuracy", "fact completion"), ("bpb", "bits per byte"),
@@ -179,16 +316,37 @@ HEADLINE = [("fact_accuracy", "fact completion"), ("bpb", "bits per byte"),
 
 
 def headline_table(out: Path) -> str:
-    """Base and SFT side by side on the headline metrics (what `make demo` ends with)."""
+    """Base, SFT, PPO and DPO side by side on the headline metrics, then the win rates over
+    SFT and the red team's figures (what `make demo` ends with)."""
     cols = {}
-    for name, sub in (("base", "pretrain"), ("SFT", "sft")):
+    for name, sub in MODELS:
         f = out / sub / "final" / "eval.json"
         cols[name] = json.loads(f.read_text())["metrics"] if f.exists() else {}
-    lines = ["| metric | base | SFT |", "| --- | --- | --- |"]
+    names = [n for n, _ in MODELS]
+    lines = ["| metric | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     for key, label in HEADLINE:
-        cells = [_fmt(cols[c].get(key)) for c in ("base", "SFT")]
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {label} | " + " | ".join(_fmt(cols[n].get(key)) for n in names) + " |")
+    wr = _read(out / "align" / "winrate.json")
+    if wr:
+        cells = {n: _fmt(wr[n]["win_rate"]) for n in wr if isinstance(wr[n], dict)}
+        lines.append("| win rate over SFT (gold judge) | - | - | " + " | ".join(
+            cells.get(n, "-") for n in ("PPO", "DPO")) + " |")
+        extra = [f"{n} {c}" for n, c in cells.items() if n not in ("PPO", "DPO")]
+        if extra:
+            lines.append(f"\nbest-of-N win rate over SFT: {', '.join(extra)}")
+    rt = _read(out / "redteam" / "redteam.json")
+    if rt:
+        for system in ("model", "model+guard"):
+            if system in rt:
+                r = rt[system]
+                lines.append(f"\nred team ({system}, {rt['target']}): attack success "
+                             f"{_fmt(r['asr'] and r['asr']['rate'])}, over-refusal "
+                             f"{_fmt(r['over_refusal'] and r['over_refusal']['rate'])}")
     return "\n".join(lines)
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _fmt(v) -> str:
@@ -224,7 +382,7 @@ def speedrun(out: Path, preset: str = "cpu-tiny", scale: str | None = None,
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    p = PRESETS[preset]
+    p = {**PRESETS[preset], "align": ALIGN_PRESETS[preset]}
     scale = scale or p.get("scale", "small")
     _check_settings(out, {"preset": preset, "scale": scale, **p})
     if p.get("threads"):
@@ -250,5 +408,6 @@ def speedrun(out: Path, preset: str = "cpu-tiny", scale: str | None = None,
     print(f"{'total':<21} {sum(timings.values()):>7.0f}\n")
     print(headline_table(out))
     print(f"\nfull report: {out / 'REPORT.md'}")
-    print(f"chat with it: gptlab chat --model {out / 'sft' / 'final'}")
+    print(f"chat with it:  gptlab chat --model {out / 'final'}")
+    print(f"serve it:      gptlab serve --model {out / 'final'}")
     return timings

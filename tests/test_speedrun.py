@@ -10,9 +10,11 @@ import pytest
 
 from gptlab.speedrun import HEADLINE, PRESETS, headline_table, speedrun
 
-STAGES = ["miniworld data", "tokenizer", "pretrain", "SFT", "eval base", "eval SFT", "report"]
+STAGES = ["miniworld data", "tokenizer", "pretrain", "SFT", "feedback", "reward model", "PPO",
+          "DPO", "eval base", "eval SFT", "eval PPO", "eval DPO", "win rates", "moderation",
+          "red team", "final", "report"]
 REPORT_SECTIONS = ["# Report card", "## Wall time", "## Checkpoints", "## Training", "## Evals",
-                   "## Commands"]
+                   "## Alignment", "## Red team", "## Commands"]
 BASE_KEYS = ["fact_accuracy", "bpb"]
 CHAT_KEYS = [k for k, _ in HEADLINE if k != "fact_accuracy"]
 
@@ -38,6 +40,21 @@ def test_every_stage_writes_its_output(run):
         for name in ("config.json", "model.safetensors", "tokenizer.json", "gptlab.json"):
             assert (final / name).is_file(), final / name
     assert json.loads((out / "sft" / "final" / "gptlab.json").read_text())["stage"] == "sft"
+    for stage in ("ppo", "dpo", "final"):
+        assert (out / stage / "final" / "model.safetensors").is_file() if stage != "final" \
+            else (out / "final" / "model.safetensors").is_file()
+    from gptlab.feedback import FeedbackStore
+    counts = FeedbackStore(out / "feedback.db").counts()
+    assert counts["rankings"] == 6 and counts["responses"] == 12      # 6 prompts x K=2
+    assert (out / "rm" / "reward.json").is_file()
+    wr = json.loads((out / "align" / "winrate.json").read_text())
+    for method in ("PPO", "DPO", "best-of-2"):
+        assert 0 <= wr[method]["win_rate"] <= 1 and wr[method]["n"] == wr["n_prompts"] > 0
+    assert (out / "moderator" / "moderator.json").is_file()
+    rt = json.loads((out / "redteam" / "redteam.json").read_text())
+    assert 0 <= rt["model"]["asr"]["rate"] <= 1 and "model+guard" in rt
+    chosen = json.loads((out / "final" / "speedrun_choice.json").read_text())["chosen"]
+    assert chosen in ("sft/final", "ppo/final", "dpo/final")
     assert list(timings) == STAGES
     assert json.loads((out / "timings.json").read_text()) == timings
     assert all(isinstance(v, (int, float)) and v >= 0 for v in timings.values())
@@ -69,8 +86,8 @@ def test_report_has_every_section(run):
 
 def test_second_call_skips_finished_stages(run, capsys):
     out, first, _ = run
-    weights = [out / s / "final" / "model.safetensors" for s in ("pretrain", "sft")]
-    evals = [out / s / "final" / "eval.json" for s in ("pretrain", "sft")]
+    weights = [out / s / "final" / "model.safetensors" for s in ("pretrain", "sft", "ppo", "dpo")]
+    evals = [out / s / "final" / "eval.json" for s in ("pretrain", "sft", "ppo", "dpo")]
     before = {p: (p.stat().st_mtime_ns, _sha(p)) for p in weights + evals}
     t0 = time.time()
     again = speedrun(out=out, preset="test", scale="tiny")

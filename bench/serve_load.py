@@ -1,0 +1,200 @@
+"""Serving under load: N concurrent streaming chat clients against `gptlab serve` on loopback.
+
+Starts the server as a subprocess (so the clients' Python does not share its GIL), then,
+for each client count in ``--clients``, runs that many asyncio clients; each sends
+``--requests`` streaming chat completions one after another (``ignore_eos``, so every
+reply is exactly ``--max-tokens`` tokens and the levels compare like with like). Reports,
+per level: time to first token (TTFT) p50/p99, inter-token latency (ITL: a reply's
+decode time / its tokens - 1) p50/p99, aggregate completion tokens/s over the level's
+wall time, errors, and the server process's CPU time per generated token (Linux); then
+the ratio of each level's tokens/s to the first level's.
+Each level is bounded by ``--max-seconds`` (no new request starts after it). The levels
+run ``--rounds`` times, alternating their order round by round (a shared, busy machine
+drifts); tokens/s is the median over rounds, the latency percentiles pool all rounds, and
+the per-round ratios (each level against the first, run back to back) are reported with
+their median, which is the figure to trust on a busy machine.
+
+    python bench/serve_load.py                                  # runs/base/sft, 1 and 8 clients
+    python bench/serve_load.py --model runs/demo/sft/final --clients 1,4,8,16 --max-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+PROMPTS = ["What is the capital of France?", "Name a country in Africa.", "How many people live in Peru?",
+           "What currency does Japan use?", "Which continent is Chile on?", "What is 12 plus 30?",
+           "Tell me about Norway.", "What languages are spoken in Belgium?"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="runs/base/sft", help="checkpoint directory to serve")
+    p.add_argument("--clients", default="1,8", help="comma-separated concurrent client counts")
+    p.add_argument("--requests", type=int, default=4, help="requests per client per level")
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--max-seconds", type=float, default=120, help="cap per level")
+    p.add_argument("--rounds", type=int, default=3, help="times each level runs (median tokens/s)")
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the server's worker")
+    p.add_argument("--port", type=int, default=8791)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def start_server(args, db: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "gptlab", "serve", "--model", args.model, "--port", str(args.port),
+           "--db", str(db), "--max-batch", str(args.max_batch), "--threads", str(args.threads),
+           "--max-queue", "256"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{args.port}/health"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError("server did not start")
+
+
+async def one_request(client: httpx.AsyncClient, prompt: str, args, seed: int) -> dict:
+    body = {"model": "default", "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "max_tokens": args.max_tokens, "temperature": 0.8, "seed": seed, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first = last = None
+    tokens = 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return {"error": f"HTTP {r.status_code}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            if '"delta": {"content": "' in line:  # gptlab's text chunks: no json.loads on the hot path
+                has_text = True
+            else:
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return {"error": chunk["error"]["message"]}
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                has_text = bool(chunk.get("choices") and chunk["choices"][0]["delta"].get("content"))
+            if has_text:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+    if first is None:
+        return {"error": "no content"}
+    return {"ttft": first - t0, "itl": (last - first) / max(tokens - 1, 1), "tokens": tokens}
+
+
+async def run_level(args, n_clients: int) -> dict:
+    results, stop_at = [], time.perf_counter() + args.max_seconds
+    limits = httpx.Limits(max_connections=n_clients + 4)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{args.port}", timeout=300, limits=limits) as client:
+        async def client_loop(k: int):
+            for i in range(args.requests):
+                if time.perf_counter() > stop_at:
+                    return
+                try:
+                    results.append(await one_request(client, PROMPTS[(k + i) % len(PROMPTS)], args, 1000 * k + i))
+                except httpx.HTTPError as exc:
+                    results.append({"error": repr(exc)})
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[client_loop(k) for k in range(n_clients)])
+        wall = time.perf_counter() - t0
+    ok = [r for r in results if "error" not in r]
+    return {"results": results, "wall_s": wall, "tokens_per_s": sum(r["tokens"] for r in ok) / wall}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def summarize(n_clients: int, runs: list[dict]) -> dict:
+    results = [r for run in runs for r in run["results"]]
+    ok = [r for r in results if "error" not in r]
+    tokens = sum(r["tokens"] for r in ok)
+    return {"clients": n_clients, "requests": len(results), "errors": len(results) - len(ok),
+            "server_cpu_ms_per_token": 1e3 * sum(run["server_cpu_s"] for run in runs) / max(tokens, 1),
+            "tokens_per_s": statistics.median(run["tokens_per_s"] for run in runs),
+            "tokens_per_s_rounds": [round(run["tokens_per_s"], 1) for run in runs],
+            "ttft_p50_ms": 1e3 * _pct([r["ttft"] for r in ok], 50), "ttft_p99_ms": 1e3 * _pct([r["ttft"] for r in ok], 99),
+            "itl_p50_ms": 1e3 * _pct([r["itl"] for r in ok], 50), "itl_p99_ms": 1e3 * _pct([r["itl"] for r in ok], 99),
+            "error_samples": [r["error"] for r in results if "error" in r][:3]}
+
+
+def _pct(values, q) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if len(values) > 1 else values[0]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    levels = [int(x) for x in args.clients.split(",")]
+    db = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve_load_{os.getpid()}.db"
+    proc = start_server(args, db)
+    try:
+        asyncio.run(run_level(args, 1))  # warm-up
+        runs = {n: [] for n in levels}
+        for k in range(args.rounds):
+            for n in (levels if k % 2 == 0 else levels[::-1]):
+                cpu0 = _cpu_seconds(proc.pid)
+                run = asyncio.run(run_level(args, n))
+                run["server_cpu_s"] = _cpu_seconds(proc.pid) - cpu0
+                runs[n].append(run)
+        rows = [summarize(n, runs[n]) for n in levels]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+    base = rows[0]["tokens_per_s"]
+    print(f"model {args.model}, {args.max_tokens} tokens per reply, {args.requests} requests per client, "
+          f"{args.rounds} rounds, server threads {args.threads}, max batch {args.max_batch}")
+    print("| clients | requests | errors | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | tokens/s (median) | vs 1st "
+          "| server CPU ms/token |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} "
+              f"| {r['itl_p50_ms']:.1f} / {r['itl_p99_ms']:.1f} | {r['tokens_per_s']:.0f} | "
+              f"{r['tokens_per_s'] / base:.2f}x | {r['server_cpu_ms_per_token']:.2f} |")
+        if r["error_samples"]:
+            print(f"  errors: {r['error_samples']}")
+    print("tokens/s per round: " + "; ".join(f"{r['clients']} clients {r['tokens_per_s_rounds']}" for r in rows))
+    for r in rows[1:]:  # paired: the two levels of one round ran back to back, under similar load
+        paired = [b / a for a, b in zip(rows[0]["tokens_per_s_rounds"], r["tokens_per_s_rounds"])]
+        r["paired_ratio_median"] = statistics.median(paired)
+        print(f"{r['clients']} vs {rows[0]['clients']} clients, per-round ratios "
+              f"{[round(x, 2) for x in paired]}, median {r['paired_ratio_median']:.2f}x")
+    if args.out:
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"args": vars(args), "levels": rows}, indent=2))
+        tmp.replace(args.out)
+
+
+if __name__ == "__main__":
+    main()

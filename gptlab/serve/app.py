@@ -1,0 +1,833 @@
+"""The OpenAI-compatible HTTP API (FastAPI): ``create_app(ServeSettings(...))``.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
+``POST /v1/embeddings``, ``POST /v1/moderations``, ``GET /health``, ``GET /metrics``
+(Prometheus), and the admin API the ``gptlab models`` command calls
+(``GET /admin/models``, ``POST /admin/models/{name}/promote|disable|enable``).
+Generation runs on one continuous-batching worker per model (gptlab.serve.worker); a
+handler turns the request into a ``Job``, queues it, and awaits the worker's events.
+See docs/SERVING.md for what each field does and what is not implemented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+import queue
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from gptlab.serve.errors import APIError, BodyLimit, bad_key, install_error_handlers, invalid, rate_limited
+from gptlab.serve.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest,
+                                  ModerationRequest, PromoteRequest)
+
+REFUSAL = "I'm sorry, but I can't help with that."
+MODERATE_MODES = ("none", "input", "output", "both")
+ACTIONS = ("refuse", "flag")
+
+
+@dataclass
+class ServeSettings:
+    """Everything `gptlab serve` can set (flags of the same names)."""
+
+    models: list = field(default_factory=list)  # "DIR" or "NAME=DIR"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db: str = "runs/serve/serve.db"
+    auth: str = "auto"               # auto: on unless the server binds to loopback only
+    max_batch: int = 16              # rows decoded together per model (a request takes n rows)
+    max_queue: int = 64              # requests waiting per model before 429
+    request_timeout_s: float = 300.0
+    max_body_bytes: int = 2_000_000
+    max_tokens_cap: int = 4096       # default max_tokens: min(this, context - prompt)
+    device: str = "cpu"
+    threads: int | None = None       # torch CPU threads of each model's worker (None: torch's default)
+    moderation: str | None = None    # a gptlab.safety Moderator directory
+    moderate: str | None = None      # none | input | output | both (default: input with --moderation)
+    moderation_action: str = "refuse"  # refuse | flag
+
+    def auth_enabled(self) -> bool:
+        if self.auth not in ("auto", "on", "off"):
+            raise ValueError(f"auth must be auto, on or off, got {self.auth!r}")
+        if self.auth != "auto":
+            return self.auth == "on"
+        return not _is_loopback(self.host)
+
+    def moderate_mode(self) -> str:
+        mode = self.moderate or ("input" if self.moderation else "none")
+        if mode not in MODERATE_MODES:
+            raise ValueError(f"moderate must be one of {MODERATE_MODES}, got {mode!r}")
+        if mode != "none" and not self.moderation:
+            raise ValueError(f"--moderate {mode} needs --moderation DIR (a gptlab.safety moderator)")
+        if self.moderation_action not in ACTIONS:
+            raise ValueError(f"moderation_action must be one of {ACTIONS}, got {self.moderation_action!r}")
+        return mode
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------------- app
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """Load the models, start their workers, and build the FastAPI app."""
+    from gptlab.feedback import FeedbackStore
+    from gptlab.serve.keys import KeyStore, RateLimiter
+    from gptlab.serve.registry import Registry, parse_model_spec
+
+    if not settings.models:
+        raise ValueError("serve needs at least one --model DIR")
+    auth_on = settings.auth_enabled()
+    mode = settings.moderate_mode()
+    moderator = _load_moderator(settings.moderation) if settings.moderation else None
+    store = FeedbackStore(settings.db)
+    metrics = Metrics()
+    registry = Registry(store)
+    try:
+        for spec in settings.models:
+            if parse_model_spec(spec)[0] in registry.entries:
+                raise ValueError(f"two models are named {parse_model_spec(spec)[0]!r}: use --model NAME=DIR")
+            registry.add(_load_entry(spec, settings))
+        registry.restore()
+    except BaseException:  # a later model failed to load: stop the workers already started
+        for e in registry.entries.values():
+            e.worker.stop()
+        raise
+
+    async def lifespan(_app):
+        yield
+        for e in registry.entries.values():
+            e.worker.stop()
+
+    app = FastAPI(title="gptlab", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible API for gptlab models (docs/SERVING.md)")
+    app.state.settings, app.state.store, app.state.registry = settings, store, registry
+    app.state.keys, app.state.limiter, app.state.metrics = KeyStore(store), RateLimiter(), metrics
+    app.state.auth_on, app.state.moderate = auth_on, mode
+    app.state.moderator = moderator  # /v1/moderations works whenever --moderation is given
+
+    def authenticate(request: Request) -> dict | None:
+        """The caller's key record; None without auth. Raises a 401 APIError when auth is
+        on and the key is missing, revoked or wrong."""
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        record = app.state.keys.verify(token) if token else None
+        if auth_on and record is None:
+            raise bad_key()
+        return record
+
+    app.state.authenticate = authenticate
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    metrics.install(app)
+    _add_routes(app)
+    try:
+        from gptlab.serve.web import add_web_routes
+    except ImportError:
+        pass
+    else:
+        add_web_routes(app)
+    return app
+
+
+def _load_entry(spec: str, settings: ServeSettings):
+    from gptlab.chat import load_chat_model, stop_token_ids
+    from gptlab.serve.grammar import GrammarFactory
+    from gptlab.serve.registry import Entry, parse_model_spec
+    from gptlab.serve.worker import Worker
+
+    name, path = parse_model_spec(spec)
+    ckpt = load_chat_model(path, device=settings.device)
+    if ckpt.tokenizer is None:
+        raise ValueError(f"{path}: the model has no tokenizer.json; serve needs one")
+    model, tok = ckpt.model.eval(), ckpt.tokenizer
+    stops = stop_token_ids(tok)
+    grammar = GrammarFactory(tok, model.config.vocab_size, stops)
+    worker = Worker(model, tok, stops, name=name, max_batch=settings.max_batch,
+                    max_queue=settings.max_queue, grammar_factory=grammar, threads=settings.threads).start()
+    return Entry(name=name, path=Path(path), model=model, tokenizer=tok, worker=worker, grammar=grammar,
+                 context=model.config.max_position_embeddings, stop_ids=stops)
+
+
+def _load_moderator(path):
+    try:
+        from gptlab.safety import Moderator
+    except ImportError as exc:
+        raise ValueError("--moderation needs gptlab.safety (the moderation classifier), "
+                         f"which is not available: {exc}") from exc
+    return Moderator.load(path)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _auth(request: Request) -> dict | None:
+    return request.app.state.authenticate(request)
+
+
+def _admin(request: Request) -> dict | None:
+    record = request.app.state.authenticate(request)
+    if request.app.state.auth_on and not (record and record["admin"]):
+        raise APIError(403, "This endpoint needs an admin key (gptlab keys create --admin).",
+                       "permission_error", None, "admin_key_required")
+    return record
+
+
+def _rate_check(request: Request, key: dict | None, prompt_tokens: int) -> None:
+    if key is None:
+        return
+    wait = request.app.state.limiter.check(key, prompt_tokens)
+    if wait is not None:
+        raise rate_limited(f"Rate limit reached for key {key['prefix']}... "
+                           f"(rpm {key['rpm']}, tpm {key['tpm']}). Try again in {wait:.1f} s.", wait)
+
+
+_SPECIAL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+def _clean(text: str) -> str:
+    """Drop control-token strings from user text: the tokenizer would encode a literal
+    "<|im_end|>" as the real token and let a user forge turns."""
+    for s in _SPECIAL:
+        if s in text:
+            text = text.replace(s, "")
+    return text
+
+
+def _chat_prompt(entry, messages) -> list[int]:
+    from gptlab.chat import render_prompt
+
+    msgs = [{"role": "system" if m.role == "developer" else m.role,
+             "content": _clean(m.text())} for m in messages]
+    try:
+        return render_prompt(entry.tokenizer, msgs)
+    except Exception as exc:  # a template that rejects the roles (e.g. no system role)
+        raise invalid(f"The model's chat template cannot render these messages: {exc}", "messages")
+
+
+def _budget(entry, prompt_len: int, requested: int | None, cap: int, param: str) -> int:
+    """max_tokens for a request; 400 context_length_exceeded when it cannot fit."""
+    ctx = entry.context
+    if requested is None:
+        if prompt_len >= ctx:
+            raise _too_long(ctx, prompt_len, 1, param)
+        return max(1, min(cap, ctx - prompt_len))
+    if prompt_len + requested > ctx:
+        raise _too_long(ctx, prompt_len, requested, param)
+    return requested
+
+
+def _too_long(ctx, prompt, completion, param) -> APIError:
+    return invalid(f"This model's maximum context length is {ctx} tokens. However, you requested "
+                   f"{prompt + completion} tokens ({prompt} in the {param}, {completion} in the "
+                   "completion). Please reduce the length of the messages or completion.",
+                   param, "context_length_exceeded")
+
+
+def _stops(stop) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if any(s == "" for s in stops):
+        raise invalid("stop strings must not be empty", "stop")
+    return stops
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class Bridge:
+    """Worker thread -> asyncio: the worker delivers event lists on this loop's thread (see
+    ``Job.loop``) into ``q``."""
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.q: asyncio.Queue = asyncio.Queue()
+
+
+def _job(entry, prompt_ids, max_tokens, body, bridge, settings, grammar=None, n=1, logprobs=False,
+         top_logprobs=0):
+    from gptlab.serve.worker import Job
+
+    temperature = 1.0 if body.temperature is None else body.temperature
+    return Job(prompt_ids=prompt_ids, max_tokens=max_tokens, emit=bridge.q.put_nowait, loop=bridge.loop, n=n,
+               temperature=temperature, top_p=body.top_p, seed=body.seed, stop_strings=_stops(body.stop),
+               logprobs=logprobs, top_logprobs=top_logprobs, grammar=grammar,
+               timeout_s=settings.request_timeout_s, ignore_eos=bool(body.ignore_eos))
+
+
+def _submit(entry, job) -> None:
+    try:
+        entry.worker.submit(job)
+    except queue.Full:
+        raise rate_limited(f"The server is busy: the queue for model {entry.name} is full. "
+                           "Try again shortly.", 2, code="queue_full")
+    except ValueError as exc:
+        raise invalid(str(exc), "n")
+
+
+@dataclass
+class Choice:
+    text: list = field(default_factory=list)
+    logprobs: list = field(default_factory=list)
+    finish_reason: str | None = None
+    tokens: int = 0
+
+
+async def _events(request: Request, job, bridge):
+    """Yield the worker's events for ``job``; cancel it if the client goes away. Events that
+    piled up while the client was busy are coalesced (one delta per choice), so a slow
+    reader costs fewer, larger chunks rather than a growing backlog."""
+    finished = 0
+    try:
+        while finished < job.n:
+            if bridge.q.empty():
+                try:
+                    events = await asyncio.wait_for(bridge.q.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    if time.monotonic() - job.enqueued_at > job.timeout_s + 30:  # a lost job: never hang
+                        raise APIError(500, "the engine stopped answering", "server_error", None, "server_error")
+                    continue
+            else:
+                events = bridge.q.get_nowait()
+            while not bridge.q.empty():
+                events = events + bridge.q.get_nowait()
+            for ev in _coalesce(events):
+                if ev[0] == "error":
+                    raise APIError(ev[1], ev[2], "server_error" if ev[1] >= 500 else "invalid_request_error",
+                                   None, ev[3])
+                if ev[0] == "finish":
+                    finished += 1
+                yield ev
+    finally:
+        if finished < job.n:
+            job.cancelled = True
+
+
+def _coalesce(events: list) -> list:
+    """Merge consecutive deltas of the same choice (text and logprob entries)."""
+    out = []
+    for ev in events:
+        prev = out[-1] if out else None
+        if ev[0] == "delta" and prev is not None and prev[0] == "delta" and prev[1] == ev[1]:
+            lps = None if prev[3] is None and ev[3] is None else (prev[3] or []) + (ev[3] or [])
+            out[-1] = ("delta", ev[1], prev[2] + ev[2], lps)
+        else:
+            out.append(ev)
+    return out
+
+
+async def _collect(request, job, bridge) -> list[Choice]:
+    choices = [Choice() for _ in range(job.n)]
+    async for ev in _events(request, job, bridge):
+        c = choices[ev[1]]
+        if ev[0] == "delta":
+            c.text.append(ev[2])
+            c.logprobs += ev[3] or []
+        else:
+            c.finish_reason, c.tokens = ev[2], ev[3]
+    if any(c.finish_reason is None for c in choices):
+        raise APIError(499, "The client closed the request.", "invalid_request_error", None, "client_closed")
+    return choices
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+# ----------------------------------------------------------------------------- moderation
+
+
+def _moderate(app, texts: list[str]) -> list[dict]:
+    return app.state.moderator.moderate(texts)
+
+
+def _input_flag(app, messages) -> dict | None:
+    """The moderation result of the last user message when it is flagged, else None."""
+    if app.state.moderate not in ("input", "both"):
+        return None
+    texts = [m.text() for m in messages if m.role == "user"]
+    result = _moderate(app, texts[-1:])[0] if texts else None
+    return result if result and result["flagged"] else None
+
+
+def _output_flags(app, texts: list[str]) -> list[dict | None]:
+    if app.state.moderate not in ("output", "both"):
+        return [None] * len(texts)
+    return [r if r["flagged"] else None for r in _moderate(app, texts)]
+
+
+def _refusal_text(result: dict) -> str:
+    """gptlab.safety's refusal (with crisis resources for self-harm), or a plain one."""
+    try:
+        from gptlab.safety import refusal_for
+    except ImportError:
+        return REFUSAL
+    return refusal_for(result)
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+def _add_routes(app: FastAPI) -> None:
+    reg = app.state.registry
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "models": {e["name"]: e for e in reg.describe()}}
+
+    @app.get("/metrics")
+    def metrics():
+        return PlainTextResponse(app.state.metrics.render(reg), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    def list_models(_key=Depends(_auth)):
+        return {"object": "list", "data": [_model_card(reg, e) for e in reg.entries.values() if e.enabled]}
+
+    @app.get("/v1/models/{model_id:path}")
+    def get_model(model_id: str, _key=Depends(_auth)):
+        return _model_card(reg, reg.resolve(model_id))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request, key=Depends(_auth)):
+        return await _chat(app, body, request, key)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request, key=Depends(_auth)):
+        return await _completions(app, body, request, key)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, request: Request, key=Depends(_auth)):
+        return await _embeddings(app, body, request, key)
+
+    @app.post("/v1/moderations")
+    async def moderations(body: ModerationRequest, _request: Request, _key=Depends(_auth)):
+        if app.state.moderator is None:
+            raise invalid("Moderation is not enabled on this server (start it with --moderation DIR).",
+                          "model", "moderation_disabled")
+        texts = [body.input] if isinstance(body.input, str) else \
+            [p if isinstance(p, str) else p.text for p in body.input]
+        results = await asyncio.to_thread(_moderate, app, texts)
+        return {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": body.model or "gptlab-moderation",
+                "results": [{"flagged": bool(r["flagged"]), "categories": r["categories"],
+                             "category_scores": r["category_scores"],
+                             "category_applied_input_types": {c: ["text"] for c in r["categories"]}}
+                            for r in results]}
+
+    @app.get("/admin/models")
+    def admin_models(_key=Depends(_admin)):
+        return {"models": reg.describe(), "aliases": dict(reg.aliases)}
+
+    @app.post("/admin/models/{name}/promote")
+    def admin_promote(name: str, body: PromoteRequest, _key=Depends(_admin)):
+        reg.promote(name, body.alias)
+        return {"models": reg.describe(), "aliases": dict(reg.aliases)}
+
+    @app.post("/admin/models/{name}/disable")
+    def admin_disable(name: str, _key=Depends(_admin)):
+        reg.set_enabled(name, False)
+        return {"models": reg.describe(), "aliases": dict(reg.aliases)}
+
+    @app.post("/admin/models/{name}/enable")
+    def admin_enable(name: str, _key=Depends(_admin)):
+        reg.set_enabled(name, True)
+        return {"models": reg.describe(), "aliases": dict(reg.aliases)}
+
+
+def _model_card(reg, e) -> dict:
+    return {"id": e.name, "object": "model", "created": e.created, "owned_by": "gptlab",
+            "aliases": reg.aliases_of(e.name), "context_length": e.context}
+
+
+# ----------------------------------------------------------------------------- chat
+
+
+def _chat_grammar(entry, body, max_tokens):
+    from gptlab.serve.grammar import GrammarError
+
+    if body.response_format is None or body.response_format.type == "text":
+        return None
+    try:
+        compiled = entry.grammar.compile(body.response_format)
+        need = entry.grammar.constraint(compiled).closing_length()
+    except GrammarError as exc:
+        raise invalid(str(exc), "response_format")
+    if need is None:
+        raise invalid("response_format: this schema cannot be completed within the server's "
+                      "closing limit", "response_format")
+    if need > max_tokens:
+        raise invalid(f"max_tokens={max_tokens} is too small for this response_format: the shortest "
+                      f"valid reply takes {need} tokens", "max_tokens")
+    return compiled
+
+
+def _check_chat(body: ChatCompletionRequest, settings) -> None:
+    if body.tools:
+        raise invalid("tools / function calling is not supported by this server", "tools")
+    if body.top_logprobs and not body.logprobs:
+        raise invalid("top_logprobs needs logprobs=true", "top_logprobs")
+    if (body.n or 1) > settings.max_batch:
+        raise invalid(f"n must be at most {settings.max_batch} on this server", "n")
+
+
+async def _chat(app, body: ChatCompletionRequest, request: Request, key):
+    settings = app.state.settings
+    _check_chat(body, settings)
+    entry = app.state.registry.resolve(body.model)
+    prompt_ids = await asyncio.to_thread(_chat_prompt, entry, body.messages)
+    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    max_tokens = _budget(entry, len(prompt_ids), requested, settings.max_tokens_cap, "messages")
+    grammar = await asyncio.to_thread(_chat_grammar, entry, body, max_tokens)
+    _rate_check(request, key, len(prompt_ids))
+    n = body.n or 1
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": entry.name,
+            "system_fingerprint": f"gptlab-{entry.name}"}
+    # with --moderation-action flag, what was flagged is reported in X-Gptlab-Moderation
+    stages = []
+    flag = await asyncio.to_thread(_input_flag, app, body.messages) if app.state.moderator else None
+    if flag is not None:
+        app.state.metrics.flagged.labels("input").inc()
+        if settings.moderation_action == "refuse":
+            return _refusal(body, meta, n, len(prompt_ids), _refusal_text(flag))
+        stages.append("input")
+    bridge = Bridge()
+    job = _job(entry, prompt_ids, max_tokens, body, bridge, settings, grammar, n, bool(body.logprobs),
+               body.top_logprobs or 0)
+    _submit(entry, job)
+    app.state.metrics.prompt_tokens.labels(entry.name).inc(len(prompt_ids))
+    if body.stream and app.state.moderate not in ("output", "both"):
+        return StreamingResponse(_chat_stream(app, request, job, bridge, meta, body, key, entry),
+                                 media_type="text/event-stream", headers=_moderation_header(stages))
+    choices = await _collect(request, job, bridge)
+    _account(app, key, entry, job, choices)
+    texts = ["".join(c.text) for c in choices]
+    flags = await asyncio.to_thread(_output_flags, app, texts) if app.state.moderator else [None] * n
+    out = []
+    for i, (c, text, out_flag) in enumerate(zip(choices, texts, flags)):
+        reason = c.finish_reason
+        if out_flag is not None:
+            app.state.metrics.flagged.labels("output").inc()
+            if settings.moderation_action == "refuse":
+                text, reason = _refusal_text(out_flag), "content_filter"
+            elif "output" not in stages:
+                stages.append("output")
+        out.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": {"content": c.logprobs, "refusal": None} if body.logprobs else None,
+                    "finish_reason": reason})
+    result = {**meta, "object": "chat.completion", "choices": out,
+              "usage": _usage(len(prompt_ids), sum(c.tokens for c in choices))}
+    if body.stream:  # output moderation: the whole reply was checked, now sent as one chunk
+        return StreamingResponse(_replay_stream(result, body), media_type="text/event-stream",
+                                 headers=_moderation_header(stages))
+    return JSONResponse(result, headers=_moderation_header(stages, cache=False))
+
+
+def _moderation_header(stages: list[str], cache: bool = True) -> dict:
+    headers = {"Cache-Control": "no-cache"} if cache else {}
+    if stages:
+        headers["X-Gptlab-Moderation"] = "flagged:" + ",".join(stages)
+    return headers
+
+
+def _account(app, key, entry, job, choices) -> None:
+    completion = sum(c.tokens for c in choices)
+    app.state.limiter.add_tokens(key, len(job.prompt_ids) + completion)
+    app.state.metrics.generated_tokens.labels(entry.name).inc(completion)
+    if job.first_token_at is not None:
+        app.state.metrics.ttft.labels(entry.name).observe(job.first_token_at - job.enqueued_at)
+
+
+def _refusal(body, meta, n, prompt_tokens, text):
+    """The reply when input moderation refuses: a normal completion, finish_reason content_filter."""
+    result = {**meta, "object": "chat.completion",
+              "choices": [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                           "logprobs": None, "finish_reason": "content_filter"} for i in range(n)],
+              "usage": _usage(prompt_tokens, 0)}
+    if body.stream:
+        return StreamingResponse(_replay_stream(result, body), media_type="text/event-stream")
+    return result
+
+
+def _chunk(meta, choices, usage_field: bool) -> dict:
+    d = {**meta, "object": "chat.completion.chunk", "choices": choices}
+    if usage_field:
+        d["usage"] = None
+    return d
+
+
+async def _replay_stream(result, body):
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    meta = {k: result[k] for k in ("id", "created", "model", "system_fingerprint")}
+    for c in result["choices"]:
+        yield _sse(_chunk(meta, [{"index": c["index"], "delta": {"role": "assistant", "content": ""},
+                                  "logprobs": None, "finish_reason": None}], include_usage))
+        yield _sse(_chunk(meta, [{"index": c["index"], "delta": {"content": c["message"]["content"]},
+                                  "logprobs": c["logprobs"], "finish_reason": None}], include_usage))
+        yield _sse(_chunk(meta, [{"index": c["index"], "delta": {}, "logprobs": None,
+                                  "finish_reason": c["finish_reason"]}], include_usage))
+    if include_usage:
+        yield _sse({**meta, "object": "chat.completion.chunk", "choices": [], "usage": result["usage"]})
+    yield "data: [DONE]\n\n"
+
+
+async def _chat_stream(app, request, job, bridge, meta, body, key, entry):
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    choices = [Choice() for _ in range(job.n)]
+    for i in range(job.n):
+        yield _sse(_chunk(meta, [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                  "logprobs": None, "finish_reason": None}], include_usage))
+    try:
+        async for ev in _events(request, job, bridge):
+            c = choices[ev[1]]
+            if ev[0] == "delta":
+                lp = {"content": ev[3], "refusal": None} if body.logprobs else None
+                yield _sse(_chunk(meta, [{"index": ev[1], "delta": {"content": ev[2]}, "logprobs": lp,
+                                          "finish_reason": None}], include_usage))
+            else:
+                c.finish_reason, c.tokens = ev[2], ev[3]
+                yield _sse(_chunk(meta, [{"index": ev[1], "delta": {}, "logprobs": None,
+                                          "finish_reason": ev[2]}], include_usage))
+    except APIError as exc:
+        yield _sse(exc.body())
+        return
+    if any(c.finish_reason is None for c in choices):
+        return  # the client went away
+    _account(app, key, entry, job, choices)
+    if include_usage:
+        usage = _usage(len(job.prompt_ids), sum(c.tokens for c in choices))
+        yield _sse({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    yield "data: [DONE]\n\n"
+
+
+# ----------------------------------------------------------------------------- completions
+
+
+def _completion_prompts(entry, prompt) -> list[list[int]]:
+    tok = entry.tokenizer
+    if isinstance(prompt, str):
+        prompts = [tok.encode(prompt)]
+    elif all(isinstance(p, str) for p in prompt):
+        prompts = [tok.encode(p) for p in prompt]
+    elif all(isinstance(p, int) for p in prompt):
+        prompts = [list(prompt)]
+    else:
+        prompts = [list(p) for p in prompt]
+    vocab = entry.model.config.vocab_size
+    for p in prompts:
+        if not p:
+            raise invalid("a prompt must not be empty", "prompt")
+        if any(t >= vocab for t in p):
+            raise invalid(f"token ids must be below the vocabulary size {vocab}", "prompt")
+    if len(prompts) > 64:
+        raise invalid("at most 64 prompts per request", "prompt")
+    return prompts
+
+
+def _legacy_logprobs(entries: list[dict], offset0: int = 0) -> dict:
+    offsets, pos = [], offset0
+    for e in entries:
+        offsets.append(pos)
+        pos += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}
+
+
+async def _completions(app, body: CompletionRequest, request: Request, key):
+    settings = app.state.settings
+    if body.echo:
+        raise invalid("echo is not supported by this server", "echo")
+    if body.suffix:
+        raise invalid("suffix (insertion) is not supported by this server", "suffix")
+    n = body.n or 1
+    entry = app.state.registry.resolve(body.model)
+    prompts = _completion_prompts(entry, body.prompt)
+    if n * len(prompts) > settings.max_batch:
+        raise invalid(f"n times the number of prompts must be at most {settings.max_batch}", "n")
+    budgets = [_budget(entry, len(p), body.max_tokens, settings.max_tokens_cap, "prompt") for p in prompts]
+    _rate_check(request, key, sum(len(p) for p in prompts))
+    want_lp = body.logprobs is not None
+    jobs = []
+    for p, m in zip(prompts, budgets):
+        bridge = Bridge()
+        job = _job(entry, p, m, body, bridge, settings, None, n, want_lp, body.logprobs or 0)
+        _submit(entry, job)
+        jobs.append((job, bridge))
+    meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": entry.name,
+            "system_fingerprint": f"gptlab-{entry.name}"}
+    if body.stream:
+        return StreamingResponse(_completion_stream(app, request, jobs, meta, body, key, entry, n),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    results = await asyncio.gather(*[_collect(request, j, b) for j, b in jobs])
+    out, total = [], 0
+    for k, ((job, _), choices) in enumerate(zip(jobs, results)):
+        _account(app, key, entry, job, choices)
+        for c_idx, c in enumerate(choices):
+            total += c.tokens
+            out.append({"index": k * n + c_idx, "text": "".join(c.text), "finish_reason": c.finish_reason,
+                        "logprobs": _legacy_logprobs(c.logprobs) if want_lp else None})
+    return {**meta, "object": "text_completion", "choices": out,
+            "usage": _usage(sum(len(j.prompt_ids) for j, _ in jobs), total)}
+
+
+async def _completion_stream(app, request, jobs, meta, body, key, entry, n):
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(k, job, bridge):
+        try:
+            async for ev in _events(request, job, bridge):
+                await merged.put((k, ev))
+        except APIError as exc:
+            await merged.put((k, ("error", exc)))
+        finally:
+            await merged.put((k, ("end",)))
+
+    tasks = [asyncio.create_task(pump(k, j, b)) for k, (j, b) in enumerate(jobs)]
+    ended, tokens, finished = 0, 0, 0
+    try:
+        while ended < len(jobs):
+            k, ev = await merged.get()
+            if ev[0] == "end":
+                ended += 1
+                continue
+            if ev[0] == "error":
+                yield _sse(ev[1].body())
+                return
+            text = ev[2] if ev[0] == "delta" else ""
+            reason = ev[2] if ev[0] == "finish" else None
+            lp = _legacy_logprobs(ev[3]) if ev[0] == "delta" and body.logprobs is not None and ev[3] else None
+            if ev[0] == "finish":
+                tokens += ev[3]
+                finished += 1
+            yield _sse({**meta, "object": "text_completion",
+                        "choices": [{"index": k * n + ev[1], "text": text, "logprobs": lp,
+                                     "finish_reason": reason}]})
+    finally:
+        for t in tasks:
+            t.cancel()
+    if finished < n * len(jobs):
+        return
+    app.state.limiter.add_tokens(key, tokens + sum(len(j.prompt_ids) for j, _ in jobs))
+    app.state.metrics.generated_tokens.labels(entry.name).inc(tokens)
+    if include_usage:
+        yield _sse({**meta, "object": "text_completion", "choices": [],
+                    "usage": _usage(sum(len(j.prompt_ids) for j, _ in jobs), tokens)})
+    yield "data: [DONE]\n\n"
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+async def _embeddings(app, body: EmbeddingRequest, request: Request, key):
+    from gptlab.serve.worker import embed
+
+    entry = app.state.registry.resolve(body.model)
+    prompts = _completion_prompts(entry, body.input)
+    for p in prompts:
+        if len(p) > entry.context:
+            raise _too_long(entry.context, len(p), 0, "input")
+    hidden = entry.model.config.hidden_size
+    if body.dimensions is not None and body.dimensions > hidden:
+        raise invalid(f"dimensions must be at most {hidden} for this model", "dimensions")
+    _rate_check(request, key, sum(len(p) for p in prompts))
+    vectors = await asyncio.to_thread(embed, entry.model, prompts)
+    if body.dimensions is not None:  # Matryoshka-style truncation, renormalized
+        vectors = torch.nn.functional.normalize(vectors[:, :body.dimensions], dim=-1)
+    app.state.limiter.add_tokens(key, sum(len(p) for p in prompts))
+    data = []
+    for i, v in enumerate(vectors):
+        if body.encoding_format == "base64":
+            emb = base64.b64encode(v.float().numpy().astype("<f4").tobytes()).decode()
+        else:
+            emb = v.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    tokens = sum(len(p) for p in prompts)
+    return {"object": "list", "data": data, "model": entry.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+
+# ----------------------------------------------------------------------------- metrics
+
+_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/moderations", "/v1/models",
+           "/health", "/metrics", "/")
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so several apps can coexist)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("gptlab_http_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("gptlab_http_request_seconds", "time to the end of the response",
+                                 ["route"], registry=r)
+        self.prompt_tokens = Counter("gptlab_prompt_tokens", "prompt tokens admitted", ["model"], registry=r)
+        self.generated_tokens = Counter("gptlab_generated_tokens", "completion tokens generated",
+                                        ["model"], registry=r)
+        self.ttft = Histogram("gptlab_time_to_first_token_seconds", "queue wait + prefill", ["model"],
+                              buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30), registry=r)
+        self.flagged = Counter("gptlab_moderation_flagged", "messages flagged by moderation", ["stage"],
+                               registry=r)
+        self.active = Gauge("gptlab_active_sequences", "rows in the decode batch", ["model"], registry=r)
+        self.queued = Gauge("gptlab_queued_requests", "requests waiting for a batch slot", ["model"], registry=r)
+        self.enabled = Gauge("gptlab_model_enabled", "1 if the model is served", ["model"], registry=r)
+
+    def install(self, app) -> None:
+        metrics = self
+
+        class Record:
+            def __init__(self, inner):
+                self.inner = inner
+
+            async def __call__(self, scope, receive, send):
+                if scope["type"] != "http":
+                    return await self.inner(scope, receive, send)
+                path = scope.get("path", "")
+                route = path if path in _ROUTES else ("/admin/*" if path.startswith("/admin/") else
+                                                      "/v1/models/*" if path.startswith("/v1/models/") else
+                                                      "/api/*" if path.startswith("/api/") else "other")
+                status, t0 = [500], time.perf_counter()
+
+                async def send_wrapper(message):
+                    if message["type"] == "http.response.start":
+                        status[0] = message["status"]
+                    await send(message)
+
+                try:
+                    await self.inner(scope, receive, send_wrapper)
+                finally:
+                    metrics.requests.labels(route, str(status[0])).inc()
+                    metrics.latency.labels(route).observe(time.perf_counter() - t0)
+
+        app.add_middleware(Record)
+
+    def render(self, registry) -> str:
+        from prometheus_client import generate_latest
+
+        for e in registry.describe():
+            self.active.labels(e["name"]).set(e["active_rows"])
+            self.queued.labels(e["name"]).set(e["queued"])
+            self.enabled.labels(e["name"]).set(1 if e["enabled"] else 0)
+        return generate_latest(self.registry).decode()

@@ -1,0 +1,447 @@
+"""Continuous batching: one engine worker thread per model.
+
+The worker owns one batched KV cache (``gptlab.model.KVCache``: left padded, a per-row
+``valid`` mask, per-row RoPE positions). Its loop, in the style of Orca (Yu et al. 2022,
+"Orca: a distributed serving system for transformer-based generative models"):
+
+1. admit: take requests from a bounded FIFO queue while the batch has room (a request
+   with ``n`` choices takes ``n`` rows); prefill their prompts together in a fresh cache,
+   sample each new row's first token (time to first token = queue wait + one prefill),
+   and *join* that cache to the running one: both are right-aligned to the same write
+   position, the shorter one's left side marked invalid, and stacked along the batch;
+2. drop rows whose client went away, whose request timed out, or whose model was disabled;
+3. decode one token for every active row in one batched forward pass;
+4. retire rows that finished (stop token, stop string, ``max_tokens``), and trim cache
+   columns that no remaining row uses.
+
+So a new request waits at most one decode step plus its own prefill, and every admitted
+request gets one token per step until it ends: none can starve the others. Results go
+back through ``Job.emit``; jobs that name an asyncio ``loop`` get their events delivered
+on that loop's thread, with one ``loop.call_soon_threadsafe`` per step for all of them (a
+self-pipe write per request per step cost a quarter of the worker's time at batch 8).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from gptlab.engine import _cut_at_stop, _left_pad, _stable_prefix
+from gptlab.model import KVCache
+
+log = logging.getLogger("gptlab.serve")
+HEADROOM = 64  # cache columns allocated ahead, so the cache is regrown every 64 steps only
+
+
+@dataclass
+class Job:
+    """One API request: ``n`` completions of one prompt."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    emit: Callable[[list[tuple]], None]  # receives a list of events (see below)
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float | None = None
+    seed: int | None = None
+    stop_strings: list[str] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    grammar: object = None          # an xgrammar CompiledGrammar, or None
+    timeout_s: float = 600.0
+    loop: object = None             # an asyncio loop: call emit on its thread (else on the worker's)
+    ignore_eos: bool = False        # run to max_tokens (benchmarks); grammar rows still stop
+    cancelled: bool = False         # set by the server when the client disconnects
+    # filled by the worker
+    enqueued_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+
+
+@dataclass
+class Row:
+    job: Job
+    index: int
+    pos: int                     # RoPE position of the next token fed
+    gen: random.Random | None      # the row's own generator when its job has a seed
+    constraint: object = None
+    ids: list = field(default_factory=list)
+    emitted: str = ""
+    last: int = 0
+    pending_lp: list = field(default_factory=list)
+    done: bool = False
+
+
+# events sent through Job.emit:
+#   ("delta", index, text, logprob_entries_or_None)
+#   ("finish", index, finish_reason, completion_tokens)
+#   ("error", status, message, code)
+
+
+class Worker:
+    """Continuous-batching generation for one model, on its own thread."""
+
+    def __init__(self, model, tokenizer, stop_ids, *, name: str = "model", max_batch: int = 16,
+                 max_queue: int = 64, grammar_factory=None, threads: int | None = None):
+        self.model, self.tok, self.name = model, tokenizer, name
+        self.stop_ids = set(stop_ids)
+        self.max_batch, self.grammar = max_batch, grammar_factory
+        self.threads = threads
+        self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self.rows: list[Row] = []
+        self.cache: KVCache | None = None
+        self.waiting: Job | None = None   # the head of the queue, when it did not fit yet
+        self.disabled = False
+        self._stop = threading.Event()
+        self.steps = 0
+        param = next(model.parameters())
+        self.device = param.device
+        emb = model.model.embed_tokens.weight
+        self.dtype = emb.dtype
+        self.thread = threading.Thread(target=self._run, name=f"gptlab-worker-{name}", daemon=True)
+
+    # ------------------------------------------------------------------ public
+
+    def start(self) -> "Worker":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=10)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises ``queue.Full`` when the queue is full."""
+        if job.n > self.max_batch:
+            raise ValueError(f"n={job.n} is more than this server's batch size {self.max_batch}")
+        self.queue.put_nowait(job)
+
+    def load(self) -> dict:
+        return {"active_rows": len(self.rows), "queued": self.queue.qsize() + (self.waiting is not None),
+                "steps": self.steps}
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        if self.threads:
+            # OpenMP keeps the team size per thread, so this sizes this worker's matmuls only
+            # (small models decode faster on one thread; busy machines much faster)
+            torch.set_num_threads(self.threads)
+        while not self._stop.is_set():
+            try:
+                self._admit()
+                if not self.rows:
+                    self._wait_for_work()
+                    continue
+                self._reap()
+                if self.rows:
+                    self._step()
+            except Exception as exc:  # keep serving: fail the requests in flight, not the server
+                log.exception("worker %s failed a step", self.name)
+                for job in {id(r.job): r.job for r in self.rows}.values():
+                    self._send([(job, [("error", 500, f"internal error while generating: {exc}", "server_error")])])
+                self.rows, self.cache = [], None
+        for job in {id(r.job): r.job for r in self.rows}.values():
+            self._send([(job, [("error", 503, "the server is shutting down", "server_shutdown")])])
+
+    def _wait_for_work(self) -> None:
+        if self.waiting is None:
+            try:
+                self.waiting = self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+    def _next_job(self) -> Job | None:
+        if self.waiting is None:
+            try:
+                self.waiting = self.queue.get_nowait()
+            except queue.Empty:
+                return None
+        return self.waiting
+
+    @torch.inference_mode()
+    def _admit(self) -> None:
+        """FIFO: admit queued jobs while their rows fit in the batch."""
+        jobs, rows = [], len(self.rows)
+        while (job := self._next_job()) is not None:
+            if job.cancelled:
+                self.waiting = None
+                continue
+            if self.disabled:
+                self.waiting = None
+                self._send([(job, [("error", 404, f"The model `{self.name}` was disabled.", "model_not_found")])])
+                continue
+            if time.monotonic() - job.enqueued_at > job.timeout_s:
+                self.waiting = None
+                self._send([(job, [("error", 408, f"The request timed out after {job.timeout_s:g} s "
+                                    "in the queue.", "timeout")])])
+                continue
+            if rows + job.n > self.max_batch:
+                break
+            self.waiting = None
+            jobs.append(job)
+            rows += job.n
+        if jobs:
+            try:
+                self._prefill(jobs)
+            except Exception as exc:  # fail these jobs (they are not in self.rows yet), keep the batch
+                log.exception("worker %s failed a prefill", self.name)
+                self._send([(j, [("error", 500, f"internal error in the prompt pass: {exc}", "server_error")])
+                            for j in jobs])
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        ids, mask, positions = _left_pad([j.prompt_ids for j in jobs], self.device)
+        cache = KVCache(self.model.config, len(jobs), ids.shape[1] + HEADROOM, device=self.device, dtype=self.dtype)
+        logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions,
+                            logits_to_keep=1)[:, -1]
+        # one cache row per choice: repeat each prompt's row n times
+        which = [i for i, j in enumerate(jobs) for _ in range(j.n)]
+        cache = _select(cache, which)
+        new_rows = []
+        for i, job in enumerate(jobs):
+            for c in range(job.n):
+                gen = None if job.seed is None else random.Random(job.seed + c)
+                constraint = self.grammar.constraint(job.grammar) if job.grammar is not None else None
+                new_rows.append(Row(job, c, len(job.prompt_ids), gen, constraint))
+        self._sample(new_rows, logits[which])
+        self.cache = _join(self.cache, cache) if self.rows else cache
+        self.rows += new_rows
+        self._retire()
+
+    def _reap(self) -> None:
+        """Drop rows of cancelled, timed-out or disabled jobs."""
+        now = time.monotonic()
+        for job in {id(r.job): r.job for r in self.rows}.values():
+            if job.cancelled:
+                pass
+            elif self.disabled:
+                self._send([(job, [("error", 404, f"The model `{self.name}` was disabled.", "model_not_found")])])
+                job.cancelled = True
+            elif now - job.enqueued_at > job.timeout_s:
+                self._send([(job, [("error", 408, f"The request timed out after {job.timeout_s:g} s.", "timeout")])])
+                job.cancelled = True
+        if any(r.job.cancelled for r in self.rows):
+            for r in self.rows:
+                r.done = r.done or r.job.cancelled
+            self._retire()
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        cache = self.cache
+        if cache.pos + 1 > cache.max_len:
+            self.cache = cache = _select(cache, list(range(len(self.rows))))  # regrow
+        x = torch.tensor([[r.last] for r in self.rows], device=self.device)
+        pos = torch.tensor([[r.pos] for r in self.rows], device=self.device)
+        ones = torch.ones(len(self.rows), 1, dtype=torch.bool, device=self.device)
+        logits = self.model(x, kv_cache=cache, attention_mask=ones, position_ids=pos)[:, -1]
+        for r in self.rows:
+            r.pos += 1
+        self.steps += 1
+        self._sample(self.rows, logits)
+        self._retire()
+
+    def _retire(self) -> None:
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        self.cache = _select(self.cache, keep) if keep else None
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
+        """Pick each row's next token, then turn tokens into text events."""
+        logits = logits.float()
+        tokens = _sample_rows(rows, logits)
+        events: dict[int, tuple[Job, list]] = {}
+        for i, (r, t) in enumerate(zip(rows, tokens)):
+            out = events.setdefault(id(r.job), (r.job, []))[1]
+            if r.constraint is not None:
+                t = r.constraint.choose(t, r.job.max_tokens - len(r.ids))
+            if r.job.logprobs:
+                r.pending_lp.append(self._logprob_entry(logits[i], t, r.job.top_logprobs))
+            self._advance(r, t, out)
+        now = time.monotonic()
+        for job, _ in events.values():
+            if job.first_token_at is None:
+                job.first_token_at = now
+        self._send([(job, out) for job, out in events.values() if out and not job.cancelled])
+
+    def _send(self, items: list[tuple[Job, list]]) -> None:
+        """Deliver events: one wake-up per asyncio loop for all of its jobs."""
+        by_loop: dict = {}
+        for job, events in items:
+            if job.loop is None:
+                job.emit(events)
+            else:
+                by_loop.setdefault(job.loop, []).append((job.emit, events))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_fanout, batch)
+            except RuntimeError:  # the loop is closed: the server is shutting down
+                pass
+
+    def _advance(self, r: Row, t: int, out: list) -> None:
+        """Append token t to row r; emit its new stable text; finish the row if it ended."""
+        if t in self.stop_ids and (r.constraint is not None or not r.job.ignore_eos):
+            return self._finish(r, "stop", out)
+        r.ids.append(t)
+        r.last = t
+        text, hit = _cut_at_stop(self.tok.decode(r.ids, skip_special_tokens=True), r.job.stop_strings)
+        stable = text if hit else _stable_prefix(text, r.job.stop_strings)
+        if len(stable) > len(r.emitted) and stable.startswith(r.emitted):
+            out.append(("delta", r.index, stable[len(r.emitted):], self._take_lp(r)))
+            r.emitted = stable
+        if hit:
+            return self._finish(r, "stop", out)
+        if len(r.ids) >= r.job.max_tokens:
+            self._finish(r, "length", out)
+
+    def _finish(self, r: Row, reason: str, out: list) -> None:
+        if reason == "length":  # flush text held back (an unfinished character, a stop-string prefix)
+            text, _ = _cut_at_stop(self.tok.decode(r.ids, skip_special_tokens=True), r.job.stop_strings)
+            if len(text) > len(r.emitted) and text.startswith(r.emitted):
+                out.append(("delta", r.index, text[len(r.emitted):], self._take_lp(r)))
+                r.emitted = text
+        elif r.pending_lp:
+            out.append(("delta", r.index, "", self._take_lp(r)))
+        r.done = True
+        out.append(("finish", r.index, reason, len(r.ids)))
+
+    def _take_lp(self, r: Row):
+        if not r.job.logprobs:
+            return None
+        lp, r.pending_lp = r.pending_lp, []
+        return lp
+
+    def _logprob_entry(self, logits_row: torch.Tensor, t: int, top: int) -> dict:
+        lp = torch.log_softmax(logits_row, -1)
+        entry = _token_info(self.tok, t, float(lp[t]))
+        if top:
+            vals, idx = lp.topk(min(top, lp.shape[-1]))
+            entry["top_logprobs"] = [_token_info(self.tok, int(i), float(v)) for v, i in zip(vals, idx)]
+        else:
+            entry["top_logprobs"] = []
+        return entry
+
+
+def _fanout(batch) -> None:
+    for emit, events in batch:
+        emit(events)
+
+
+def _token_info(tok, t: int, logprob: float) -> dict:
+    text = tok.decode([t])
+    return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(text.encode("utf-8"))}
+
+
+def _sample_rows(rows: list[Row], logits: torch.Tensor) -> list[int]:
+    """One token per row: grammar masks, greedy rows by argmax, the others with their own
+    temperature / top-p by inverse-CDF sampling: one uniform number per row, drawn from the
+    row's own seeded generator when its job has a seed (so a seeded reply does not depend
+    on what else is in the batch), from the global generator otherwise."""
+    for i, r in enumerate(rows):
+        if r.constraint is not None:
+            logits[i] = r.constraint.mask_logits(logits[i])
+    temps = torch.tensor([r.job.temperature for r in rows], device=logits.device)
+    out = logits.argmax(-1)
+    hot = (temps > 0).nonzero().flatten().tolist()
+    if hot:
+        probs = _probs(logits[hot] / temps[hot, None], [rows[i].job.top_p for i in hot])
+        u = torch.rand(len(hot))
+        for k, i in enumerate(hot):
+            if rows[i].gen is not None:
+                u[k] = rows[i].gen.random()
+        u = u.to(logits.device)
+        cdf = probs.cumsum(-1)
+        picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+        out[hot] = picked.clamp_(max=probs.shape[-1] - 1)
+    return out.tolist()
+
+
+def _probs(logits: torch.Tensor, top_ps: list) -> torch.Tensor:
+    """Softmax with nucleus filtering (per-row top_p; None = 1)."""
+    p = torch.tensor([1.0 if v is None else v for v in top_ps], device=logits.device)
+    if bool((p < 1).any()):
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > p[:, None]
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    return logits.softmax(-1)
+
+
+# ----------------------------------------------------------------------------- cache surgery
+
+
+def _valid(cache: KVCache) -> torch.Tensor:
+    if cache.valid is not None:
+        return cache.valid
+    return torch.ones(cache.batch_size, cache.max_len, dtype=torch.bool, device=cache.k.device)
+
+
+def _new_cache(like: KVCache, batch: int, max_len: int) -> KVCache:
+    c = KVCache.__new__(KVCache)
+    L, _, H, _, D = like.k.shape
+    c.k = like.k.new_zeros(L, batch, H, max_len, D)
+    c.v = like.v.new_zeros(L, batch, H, max_len, D)
+    c.batch_size, c.max_len, c.pos = batch, max_len, 0
+    c.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=like.k.device)
+    return c
+
+
+def _select(cache: KVCache, rows: list[int]) -> KVCache:
+    """Keep ``rows`` (repeats allowed), drop leading columns no kept row uses, and leave
+    HEADROOM free columns after the write position."""
+    idx = torch.tensor(rows, device=cache.k.device)
+    valid = _valid(cache)[idx, :cache.pos]
+    used = valid.any(0).nonzero()
+    first = int(used[0]) if len(used) else cache.pos
+    width = cache.pos - first
+    new = _new_cache(cache, len(rows), width + HEADROOM)
+    new.k[:, :, :, :width] = cache.k[:, idx, :, first:cache.pos]
+    new.v[:, :, :, :width] = cache.v[:, idx, :, first:cache.pos]
+    new.valid[:, :width] = valid[:, first:]
+    new.pos = width
+    return new
+
+
+def _join(a: KVCache, b: KVCache) -> KVCache:
+    """Stack two caches along the batch, right-aligned at the same write position."""
+    P = max(a.pos, b.pos)
+    new = _new_cache(a, a.batch_size + b.batch_size, P + HEADROOM)
+    for src, rows in ((a, slice(0, a.batch_size)), (b, slice(a.batch_size, None))):
+        off = P - src.pos
+        new.k[:, rows, :, off:P] = src.k[:, :, :, :src.pos]
+        new.v[:, rows, :, off:P] = src.v[:, :, :, :src.pos]
+        new.valid[rows, off:P] = _valid(src)[:, :src.pos]
+    new.pos = P
+    return new
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+@torch.inference_mode()
+def embed(model, prompts: list[list[int]]) -> torch.Tensor:
+    """(B, hidden) mean of the last hidden state (after the final norm) over each prompt's
+    tokens, L2-normalized. Thread-safe: a plain forward pass, no cache."""
+    param = next(model.parameters())
+    ids, mask, positions = _left_pad(prompts, param.device)
+    B, T = ids.shape
+    x = model.model.embed_tokens(ids)
+    cos, sin = model._rope_for(T, 0, positions, None, x)
+    attn = model._mask(B, T, 0, mask, None, ids.device)
+    for layer in model.model.layers:
+        x = layer(x, cos, sin, attn, None)
+    x = model.model.norm(x).float()
+    m = mask.float() if mask is not None else torch.ones(B, T, device=ids.device)
+    pooled = (x * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+    return torch.nn.functional.normalize(pooled, dim=-1)
