@@ -136,12 +136,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     metrics.install(app)
     _add_routes(app)
-    try:
-        from gptlab.serve.web import add_web_routes
-    except ImportError:
-        pass
-    else:
-        add_web_routes(app)
+    from gptlab.serve.web import add_web_routes   # the chat page at / and its /api routes
+    add_web_routes(app)
     return app
 
 
