@@ -306,7 +306,371 @@ def cmd_scaling(args) -> None:
         print(f"wrote {out / 'check.json'} and {out / 'scaling.png'}")
 
 
+def _add_feedback(sub) -> None:
+    """`gptlab feedback simulate | import | export | stats` (gptlab/align/simulate.py)."""
+    fb = sub.add_parser("feedback", help="the feedback store: simulate (judge-ranked samples), "
+                        "import, export, stats")
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True, metavar="SUBCOMMAND")
+
+    def parser(name, help_text, example):
+        return fb_sub.add_parser(name, help=help_text, description=help_text,
+                                 epilog=f"example:\n  {example}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = parser("simulate", "sample K answers per prompt and store the gold judge's (noisy) "
+               "ranking; resumable", "gptlab feedback simulate --model runs/base/sft --prompts "
+               "runs/base/world --k 4 --n 250 --noise 0.25 --db runs/rm/feedback.db")
+    p.add_argument("--model", required=True, help="chat checkpoint that answers")
+    p.add_argument("--prompts", required=True,
+                   help="miniworld dir (prompts/*.jsonl, split train) or a jsonl of {messages, meta}")
+    p.add_argument("--db", required=True, help="feedback store: a path (SQLite) or an SQLAlchemy URL")
+    p.add_argument("--k", type=int, default=4, help="answers per prompt (default: 4)")
+    p.add_argument("--n", type=int, default=None, help="prompts (a seeded sample; default: all)")
+    p.add_argument("--noise", type=float, default=0.25,
+                   help="probability that each pairwise judge vote is flipped (default: 0.25)")
+    p.add_argument("--clean-db", default=None,
+                   help="also store the noiseless ranking of the same answers here")
+    p.add_argument("--world", default=None,
+                   help="miniworld dir with kb.json for the judge (default: --prompts)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="longest answer (default: 96)")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per generation batch (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="prompt sample, sampling and label noise")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_feedback)
+    p = parser("import", "import preference pairs (UltraFeedback, HH-RLHF, TRL prompt/chosen/"
+               "rejected)", "gptlab feedback import prefs.jsonl --db runs/rm/feedback.db")
+    p.add_argument("file", help="jsonl / json / parquet file of preference records")
+    p.add_argument("--db", required=True, help="feedback store")
+    p.add_argument("--format", default="auto", help="auto (default), prefs, hh, ultrafeedback")
+    p.add_argument("--rater", default="", help="rater name stored with the pairs (default: file name)")
+    p.set_defaults(func=cmd_feedback)
+    p = parser("export", "write every pair (rankings expanded to C(K,2) pairs) as TRL "
+               "prompt/chosen/rejected jsonl", "gptlab feedback export --db runs/rm/feedback.db "
+               "--out runs/rm/pairs.jsonl")
+    p.add_argument("--db", required=True, help="feedback store")
+    p.add_argument("--out", required=True, help="jsonl file to write (atomically)")
+    p.add_argument("--kinds", default=None, help="only these rater kinds, comma-separated")
+    p.set_defaults(func=cmd_feedback)
+    p = parser("stats", "row counts, pairs by rater kind, prompt sources",
+               "gptlab feedback stats --db runs/rm/feedback.db")
+    p.add_argument("--db", required=True, help="feedback store")
+    p.set_defaults(func=cmd_feedback)
+
+
+def cmd_feedback(args) -> None:
+    import json
+    from gptlab.align import simulate
+    from gptlab.feedback import FeedbackStore
+    if args.feedback_command == "simulate":
+        r = simulate.simulate_feedback(
+            args.model, args.prompts, args.db, k=args.k, n=args.n, noise=args.noise,
+            temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size, seed=args.seed, world=args.world,
+            clean_db=args.clean_db, progress=args.progress, device=args.device)
+        print(f"{r['new']} prompts ranked ({r['pairs_new']} pairs), {r['skipped']} already in "
+              f"{args.db}; {r['seconds']} s; store: {r['store']}, {r['pairs']} preference pairs "
+              f"(ties left out)")
+    elif args.feedback_command == "import":
+        n = FeedbackStore(args.db).import_file(args.file, args.format, rater=args.rater)
+        print(f"imported {n} pairs from {args.file} into {args.db}")
+    elif args.feedback_command == "export":
+        kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
+        n = FeedbackStore(args.db).export_trl(args.out, kinds)
+        print(f"wrote {n} pairs to {args.out}")
+    else:
+        print(json.dumps(simulate.feedback_stats(args.db), indent=2))
+
+
+def _add_reward(sub) -> None:
+    """`gptlab reward`: train a reward model on the feedback store (gptlab/align/reward.py)."""
+    from gptlab.align.reward import RewardConfig
+    help_text = ("train a reward model (checkpoint + scalar head, Bradley-Terry over each "
+                 "ranking's pairs) on a feedback store -> OUT")
+    p = sub.add_parser("reward", help=help_text, description=help_text,
+                       epilog="example:\n  gptlab reward --init runs/base/sft --db "
+                              "runs/rm/feedback.db --out runs/rm/rm",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, RewardConfig)
+    p.set_defaults(func=cmd_reward)
+
+
+def cmd_reward(args) -> None:
+    from gptlab.align.reward import RewardConfig, train_reward
+    print(f"reward model: {train_reward(dataclass_from_args(RewardConfig, args))}")
+
+
+def _add_dpo(sub) -> None:
+    """`gptlab dpo`: Direct Preference Optimization on preference pairs (gptlab/align/dpo.py)."""
+    from gptlab.align.dpo import DPOConfig
+    help_text = ("align a chat model on preference pairs with DPO (reference log-probs cached; "
+                 "full or LoRA) -> OUT/final")
+    p = sub.add_parser("dpo", help=help_text, description=help_text,
+                       epilog="example:\n  gptlab dpo --init runs/base/sft --db runs/rm/feedback.db "
+                              "--max-pairs 1000 --out runs/align/dpo",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, DPOConfig)
+
+    def cmd_dpo(args) -> None:
+        from gptlab.align.dpo import run_dpo
+        print(f"final checkpoint: {run_dpo(dataclass_from_args(DPOConfig, args))}")
+
+    p.set_defaults(func=cmd_dpo)
+
+
+def _add_rl(sub) -> None:
+    """`gptlab rl --algo ppo|grpo`: RL against a reward (gptlab/align/rl.py)."""
+    from gptlab.align.rl import RLConfig
+    help_text = ("improve a chat model by RL against a reward model, the judge or a verifiable "
+                 "reward: PPO (value head, GAE) or GRPO (group baseline), KL to the init -> OUT/final")
+    p = sub.add_parser("rl", help=help_text, description=help_text,
+                       epilog="example:\n  gptlab rl --algo ppo --init runs/base/sft --reward runs/rm/rm "
+                              "--prompts runs/base/world --out runs/align/ppo",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, RLConfig)
+
+    def cmd_rl(args) -> None:
+        from gptlab.align.rl import run_rl
+        print(f"final checkpoint: {run_rl(dataclass_from_args(RLConfig, args))}")
+
+    p.set_defaults(func=cmd_rl)
+
+
+def _add_generate(sub) -> None:
+    """Best-of-N flags on the existing `generate` command."""
+    p = sub.choices["generate"]
+    p.add_argument("--best-of", type=int, default=None,
+                   help="chat: sample N replies to --prompt (a user message) and print the "
+                        "highest-reward one (needs --reward)")
+    p.add_argument("--reward", default=None,
+                   help="reward model dir, or judge / verifiable (gold judge; needs --world)")
+    p.add_argument("--world", default=None, help="miniworld dir for --reward judge|verifiable")
+    p.add_argument("--system", default=None, help="system message (with --best-of)")
+    p.epilog += ("\n  gptlab generate --model runs/base/sft --best-of 8 --reward runs/rm/rm "
+                 "--temperature 1 --prompt \"What is the capital of Peru?\"")
+    p.set_defaults(func=cmd_generate_best_of)
+
+
+def cmd_generate_best_of(args) -> None:
+    if args.best_of is None:
+        return cmd_generate(args)
+    from gptlab.align.common import load_reward
+    from gptlab.align.reward import best_of_n
+    from gptlab.chat import load_chat_model
+    if not args.reward:
+        raise ValueError("--best-of needs --reward (a reward model dir, judge or verifiable)")
+    ckpt = load_chat_model(args.model)
+    reward = load_reward(args.reward, args.world)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+        [{"role": "user", "content": args.prompt}]
+    temperature = args.temperature if args.temperature > 0 else 1.0   # N greedy replies are one
+    (r,) = best_of_n(ckpt.model, ckpt.tokenizer, reward, [messages], args.best_of,
+                     max_new_tokens=args.max_new_tokens, temperature=temperature,
+                     seed=args.seed or 0)
+    for i, (a, s) in enumerate(zip(r["answers"], r["rewards"])):
+        print(f"[{i}] reward {s:+.3f}  {a!r}", file=sys.stderr)
+    print(r["best"])
+
+
+def _add_moderate(sub) -> None:
+    """`gptlab moderate train ...` trains a moderator; `gptlab moderate TEXT|--file F --model DIR`
+    classifies (gptlab/safety.py)."""
+    from gptlab.safety import ModeratorConfig
+    help_text = ("moderation: `moderate train` trains the classifier (-> OUT); `moderate TEXT` or "
+                 "`--file F` classifies with --model DIR")
+    p = sub.add_parser("moderate", help=help_text, description=help_text,
+                       epilog="examples:\n  gptlab moderate train --data runs/base/world --out runs/moderator\n"
+                              "  gptlab moderate --model runs/moderator \"How do I kill a Python process?\"",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("words", nargs="*", metavar="TEXT", help="text to classify (or a file: one text per line), or the word train")
+    g = p.add_argument_group("classify")
+    g.add_argument("--model", default=None, help="moderator directory (from `moderate train`)")
+    g.add_argument("--file", default=None, help="classify each line of this text file (- = stdin)")
+    g.add_argument("--json", action="store_true", help="print OpenAI-shaped JSON results")
+    add_dataclass_args(p.add_argument_group("train (gptlab moderate train)"), ModeratorConfig)
+
+    def run(args) -> None:
+        import json
+
+        from gptlab import safety
+        if args.words[:1] == ["train"]:
+            if len(args.words) > 1:
+                raise ValueError(f"unexpected arguments after train: {args.words[1:]}")
+            out = safety.train_moderator(dataclass_from_args(safety.ModeratorConfig, args))
+            meta = json.loads((out / "moderator.json").read_text(encoding="utf-8"))
+            print(f"moderator: {out} ({meta['train_examples']} examples)")
+            if "eval" in meta:
+                print(safety.format_eval(meta["eval"]))
+            return
+        if not args.model:
+            raise ValueError("give --model DIR (a trained moderator) to classify text")
+        if not args.file and len(args.words) == 1 and Path(args.words[0]).is_file():
+            args.file = args.words[0]           # `gptlab moderate FILE`: one text per line
+        if args.file:
+            src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+            texts = [line.rstrip("\n") for line in src if line.strip()]
+        else:
+            texts = [" ".join(args.words)] if args.words else []
+        if not texts:
+            raise ValueError("nothing to classify: give TEXT or --file F")
+        safety.print_moderation(safety.Moderator.load(args.model).moderate(texts), texts, args.json)
+
+    p.set_defaults(func=run)
+
+
+def _add_redteam(sub) -> None:
+    """`gptlab redteam`: jailbreak attacks + benign contrasts, judged (gptlab/redteam.py)."""
+    from gptlab.redteam import RedteamConfig
+    help_text = ("red team a chat model (local, or a live server over the API): attack success "
+                 "rate per attack type and over-refusal on benign look-alikes -> OUT/redteam.md")
+    p = sub.add_parser("redteam", help=help_text, description=help_text,
+                       epilog="example:\n  gptlab redteam --model runs/base/sft --world runs/base/world "
+                              "--guard runs/moderator --out runs/redteam",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, RedteamConfig)
+
+    def run(args) -> None:
+        from gptlab.redteam import format_report, run_redteam
+        result = run_redteam(dataclass_from_args(RedteamConfig, args))
+        print(format_report(result).split("## ASR by category")[0].rstrip())
+        print(f"wrote {Path(args.out) / 'redteam.json'} and {Path(args.out) / 'redteam.md'}")
+
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------- parser
+
+def _sub_parser(sub, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_serve(sub) -> None:
+    # defaults live in gptlab.serve.app.ServeSettings: a flag not given is not passed on
+    # (importing that module here would slow down `gptlab --help`)
+    p = _sub_parser(sub, "serve", "OpenAI-compatible API (+ web chat) with continuous batching, "
+                    "keys, rate limits, a model registry and constrained JSON decoding",
+                    "gptlab serve --model runs/base/sft --model candidate=runs/rl/final --port 8000")
+    p.add_argument("--model", dest="models", action="append", required=True, metavar="[NAME=]DIR",
+                   help="checkpoint to serve (repeatable; the first is alias 'default', the second "
+                        "'candidate')")
+    flags = [("--host", str, "bind address (default: 127.0.0.1)"), ("--port", int, "(default: 8000)"),
+             ("--db", str, "keys / registry / feedback database (default: runs/serve/serve.db)"),
+             ("--max-batch", int, "sequences decoded together per model (default: 16)"),
+             ("--max-queue", int, "requests waiting per model before a 429 (default: 64)"),
+             ("--request-timeout-s", float, "per-request time limit in seconds (default: 300)"),
+             ("--max-tokens-cap", int, "default max_tokens = min(this, context - prompt) (default: 4096)"),
+             ("--device", str, "cpu, cuda, cuda:N (default: cpu)"),
+             ("--moderation", str, "gptlab.safety moderator directory (default: none)")]
+    for flag, tp, help_text in flags:
+        p.add_argument(flag, type=tp, default=argparse.SUPPRESS, help=help_text)
+    p.add_argument("--auth", choices=["auto", "on", "off"], default=argparse.SUPPRESS,
+                   help="require API keys; auto = on unless bound to loopback (default: auto)")
+    p.add_argument("--moderate", choices=["none", "input", "output", "both"], default=argparse.SUPPRESS,
+                   help="what to moderate (default: input when --moderation is given)")
+    p.add_argument("--moderation-action", choices=["refuse", "flag"], default=argparse.SUPPRESS,
+                   help="refuse: reply with a refusal, finish_reason content_filter (default: refuse)")
+    p.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+                   help="torch CPU threads per model worker (default: torch's)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+    from gptlab.serve.app import ServeSettings, create_app
+    names = {f.name for f in dataclasses.fields(ServeSettings)}
+    settings = ServeSettings(**{k: v for k, v in vars(args).items() if k in names})
+    app = create_app(settings)  # loads the models (ValueError / FileNotFoundError: one clear line)
+    auth = "on" if app.state.auth_on else "off"
+    print(f"serving {', '.join(app.state.registry.entries)} on http://{settings.host}:{settings.port}/v1 "
+          f"(auth {auth}, db {settings.db})", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+def _add_keys(sub) -> None:
+    p = sub.add_parser("keys", help="create, list and revoke API keys of `gptlab serve`")
+    ks = p.add_subparsers(dest="keys_command", required=True)
+    default_db = "runs/serve/serve.db"
+    c = _sub_parser(ks, "create", "create a key (the token is printed once; only its sha256 is stored)",
+                    "gptlab keys create --db runs/serve/serve.db --name alice --rpm 60 --tpm 20000")
+    c.add_argument("--name", default="", help="who or what the key is for")
+    c.add_argument("--admin", action="store_true", help="may call the admin API (gptlab models ...)")
+    c.add_argument("--rpm", type=int, default=None, help="requests per minute (default: no limit)")
+    c.add_argument("--tpm", type=int, default=None, help="tokens per minute (default: no limit)")
+    lst = _sub_parser(ks, "list", "list keys (prefix, limits, revoked)", "gptlab keys list --db runs/serve/serve.db")
+    r = _sub_parser(ks, "revoke", "revoke a key by id or prefix", "gptlab keys revoke sk-gl-AbCd12 --db runs/serve/serve.db")
+    r.add_argument("key", help="key id or prefix (from `gptlab keys list`)")
+    for q in (c, lst, r):
+        q.add_argument("--db", default=default_db, help=f"the server's database (default: {default_db})")
+        q.set_defaults(func=cmd_keys)
+
+
+def cmd_keys(args) -> None:
+    from gptlab.feedback import FeedbackStore
+    from gptlab.serve.keys import KeyStore
+    keys = KeyStore(FeedbackStore(args.db))
+    if args.keys_command == "create":
+        token, rec = keys.create(args.name, admin=args.admin, rpm=args.rpm, tpm=args.tpm)
+        print(token)
+        print(f"key {rec['id']} ({rec['prefix']}...) created{' (admin)' if rec['admin'] else ''}; "
+              "the token above is shown only once", file=sys.stderr)
+    elif args.keys_command == "list":
+        print(f"{'id':>4}  {'prefix':<14} {'name':<16} {'admin':<5} {'rpm':>6} {'tpm':>8}  status")
+        for k in keys.list():
+            print(f"{k['id']:>4}  {k['prefix']:<14} {k['name'][:16]:<16} {str(k['admin']):<5} "
+                  f"{k['rpm'] or '-':>6} {k['tpm'] or '-':>8}  {'revoked' if k['revoked'] else 'active'}")
+    else:
+        rec = keys.revoke(args.key)
+        print(f"revoked key {rec['id']} ({rec['prefix']}...)")
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list, promote, disable, enable the models of a running server")
+    ms = p.add_subparsers(dest="models_command", required=True)
+    url = "http://127.0.0.1:8000"
+    lst = _sub_parser(ms, "list", "model versions, aliases, enabled, load", f"gptlab models list --url {url}")
+    pr = _sub_parser(ms, "promote", "point an alias (default, candidate, ...) at a model version",
+                     f"gptlab models promote rl-v2 --alias default --url {url}")
+    pr.add_argument("name", help="model version")
+    pr.add_argument("--alias", default="default", help="alias to point at it (default: default)")
+    di = _sub_parser(ms, "disable", "take a model off the API at once (the off switch)",
+                     f"gptlab models disable rl-v2 --url {url}")
+    en = _sub_parser(ms, "enable", "put a disabled model back", f"gptlab models enable rl-v2 --url {url}")
+    for q in (di, en):
+        q.add_argument("name", help="model version or alias")
+    for q in (lst, pr, di, en):
+        q.add_argument("--url", default=url, help=f"server address (default: {url})")
+        q.add_argument("--key", default=None, help="admin key (default: $GPTLAB_API_KEY)")
+        q.set_defaults(func=cmd_models)
+
+
+def cmd_models(args) -> None:
+    import os
+    import httpx
+    key = args.key or os.environ.get("GPTLAB_API_KEY", "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    base = args.url.rstrip("/").removesuffix("/v1") + "/admin/models"
+    try:
+        if args.models_command == "list":
+            r = httpx.get(base, headers=headers, timeout=30)
+        elif args.models_command == "promote":
+            r = httpx.post(f"{base}/{args.name}/promote", json={"alias": args.alias}, headers=headers, timeout=30)
+        else:
+            r = httpx.post(f"{base}/{args.name}/{args.models_command}", headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise ValueError(f"cannot reach the server at {args.url}: {exc}") from exc
+    if r.status_code != 200:
+        try:
+            msg = r.json()["error"]["message"]
+        except Exception:
+            msg = r.text[:300]
+        raise ValueError(f"{args.url}: HTTP {r.status_code}: {msg}")
+    print(f"{'model':<24} {'enabled':<8} {'aliases':<22} {'active':>6} {'queued':>6}  path")
+    for m in r.json()["models"]:
+        print(f"{m['name'][:24]:<24} {str(m['enabled']):<8} {','.join(m['aliases'])[:22]:<22} "
+              f"{m['active_rows']:>6} {m['queued']:>6}  {m['path']}")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -373,6 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_scaling(sub)
     _add_interop(sub)
+    _add_feedback(sub)
+    _add_reward(sub)
+    _add_dpo(sub); _add_rl(sub)
+    _add_generate(sub)
+    _add_serve(sub); _add_keys(sub); _add_models(sub)
+    _add_moderate(sub); _add_redteam(sub)
     return parser
 
 

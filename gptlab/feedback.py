@@ -68,6 +68,14 @@ class Ranking(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class RankingTie(Base):
+    """Pairs of a ranking its rater judged equally good, as positions (i < j) in the
+    ranking's best-first order; `pairs()` does not turn them into preferences."""
+    __tablename__ = "ranking_ties"
+    ranking_id: Mapped[int] = mapped_column(ForeignKey("rankings.id"), primary_key=True)
+    pairs: Mapped[list] = mapped_column(JSON)
+
+
 class Comparison(Base):
     """One pairwise vote: `chosen` was preferred over `rejected`."""
     __tablename__ = "comparisons"
@@ -151,12 +159,20 @@ class FeedbackStore:
                                   sampling=sampling or {}))
 
     def add_ranking(self, prompt_id: int, response_ids_best_first: Sequence[int], rater: str = "",
-                    kind: str = "judge") -> int:
+                    kind: str = "judge", ties: Sequence[Sequence[int]] | None = None) -> int:
+        """`ties`: pairs of positions (in the best-first order) the rater found equal."""
         ids = [int(i) for i in response_ids_best_first]
         if len(ids) < 2 or len(set(ids)) != len(ids):
             raise ValueError(f"a ranking needs >= 2 distinct responses, got {ids}")
         _check_kind(kind)
-        return self._add(Ranking(prompt_id=prompt_id, response_ids=ids, rater=rater, kind=kind))
+        tie_pairs = _check_ties(ties, len(ids))
+        with self.Session.begin() as s:
+            r = Ranking(prompt_id=prompt_id, response_ids=ids, rater=rater, kind=kind)
+            s.add(r)
+            s.flush()
+            if tie_pairs:
+                s.add(RankingTie(ranking_id=r.id, pairs=tie_pairs))
+            return r.id
 
     def add_comparison(self, prompt_id: int, chosen_id: int, rejected_id: int, rater: str = "",
                        kind: str = "human") -> int:
@@ -188,14 +204,61 @@ class FeedbackStore:
             s.flush()
             return c.id
 
+    def add_ranked(self, prompt: Sequence[dict], responses: Sequence[str],
+                   order_best_first: Sequence[int], *, source: str = "", meta: dict | None = None,
+                   model: str = "", sampling: dict | None = None, rater: str = "",
+                   kind: str = "judge", ties: Sequence[Sequence[int]] | None = None) -> int:
+        """Prompt + its K responses + their ranking (indices into `responses`, best first),
+        in one transaction, so an interrupted simulation never leaves half a prompt.
+        `ties`: pairs of indices into `responses` that the rater found equally good."""
+        _check_messages(prompt)
+        _check_kind(kind)
+        order = [int(i) for i in order_best_first]
+        if sorted(order) != list(range(len(responses))) or len(order) < 2:
+            raise ValueError(f"a ranking of {len(responses)} responses must order all of them "
+                             f"(>= 2), got {order}")
+        tie_idx = _check_ties(ties, len(responses))   # indices into responses
+        with self.Session.begin() as s:
+            p = Prompt(messages=list(prompt), source=source, meta=meta or {})
+            s.add(p)
+            s.flush()
+            rows = [Response(prompt_id=p.id, text=t, model=model, sampling=sampling or {})
+                    for t in responses]
+            s.add_all(rows)
+            s.flush()
+            r = Ranking(prompt_id=p.id, response_ids=[rows[i].id for i in order], rater=rater,
+                        kind=kind)
+            s.add(r)
+            s.flush()
+            pos = {resp: n for n, resp in enumerate(order)}
+            tie_pairs = _check_ties([(pos[a], pos[b]) for a, b in tie_idx], len(order))
+            if tie_pairs:
+                s.add(RankingTie(ranking_id=r.id, pairs=tie_pairs))
+            return r.id
+
     # ------------------------------------------------------------------ reads
+    def sources(self) -> list[str]:
+        """The distinct prompt sources, first seen first."""
+        with self.Session() as s:
+            q = select(Prompt.source, func.min(Prompt.id)).group_by(Prompt.source)
+            return [src for src, _ in sorted(s.execute(q).all(), key=lambda r: r[1])]
+
+    def ranked_prompt_keys(self, source: str) -> set[str]:
+        """`prompt_key` of every prompt of `source` that has a ranking (what a resumed
+        simulation skips)."""
+        with self.Session() as s:
+            q = (select(Prompt.messages).join(Ranking, Ranking.prompt_id == Prompt.id)
+                 .where(Prompt.source == source))
+            return {prompt_key(m) for m in s.scalars(q)}
+
     def counts(self) -> dict[str, int]:
         with self.Session() as s:
             return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
                     for t in (Prompt, Response, Ranking, Comparison, Rating)}
 
     def rankings(self, kinds: Iterable[str] | None = None, limit: int | None = None) -> list[dict]:
-        """[{"prompt": messages, "meta", "responses": [texts best first], "rater", "kind"}]"""
+        """[{"prompt": messages, "meta", "responses": [texts best first], "rater", "kind",
+        "ties": [[i, j], ...] positions judged equal}]"""
         with self.Session() as s:
             q = select(Ranking).order_by(Ranking.id)
             if kinds:
@@ -205,9 +268,11 @@ class FeedbackStore:
             rows = s.scalars(q).all()
             prompts = _by_id(s, Prompt, {r.prompt_id for r in rows})
             texts = _by_id(s, Response, {i for r in rows for i in r.response_ids})
+            ties = _by_id(s, RankingTie, {r.id for r in rows}, key="ranking_id")
             return [{"prompt": prompts[r.prompt_id].messages, "meta": prompts[r.prompt_id].meta,
                      "responses": [texts[i].text for i in r.response_ids], "rater": r.rater,
-                     "kind": r.kind, "ranking_id": r.id} for r in rows]
+                     "kind": r.kind, "ranking_id": r.id,
+                     "ties": ties[r.id].pairs if r.id in ties else []} for r in rows]
 
     def comparisons(self, kinds: Iterable[str] | None = None) -> list[dict]:
         """Stored pairwise votes: [{"prompt", "meta", "chosen", "rejected", "rater", "kind"}]."""
@@ -224,10 +289,14 @@ class FeedbackStore:
 
     def pairs(self, kinds: Iterable[str] | None = None, limit: int | None = None) -> list[dict]:
         """Every preference as a pair: comparisons, plus each ranking expanded to its C(K,2)
-        pairs (better first). `limit` caps the number of pairs, taken in insertion order."""
+        pairs (better first) less the pairs its rater called ties. `limit` caps the number
+        of pairs, taken in insertion order."""
         out = self.comparisons(kinds)
         for r in self.rankings(kinds):
+            tied = {tuple(t) for t in r["ties"]}
             for i, j in itertools.combinations(range(len(r["responses"])), 2):
+                if (i, j) in tied:
+                    continue
                 out.append({"prompt": r["prompt"], "meta": r["meta"], "chosen": r["responses"][i],
                             "rejected": r["responses"][j], "rater": r["rater"], "kind": r["kind"]})
         return out[:limit] if limit else out
@@ -266,10 +335,27 @@ class FeedbackStore:
         return len(pairs)
 
 
-def _by_id(s: Session, table, ids: set) -> dict:
+def prompt_key(messages: Sequence[dict]) -> str:
+    """A canonical string for a conversation (to find the same prompt again)."""
+    return json.dumps([{"role": m["role"], "content": m["content"]} for m in messages],
+                      ensure_ascii=False, sort_keys=True)
+
+
+def _by_id(s: Session, table, ids: set, key: str = "id") -> dict:
     if not ids:
         return {}
-    return {r.id: r for r in s.scalars(select(table).where(table.id.in_(list(ids))))}
+    col = getattr(table, key)
+    return {getattr(r, key): r for r in s.scalars(select(table).where(col.in_(list(ids))))}
+
+
+def _check_ties(ties, k: int) -> list[list[int]]:
+    """Tie pairs as sorted [i, j] positions, i < j < k, no duplicates."""
+    out = sorted({tuple(sorted((int(a), int(b)))) for a, b in ties or []})
+    for a, b in out:
+        if a == b or not 0 <= a < b < k:
+            raise ValueError(f"a tie pairs two different positions of the {k} ranked responses, "
+                             f"got {(a, b)}")
+    return [list(t) for t in out]
 
 
 def _check_kind(kind: str) -> None:

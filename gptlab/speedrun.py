@@ -345,6 +345,24 @@ def headline_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+# Stage wall times of a whole `make demo` on 2 quiet cores (docs/RESULTS.md), for the ETA
+# printed when a stage starts.
+STAGE_SECONDS = {"cpu-tiny": {
+    "miniworld data": 3, "tokenizer": 2, "pretrain": 450, "SFT": 100, "feedback": 60,
+    "reward model": 120, "PPO": 240, "DPO": 90, "eval base": 30, "eval SFT": 90,
+    "eval PPO": 90, "eval DPO": 90, "win rates": 60, "moderation": 30, "red team": 60,
+    "final": 1, "report": 5}}
+
+
+def _eta(preset: str, stage: str) -> str:
+    sec = STAGE_SECONDS.get(preset, {}).get(stage)
+    if sec is None:
+        return ""
+    end = time.strftime("%H:%M", time.localtime(time.time() + sec))
+    return f" (ETA ~{sec // 60} min {sec % 60:02d} s, ends ~{end})" if sec >= 60 else \
+        f" (ETA ~{sec} s, ends ~{end})"
+
+
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -396,7 +414,7 @@ def speedrun(out: Path, preset: str = "cpu-tiny", scale: str | None = None,
         if stage.output is not None and stage.output.exists():
             print(f"{tag}: done already ({stage.output})", flush=True)
             continue
-        print(f"{tag} ...", flush=True)
+        print(f"{tag} ...{_eta(preset, stage.name)}", flush=True)
         t0 = time.time()
         stage.run()
         timings[stage.name] = round(time.time() - t0, 1)

@@ -1,0 +1,205 @@
+"""Pieces every alignment stage shares (reward model, best-of-N, RL, DPO).
+
+- ``heldout_records``: a balanced sample of miniworld's held-out chat records;
+- ``generate_answers``: one batched reply per record (the KV-cache engine);
+- ``win_rate``: gold-judge win rate of one set of answers over another (ties count 1/2, as
+  AlpacaFarm and the DESIGN's metric define it);
+- ``load_reward``: a reward by name -- a reward-model directory, ``"judge"`` (the gold
+  judge's score in [0, 1]) or ``"verifiable"`` (1.0 when no hard check of the judge fails,
+  else 0.0: the "verifiable reward" of RLVR-style training);
+- ``render_response``, ``pad_batch``, ``sequence_logprobs``: token-level helpers for
+  losses over responses (DPO, PPO, the reward model).
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+TIE_EPS = 1e-9
+
+
+# --------------------------------------------------------------------------- records
+
+def chat_categories() -> list[str]:
+    from gptlab.evals.tasks import CHAT_KINDS
+    return list(CHAT_KINDS)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a jsonl file; a bad line is reported with its file and line number."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    return out
+
+
+def prompt_messages(record_or_messages) -> list[dict]:
+    """The conversation a reply continues: a record's ``messages`` (or a bare message
+    list) without a trailing assistant turn (a reference answer)."""
+    messages = record_or_messages.get("messages") if isinstance(record_or_messages, dict) \
+        else record_or_messages
+    if not messages:
+        raise ValueError(f"expected chat messages or a record with 'messages', got "
+                         f"{str(record_or_messages)[:80]!r}")
+    messages = list(messages)
+    if messages[-1].get("role") == "assistant":
+        messages = messages[:-1]
+    return messages
+
+
+def heldout_records(world_dir, n_per_category: int = 20, seed: int = 0,
+                    categories: Sequence[str] | None = None) -> list[dict]:
+    """Up to ``n_per_category`` records of each chat category of WORLD/eval (a seeded
+    sample, the same for every caller with the same seed), categories in a fixed order."""
+    eval_dir = Path(world_dir) / "eval"
+    if not eval_dir.is_dir():
+        raise FileNotFoundError(f"{eval_dir} does not exist (is {world_dir} a miniworld dir?)")
+    cats = list(categories) if categories else chat_categories()
+    out = []
+    for cat in cats:
+        path = eval_dir / f"{cat}.jsonl"
+        if not path.is_file():
+            if categories:
+                raise FileNotFoundError(f"no held-out file {path}")
+            continue
+        recs = [r for r in read_jsonl(path) if r.get("messages")]
+        rng = random.Random(f"heldout-{seed}-{cat}")
+        out += rng.sample(recs, min(n_per_category, len(recs)))
+    return out
+
+
+# --------------------------------------------------------------------------- generation
+
+def generate_answers(model, tok, records: Sequence, max_new_tokens: int = 96,
+                     temperature: float = 0.0, seed: int = 0, batch_size: int = 32,
+                     progress: bool = False, desc: str = "generate") -> list[str]:
+    """One reply per record (or message list), batched through the engine; prompts are
+    rendered exactly as SFT tokenized them. Sampling is seeded per batch."""
+    from gptlab.evals.runner import ModelResponder
+    recs = [{"messages": prompt_messages(r)} for r in records]
+    if not recs:
+        return []
+    responder = ModelResponder(model, tok, batch_size=batch_size, progress=progress)
+    return responder(recs, max_new_tokens=max_new_tokens, temperature=temperature,
+                     seed=None if temperature == 0 else seed, desc=desc)
+
+
+# --------------------------------------------------------------------------- judging
+
+def win_rate(policy_answers: Sequence[str], ref_answers: Sequence[str],
+             records: Sequence[dict], judge) -> dict:
+    """Gold-judge win rate of policy over reference answers, record by record.
+    A tie (equal judge scores) counts one half."""
+    n = len(records)
+    if not (len(policy_answers) == len(ref_answers) == n):
+        raise ValueError(f"win_rate needs one policy and one reference answer per record: "
+                         f"{len(policy_answers)}, {len(ref_answers)}, {n} records")
+    if n == 0:
+        raise ValueError("win_rate needs at least one record")
+    wins = ties = 0
+    sp_sum = sr_sum = 0.0
+    for rec, a, b in zip(records, policy_answers, ref_answers):
+        sp, sr = judge.score_record(rec, a).score, judge.score_record(rec, b).score
+        sp_sum, sr_sum = sp_sum + sp, sr_sum + sr
+        if abs(sp - sr) <= TIE_EPS:
+            ties += 1
+        elif sp > sr:
+            wins += 1
+    return {"win_rate": (wins + 0.5 * ties) / n, "wins": wins, "ties": ties,
+            "losses": n - wins - ties, "n": n, "mean_policy": sp_sum / n, "mean_ref": sr_sum / n}
+
+
+def _as_record(item) -> dict:
+    if isinstance(item, dict):
+        return item
+    return {"messages": list(item)}   # a bare message list: the judge infers the meta
+
+
+class JudgeReward:
+    """The gold judge as a reward: its score, or (verifiable) 1.0 without hard failure."""
+
+    def __init__(self, judge, verifiable: bool = False):
+        self.judge, self.verifiable = judge, verifiable
+        self.name = "verifiable" if verifiable else "judge"
+
+    def score(self, records_or_messages: Sequence, responses: Sequence[str]) -> list[float]:
+        if len(records_or_messages) != len(responses):
+            raise ValueError(f"{len(records_or_messages)} prompts but {len(responses)} responses")
+        out = []
+        for item, resp in zip(records_or_messages, responses):
+            v = self.judge.score_record(_as_record(item), resp)
+            out.append((0.0 if v.hard_failed else 1.0) if self.verifiable else v.score)
+        return out
+
+
+def load_reward(spec: str | Path, world_dir=None, device: str = "cpu"):
+    """A reward with ``.score(records_or_messages, responses) -> list[float]``:
+    a reward-model directory (rewards normalized: SFT samples have mean 0, std 1),
+    "judge" (gold-judge score in [0, 1]) or "verifiable" (1.0 if no hard check fails)."""
+    if str(spec) in ("judge", "verifiable"):
+        if world_dir is None:
+            raise ValueError(f"reward {spec!r} needs the miniworld directory (world_dir)")
+        from gptlab.data.judge import Judge
+        return JudgeReward(Judge.from_dir(world_dir), verifiable=str(spec) == "verifiable")
+    from gptlab.align.reward import RewardModel
+    return RewardModel.load(spec, device=device)
+
+
+# --------------------------------------------------------------------------- tokens
+
+def render_response(tok, messages: Sequence[dict], response: str,
+                    max_len: int | None = None) -> tuple[list[int], list[int]]:
+    """Ids of prompt + reply rendered as a chat, and a mask that is 1 exactly on the reply's
+    tokens and its end-of-turn token (earlier assistant turns are context, mask 0).
+    Over ``max_len`` the oldest tokens are cut (the reply is kept whole when it fits)."""
+    from gptlab.chat import render_chat
+    prompt = prompt_messages(messages)
+    earlier = [i for i, m in enumerate(prompt) if m["role"] == "assistant"]
+    ids, mask = render_chat(tok, prompt + [{"role": "assistant", "content": response}],
+                            masked_turns=earlier)
+    last = max(i for i, m in enumerate(mask) if m) + 1   # drop the template's trailing "\n"
+    ids, mask = ids[:last], mask[:last]
+    if max_len is not None and len(ids) > max_len:
+        ids, mask = ids[-max_len:], mask[-max_len:]
+    return ids, mask
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int,
+              masks: Sequence[Sequence[int]] | None = None,
+              device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token rows into (ids, mask) int64 tensors (B, T). ``mask`` is the given
+    per-token mask (or 1 on every real token), 0 on padding. With causal attention the
+    padding after a row never changes what its real tokens see."""
+    if not rows:
+        raise ValueError("pad_batch needs at least one row")
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        m = masks[i] if masks is not None else [1] * len(r)
+        if len(m) != len(r):
+            raise ValueError(f"row {i}: {len(r)} ids but {len(m)} mask values")
+        mask[i, :len(r)] = torch.as_tensor(list(m), dtype=torch.long)
+    return (ids, mask) if device is None else (ids.to(device), mask.to(device))
+
+
+def sequence_logprobs(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over each row of log p(token_t | tokens_<t) for the tokens where mask is 1
+    (the first token has no prediction and is never counted). ids, mask: (B, T) -> (B,).
+    Gradients flow when called outside ``torch.no_grad``."""
+    logits = model(ids[:, :-1])                       # (B, T-1, V) float32
+    target = ids[:, 1:]
+    picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    logp = picked - torch.logsumexp(logits, dim=-1)   # no (B, T, V) log-softmax copy
+    return (logp * mask[:, 1:].to(logp.dtype)).sum(dim=1)
