@@ -1,8 +1,13 @@
 """Batch-1 greedy decode speed: gptlab.engine.Engine against transformers' generate().
 
 Same weights, same prompt, same thread count, same number of new tokens (no early stop),
-``use_cache=True`` for Hugging Face. The two alternate run by run after a warm-up; the
-medians are compared, and the two greedy completions are checked to be identical.
+``use_cache=True`` for Hugging Face. A third run, ``unfused``, is our engine with
+``fuse=False`` (every decode step through ``GPT.forward`` instead of
+``gptlab.engine.FusedDecoder``). They alternate run by run (the order reversed every
+other round) after a warm-up; the medians are compared, and the greedy completions are
+checked to be identical. Each run's process CPU time is reported too: on a shared machine
+with ``--threads 1`` its ratio does not count the time the scheduler gave to other
+processes, so it is the steadier figure under load.
 
     python bench/decode.py                         # depth 4, 32-token prompt, 128 new tokens
     python bench/decode.py --depth 8 --new-tokens 64 --runs 3
@@ -69,12 +74,13 @@ def main(argv=None):
     ours = GPT(cfg).eval()
     hf = LlamaForCausalLM(LlamaConfig(**cfg.to_hf_dict())).eval()
     hf.load_state_dict(ours.state_dict())
-    engine = Engine(ours, tokenizer=None)
+    engine = Engine(ours, tokenizer=None)  # small model: decode steps through FusedDecoder
+    unfused = Engine(ours, tokenizer=None, fuse=False)  # every step through GPT.forward
     prompt = torch.randint(0, cfg.vocab_size, (1, args.prompt_len),
                            generator=torch.Generator().manual_seed(args.seed))
     n = args.new_tokens
 
-    def run_ours():
+    def run_ours(engine=engine):
         return engine.generate([prompt[0].tolist()], max_new_tokens=n, stop_token_ids=[])[0]
 
     def run_hf():
@@ -84,26 +90,31 @@ def main(argv=None):
                               pad_token_id=0, eos_token_id=None)
         return out[0, args.prompt_len:].tolist()
 
-    runs = {"gptlab": run_ours, "hf": run_hf}
-    times, outputs = {k: [] for k in runs}, {}
+    runs = {"gptlab": run_ours, "hf": run_hf, "unfused": lambda: run_ours(unfused)}
+    times, cpu, outputs = {k: [] for k in runs}, {k: [] for k in runs}, {}
     for i in range(args.warmup + args.runs):
         for name in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outputs[name] = runs[name]()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
     print(f"config: depth={args.depth} params={ours.num_params() / 1e6:.2f}M vocab={cfg.vocab_size} "
           f"prompt={args.prompt_len} new_tokens={n} batch=1 threads={args.threads} "
           f"torch={torch.__version__}")
-    print(f"same greedy tokens: {outputs['gptlab'] == outputs['hf']}")
+    print(f"same greedy tokens: {outputs['gptlab'] == outputs['hf'] == outputs['unfused']}")
     tps = {}
     for name, ts in times.items():
         med = statistics.median(ts)
         tps[name] = n / med
         lo, hi = (n / q for q in statistics.quantiles(ts, n=4)[::2][::-1])
         print(f"{name:>7}: {tps[name]:8.1f} tokens/s  (IQR {lo:.1f}-{hi:.1f}; median {med * 1e3:.0f} ms "
-              f"per generate, {len(ts)} runs)")
-    print(f"  ratio: {tps['gptlab'] / tps['hf']:.2f}x (gptlab / hf)")
+              f"per generate, {len(ts)} runs; CPU {statistics.median(cpu[name]) * 1e3:.0f} ms)")
+    cpu_ratio = {k: statistics.median(cpu["hf"]) / statistics.median(cpu[k]) for k in ("gptlab", "unfused")}
+    print(f"  ratio: {tps['gptlab'] / tps['hf']:.2f}x (gptlab / hf); without the fused decode step "
+          f"{tps['unfused'] / tps['hf']:.2f}x")
+    print(f"  CPU-time ratio: {cpu_ratio['gptlab']:.2f}x; unfused {cpu_ratio['unfused']:.2f}x "
+          "(hf CPU seconds / ours; with --threads 1 immune to time lost to other processes)")
     return tps
 
 

@@ -143,12 +143,14 @@ def cmd_export(args) -> None:
 
 
 def _resolve_model_alias(args) -> None:
-    """`--model smollm2` (or another alias) means the imported checkpoint, made on first use."""
-    model = getattr(args, "model", None)
-    if isinstance(model, str) and not Path(model).exists():
-        from gptlab.interop import ALIASES, ensure_model
-        if model in ALIASES:
-            args.model = str(ensure_model(model))
+    """`--model smollm2` / `--init smollm2` (or another alias) mean the imported checkpoint,
+    made on first use."""
+    for name in ("model", "init"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not Path(value).exists():
+            from gptlab.interop import ALIASES, ensure_model
+            if value in ALIASES:
+                setattr(args, name, str(ensure_model(value)))
 
 
 def cmd_speedrun(args) -> None:

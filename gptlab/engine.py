@@ -20,7 +20,11 @@ Conventions (the same in ``generate`` and ``stream``):
   sequence) and any tail that could still grow into a stop string are held back.
   Joined, the deltas equal the decoded completion.
 
-Decode speed on CPU (docs/PERFORMANCE.md): ``Engine(model, tok, weights=...)`` optionally
+Decode speed on CPU (docs/PERFORMANCE.md): for small float32 models every decode step after
+the prefill runs through ``FusedDecoder`` (fused q/k/v and gate/up matmuls over a decode-time
+weight copy, no module calls; ``fuse=False`` turns it off), which halves the tensor ops of a
+step -- at batch 1 on a few-million-parameter model a step costs its op count, not its FLOPs.
+``Engine(model, tok, weights=...)`` optionally
 runs the linear layers from a weight-only quantized copy that shares every other tensor
 with ``model`` (which is left untouched):
 
@@ -48,19 +52,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptlab.model import GPT, KVCache
+from gptlab.model import GPT, KVCache, rope_tables
 
 WEIGHT_MODES = (None, "int4", "int8", "bf16")
 
 
+FUSE_AUTO_MAX_BYTES = 64 * 2**20
+
+
 class Engine:
     """``weights``: None (the model as it is), or "int4" / "int8" / "bf16" to decode from a
-    weight-only quantized copy of the linear layers (see the module docstring)."""
+    weight-only quantized copy of the linear layers (see the module docstring).
 
-    def __init__(self, model: GPT, tokenizer=None, weights: str | None = None):
+    ``fuse``: decode steps through ``FusedDecoder`` (float32 ``GPT`` with ``weights=None``
+    only). None = when its weight copy is at most 64 MiB: small models, whose decode step is
+    per-op overhead; above that a step is bound by reading the weights and the fused
+    copy would only cost memory."""
+
+    def __init__(self, model: GPT, tokenizer=None, weights: str | None = None, fuse: bool | None = None):
         self.model = model if weights is None else quantize_for_decode(model, weights)
         self.tokenizer = tokenizer
         self.weights = weights
+        # decode steps through fused weights (None: through model.forward, e.g. quantized)
+        can = weights is None and FusedDecoder.supports(model)
+        if fuse is None:
+            fuse = can and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
+        elif fuse and not can:
+            raise ValueError("fuse=True needs a float32 gptlab GPT and weights=None")
+        self.fused = FusedDecoder(model) if fuse else None
         self.last_finish_reasons: list[str] = []
         # wall seconds of the last call: the prompt pass (prefill, up to the first token's
         # logits) and the remaining decode steps
@@ -159,6 +178,9 @@ class Engine:
                         device=param.device, dtype=_compute_dtype(self.model, param))
         self.last_prefill_s = self.last_decode_s = 0.0
         t = time.perf_counter()
+        fused = self.fused if self.fused is not None and self.fused.refresh() else None
+        if fused is not None:
+            fused_state = fused.start(cache)
         logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions,
                             logits_to_keep=1)[:, -1]
         next_pos = None if positions is None else positions[:, -1:] + 1
@@ -173,9 +195,143 @@ class Engine:
             if all(done) or step == max_new_tokens - 1:
                 return
             t = time.perf_counter()
-            logits = self.model(token[:, None], kv_cache=cache, position_ids=next_pos)[:, -1]
+            if fused is not None:
+                row_pos = None if next_pos is None else next_pos[:, 0]
+                logits = fused.step(fused_state, token, cache, row_pos)
+            else:
+                logits = self.model(token[:, None], kv_cache=cache, position_ids=next_pos)[:, -1]
             if next_pos is not None:
                 next_pos += 1
+
+
+# ----------------------------------------------------------------------------- fused decode step
+
+
+class FusedDecoder:
+    """One decode step (one new token per row) of a plain float32 ``GPT``, without module calls.
+
+    Batch-1 decode of a small model is per-op overhead, not arithmetic, so the step runs
+    about half the tensor ops of ``GPT.forward``: the q/k/v and gate/up projections each as
+    one matmul over weights concatenated here (a decode-time copy, the model keeps its
+    Hugging Face names), the attention scale folded into the query rows, RoPE as one small
+    matmul per layer with a rotation matrix built once per step, attention as two matmuls
+    and a softmax over the cache (GQA by folding each K/V group's query heads), and the
+    residual adds fused into the output projections (``addmm``). The copy costs the size
+    of the q/k/v and gate/up weights and is rebuilt when any model weight changes (an
+    optimizer step, ``load_state_dict``), so an engine over a model in training stays exact.
+    """
+
+    def __init__(self, model: GPT):
+        self.model, self.layers, self._key = model, [], None
+        c = model.config
+        self.H, self.Kv, self.hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.I, self.eps = c.intermediate_size, c.rms_norm_eps
+
+    @staticmethod
+    def supports(model) -> bool:
+        """Plain float32 GPTs: not a subclass with its own forward, every projection a plain
+        ``nn.Linear`` (not a LoRA or quantized wrapper), no forward hooks anywhere."""
+        if not (isinstance(model, GPT) and type(model).forward is GPT.forward
+                and next(model.parameters()).dtype == torch.float32):
+            return False
+        names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+        for name, m in model.named_modules():
+            if m._forward_hooks or m._forward_pre_hooks:
+                return False
+            if name.endswith(names) and type(m) is not nn.Linear:
+                return False
+        return True
+
+    @staticmethod
+    def copy_bytes(model: GPT) -> int:
+        """Bytes of the fused copy: the q/k/v and gate/up weights of every block."""
+        return 4 * sum(m.weight.numel() for name, m in model.named_modules()
+                       if name.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")))
+
+    def refresh(self) -> bool:
+        """(Re)build the fused weights if any parameter was replaced or written in place;
+        False if the model no longer qualifies (e.g. adapters were injected since)."""
+        key = [(p.data_ptr(), _version(p)) for p in self.model.parameters()]
+        if key != self._key:
+            if not self.supports(self.model):
+                return False
+            self._build()
+            self._key = key
+        return True
+
+    def _build(self) -> None:
+        scale, layers = self.hd ** -0.5, []
+        with torch.no_grad():
+            for blk in self.model.model.layers:
+                a, f = blk.self_attn, blk.mlp
+                wqkv = torch.cat([a.q_proj.weight * scale, a.k_proj.weight, a.v_proj.weight])
+                wgu = torch.cat([f.gate_proj.weight, f.up_proj.weight])
+                layers.append((  # transposed views (x @ w_t); the norm weights folded in
+                    (wqkv * blk.input_layernorm.weight).t(), a.o_proj.weight.t(),
+                    (wgu * blk.post_attention_layernorm.weight).t(), f.down_proj.weight.t(),
+                ))
+            half = self.hd // 2
+            j = torch.arange(half)
+            # flat indices of the rotation matrix M (x @ M = RoPE(x)) that hold c, c, s, -s
+            self._rot_idx = torch.cat([j * self.hd + j, (j + half) * self.hd + j + half,
+                                       j * self.hd + j + half, (j + half) * self.hd + j])
+        self.layers = layers
+
+    def start(self, cache: KVCache) -> tuple:
+        """Per-call state for ``step``: the [c, c, s, -s] RoPE table for every cache slot, a
+        rotation-matrix buffer, each layer's weights and cache views."""
+        dev = cache.k.device
+        cos, sin = rope_tables(self.hd, self.model.config.rope_theta, cache.max_len, dev)
+        c, s = cos[:, :self.hd // 2], sin[:, :self.hd // 2]
+        table = torch.cat([c, c, s, -s], dim=-1)
+        rot = torch.zeros(cache.batch_size, self.hd * self.hd, device=dev)  # only rot_idx is ever written
+        layers = [(w, (cache.k[i], cache.v[i])) for i, w in enumerate(self.layers)]
+        eps = torch.full((1, 1), self.eps, device=dev)
+        return table, rot, self._rot_idx.to(dev), layers, eps
+
+    def step(self, state: tuple, token: torch.Tensor, cache: KVCache,
+             positions: torch.Tensor | None) -> torch.Tensor:
+        """token (B,) at RoPE positions ``positions`` (B,) (default: the cache slot) -> logits
+        (B, V); ``state`` from ``start(cache)``."""
+        m, B = self.model, token.shape[0]
+        table, rot, rot_idx, layers, eps = state
+        H, Kv, hd, I = self.H, self.Kv, self.hd, self.I
+        pos = cache.pos
+        L = pos + 1
+        if L > cache.max_len:
+            raise ValueError(f"KV cache full: {L} > max_len {cache.max_len}")
+        rot[:, rot_idx] = table[pos if positions is None else positions]
+        rot3 = rot.view(B, hd, hd)
+        masked = None if cache.valid is None else ~cache.valid[:, None, None, :L]
+        x = F.embedding(token, m.model.embed_tokens.weight)
+        for (wqkv_t, wo_t, wgu_t, wd_t), (k, v) in layers:
+            qkv = torch.mm(_rms(x, eps), wqkv_t).view(B, H + 2 * Kv, hd)  # norm weight folded in
+            qk = torch.bmm(qkv[:, :H + Kv], rot3)  # RoPE on q and k heads at once
+            k.select(2, pos).copy_(qk[:, H:])
+            v.select(2, pos).copy_(qkv[:, H + Kv:])
+            att = torch.matmul(qk[:, :H].view(B, Kv, H // Kv, hd), k[:, :, :L].transpose(-1, -2))
+            if masked is not None:
+                att.masked_fill_(masked, float("-inf"))
+            y = torch.matmul(att.softmax(-1), v[:, :, :L]).view(B, H * hd)
+            x = torch.addmm(x, y, wo_t)
+            gu = torch.mm(_rms(x, eps), wgu_t)
+            x = torch.addmm(x, F.silu(gu[:, :I]) * gu[:, I:], wd_t)
+        cache.pos = L
+        n = m.model.norm.weight
+        return F.linear(_rms(x, eps).mul_(n), m.lm_head.weight)
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place write counter; -1 for inference tensors, which have none (they may be
+    written in place only inside inference mode, so weights made there are built once)."""
+    return -1 if t.is_inference() else t._version
+
+
+def _rms(x, eps):
+    """x / sqrt(mean(x^2) + eps) over the last axis (RMSNorm without its weight), (B, d);
+    eps a (1, 1) tensor. Three kernels: half the CPU time of F.rms_norm at batch 1."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x * torch.addcmul(eps, n, n, value=1 / x.shape[-1]).rsqrt_()
 
 
 def _compute_dtype(model, param) -> torch.dtype:

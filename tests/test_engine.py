@@ -270,3 +270,47 @@ def test_quantized_decode_is_close_and_leaves_the_model_alone(weights):
 def test_weight_mode_errors():
     with pytest.raises(ValueError, match="weights must be one of"):
         Engine(tiny_gpt(), weights="int3")
+
+
+# ----------------------------------------------------------------------------- fused decode step
+
+
+def test_fused_decode_matches_the_model_and_follows_weight_updates():
+    model = tiny_gpt(seed=6)
+    fused, plain = Engine(model, ByteTokenizer()), Engine(model, ByteTokenizer(), fuse=False)
+    assert fused.fused is not None and plain.fused is None
+    kw = dict(max_new_tokens=10, stop_token_ids=[])
+    assert fused.generate(PROMPTS, **kw) == plain.generate(PROMPTS, **kw)
+    # an optimizer-style in-place update (and a replaced tensor) must reach the fused copy
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight.mul_(-3.0)
+        model.model.layers[1].post_attention_layernorm.weight.add_(0.5)
+    model.model.layers[1].mlp.up_proj.weight = torch.nn.Parameter(torch.randn(160, 64) * 0.3)
+    out = fused.generate(PROMPTS, **kw)
+    assert out == plain.generate(PROMPTS, **kw)
+    assert out == [naive_greedy(model, p, 10) for p in PROMPTS]
+    with pytest.raises(ValueError, match="fuse=True"):
+        Engine(model, weights="bf16", fuse=True)
+
+
+def test_fused_decode_steps_aside_for_wrapped_projections():
+    class Scaled(torch.nn.Module):  # stands in for an adapter wrapper around a projection
+        def __init__(self, lin):
+            super().__init__()
+            self.lin, self.extra = lin, torch.nn.Parameter(torch.tensor(2.0))
+
+        @property
+        def weight(self):
+            return self.lin.weight
+
+        def forward(self, x):
+            return self.lin(x) * self.extra
+
+    model = tiny_gpt(seed=7)
+    engine = Engine(model, ByteTokenizer())
+    engine.generate(PROMPTS, max_new_tokens=3, stop_token_ids=[])
+    attn = model.model.layers[0].self_attn
+    attn.v_proj = Scaled(attn.v_proj)
+    assert engine.generate(PROMPTS, max_new_tokens=10, stop_token_ids=[]) == \
+        [naive_greedy(model, p, 10) for p in PROMPTS]
+    assert Engine(model, ByteTokenizer()).fused is None

@@ -523,3 +523,18 @@ def test_smollm2_greedy_64_tokens_match_transformers(smollm2):
     theirs = [r[:r.index(eos)] if eos in r else r for r in out[:, T:].tolist()]
     assert ours == theirs
     assert "Paris" in ck.tokenizer.decode(ours[0])
+
+
+def test_cli_resolves_the_alias_in_init_and_model(monkeypatch, tmp_path):
+    """`gptlab sft --init smollm2` and `--model smollm2` both mean the imported checkpoint."""
+    import argparse
+
+    import gptlab.interop as interop
+    from gptlab.cli import _resolve_model_alias
+    monkeypatch.setattr(interop, "ensure_model", lambda name: tmp_path / "models" / name)
+    args = argparse.Namespace(init="smollm2", model="smollm2", out="x")
+    _resolve_model_alias(args)
+    assert args.init == args.model == str(tmp_path / "models" / "smollm2") and args.out == "x"
+    args = argparse.Namespace(init=str(tmp_path))     # an existing path is left alone
+    _resolve_model_alias(args)
+    assert args.init == str(tmp_path)

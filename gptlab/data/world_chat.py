@@ -21,9 +21,11 @@ from gptlab.data.world_math import math_problem
 
 CATEGORIES = ["qa", "multiturn", "system", "conflict", "false_premise", "pushback_hold",
               "pushback_admit", "harmful", "benign_edgy", "unknown_entity", "arithmetic"]
-SFT_SHARES = {"qa": 0.25, "multiturn": 0.10, "system": 0.15, "conflict": 0.06,
+# benign_edgy as large as harmful and then some: with fewer benign look-alikes than harmful
+# requests a small model learns "trigger word -> refuse" (docs/RESULTS.md, over-refusal)
+SFT_SHARES = {"qa": 0.21, "multiturn": 0.10, "system": 0.15, "conflict": 0.06,
               "false_premise": 0.07, "pushback_hold": 0.05, "pushback_admit": 0.05,
-              "harmful": 0.08, "benign_edgy": 0.06, "unknown_entity": 0.05, "arithmetic": 0.08}
+              "harmful": 0.08, "benign_edgy": 0.12, "unknown_entity": 0.05, "arithmetic": 0.06}
 SHORT_RELATIONS = ["capital", "continent", "population", "area", "currency", "city_country",
                    "city_population"]
 PUSH_RELATIONS = SHORT_RELATIONS[:-1]

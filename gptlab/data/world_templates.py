@@ -633,6 +633,91 @@ BENIGN = {
          "Never mix bleach with ammonia (it makes toxic chloramine gas), bleach with acids such as "
          "vinegar (chlorine gas), or hydrogen peroxide with vinegar. Use one cleaner at a time and "
          "keep the room ventilated."),
+        # contrastive look-alikes: the trigger words of the harmful requests above (kill,
+        # shoot, attack, poison, bomb, hack, steal, weapon, explode, hurt, cut, virus,
+        # password, scam, fake, forge) with a harmless object, so the intent has to be read
+        ("How do I kill time at the airport?",
+         "Walk the terminal, find a quiet gate to read or watch a downloaded film, try the lounge "
+         "with a day pass, or plan the first day of your trip while you wait."),
+        ("How do I kill a background job in bash?",
+         "List jobs with `jobs`, then run `kill %1` (or the job's number). `kill -9 %1` forces it "
+         "if it ignores the first signal."),
+        ("How do I kill the lights in a scene in Blender?",
+         "Select each lamp in the Outliner and hide it with the eye and camera icons, or set its "
+         "strength to 0; for a black world, set the World colour strength to 0."),
+        ("How do I shoot a video in slow motion on my phone?",
+         "Open the camera app, swipe to the Slo-Mo (or Slow motion) mode, hold the phone steady and "
+         "record; use bright light, because slow motion needs fast shutter speeds."),
+        ("How do I shoot a free throw?",
+         "Line up your shooting foot with the rim, bend your knees, keep the elbow under the ball, "
+         "and push up in one smooth motion, holding your follow-through."),
+        ("How do I attack the king in chess?",
+         "Open lines toward the enemy king, bring your queen and a knight close, and look for "
+         "checks, captures and threats; sacrifices only work when the king's shelter is weak."),
+        ("How do I attack a hard maths problem?",
+         "Restate it in your own words, try small examples, draw a picture, look for a similar "
+         "problem you have solved, and work backwards from what you need to show."),
+        ("How do I get rid of poison ivy in my garden?",
+         "Wear gloves and long sleeves, pull young plants out with the roots after rain, bag them "
+         "(never burn them), and wash tools and clothes afterwards."),
+        ("What should I do if my dog ate something poisonous?",
+         "Call your vet or an animal poison control line straight away, keep the packaging to show "
+         "what was eaten, and do not make the dog vomit unless the vet tells you to."),
+        ("How do I make a bath bomb?",
+         "Mix 2 parts baking soda with 1 part citric acid, add a little cornstarch, then mist in "
+         "oil and a few drops of water until it holds together; press into a mould and dry for a day."),
+        ("Why did my code bomb with a segmentation fault?",
+         "A segfault means the program touched memory it doesn't own: a null or dangling pointer, "
+         "an array index out of range, or a stack overflow. Run it under gdb or with "
+         "AddressSanitizer to find the line."),
+        ("What are some good life hacks for studying?",
+         "Study in short blocks with breaks, test yourself instead of rereading, space the reviews "
+         "over days, teach the topic to someone else, and keep your phone in another room."),
+        ("How do I hack together a quick prototype of my app?",
+         "Pick the one feature that matters, use a framework you know, fake the rest with "
+         "hard-coded data, and show it to a user within a day or two."),
+        ("How do I steal a base in baseball?",
+         "Take a good lead, watch the pitcher's front shoulder or heel, break on the first move "
+         "toward home, run low and hard, and slide into the base."),
+        ("What is the best weapon in Zelda: Breath of the Wild?",
+         "The Master Sword is the favourite because it never breaks for good, but the Savage Lynel "
+         "weapons do the most damage; many players keep a strong bow for distance."),
+        ("How do I make my sprint start more explosive?",
+         "Practise starts from a crouch, add jump squats and short hill sprints, drive your arms "
+         "hard, and keep the first steps short and powerful."),
+        ("Why does my back hurt after running?",
+         "Common causes are weak core and hip muscles, overstriding, worn shoes or a sudden jump in "
+         "mileage. Strengthen your core, shorten your stride, and see a doctor if the pain persists."),
+        ("How do I cut onions without crying?",
+         "Use a very sharp knife, chill the onion for 15 minutes first, cut the root end last, and "
+         "work near a running fan or an open window."),
+        ("How do I remove a virus from my computer?",
+         "Disconnect from the internet, run a full scan with your antivirus (Windows Defender "
+         "works), remove what it finds, update the system, and change your passwords from a clean device."),
+        ("How do I reset my own email password?",
+         "On the sign-in page choose Forgot password, confirm with your recovery email or phone, "
+         "then pick a new long password and turn on two-factor authentication."),
+        ("How can I tell if a text message is a scam?",
+         "Warning signs are urgency, a link or a request for codes, passwords or payment, and a "
+         "sender you don't know. Don't click; contact the company through its official app or number."),
+        ("How do I spot a fake review online?",
+         "Look for many five-star reviews posted the same week, vague praise without details, "
+         "reviewers with no other reviews, and wording that repeats across reviews."),
+        ("How do I forge a sword in Minecraft?",
+         "Minecraft has no forging: craft a sword at a crafting table from two iron ingots (or "
+         "diamonds) above a stick. Netherite swords are made at a smithing table."),
+        ("How do I destroy old hard drives before recycling them?",
+         "Wipe them with a tool such as `shred` or DBAN, or for solid-state drives use the "
+         "maker's secure erase; then drill through the platters or take them to a certified recycler."),
+        ("How do I execute a SQL query from Python?",
+         "With sqlite3: `con = sqlite3.connect('db.sqlite')`, then `con.execute('SELECT * FROM t "
+         "WHERE id = ?', (id,)).fetchall()`. Always pass values as parameters."),
+        ("How do I crush it in my first job interview?",
+         "Research the company, prepare three short stories about your work, practise answers out "
+         "loud, ask two thoughtful questions, and send a thank-you note afterwards."),
+        ("How do I slaughter my to-do list this week?",
+         "Write everything down, pick the three tasks that matter most, block time for them early "
+         "in the day, batch small chores, and drop or delegate what isn't needed."),
     ],
     "h": [
         ("How do I kill a frozen program on Windows?",
