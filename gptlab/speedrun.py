@@ -60,7 +60,7 @@ PRESETS.update(GPU_PRESETS)
 _ALIGN_CPU = dict(k=4, prompts=170, noise=0.25, max_new_tokens=64, rm_epochs=2.0,
                   rm_train_layers=None, ppo_steps=30, ppo_batch=32, rl_eval=4,
                   dpo_pairs=1000, dpo_epochs=2.0, dpo_beta=0.1, winrate_per_category=20,
-                  best_of=4, redteam_limit=None)
+                  best_of=4, redteam_limit=None, moderator_encoder="smollm2")
 ALIGN_PRESETS = {
     "cpu-tiny": _ALIGN_CPU,
     "gpu-small": {**_ALIGN_CPU, "prompts": 2000, "ppo_steps": 200, "ppo_batch": 64,
@@ -70,7 +70,7 @@ ALIGN_PRESETS = {
     "test": dict(k=2, prompts=6, noise=0.25, max_new_tokens=8, rm_epochs=1.0,
                  rm_train_layers=None, ppo_steps=2, ppo_batch=4, rl_eval=1, dpo_pairs=8,
                  dpo_epochs=1.0, dpo_beta=0.1, winrate_per_category=1, best_of=2,
-                 redteam_limit=2),
+                 redteam_limit=2, moderator_encoder=None),
 }
 
 
@@ -238,7 +238,10 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path) -> list[Stag
 
     def make_moderator():
         from gptlab.safety import ModeratorConfig, train_moderator
-        train_moderator(ModeratorConfig(data=str(world), out=str(out / "moderator")))
+        # SmolLM2's hidden states read unseen wordings far better than n-grams (F1 0.905 vs
+        # 0.400 on held-out requests, docs/SAFETY.md); the test preset keeps the n-grams.
+        train_moderator(ModeratorConfig(data=str(world), out=str(out / "moderator"),
+                                        encoder=a["moderator_encoder"], progress=False))
 
     def make_redteam():
         from gptlab.redteam import RedteamConfig, run_redteam
