@@ -172,7 +172,7 @@ def main(argv=None) -> None:
         proc.wait(timeout=30)
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
-    base = rows[0]["tokens_per_s"]
+    base = rows[0]["tokens_per_s"]   # 0 when every request of the first level failed
     print(f"model {args.model}, {args.max_tokens} tokens per reply, {args.requests} requests per client, "
           f"{args.rounds} rounds, server threads {args.threads}, max batch {args.max_batch}")
     print("| clients | requests | errors | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | tokens/s (median) | vs 1st "
@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} "
               f"| {r['itl_p50_ms']:.1f} / {r['itl_p99_ms']:.1f} | {r['tokens_per_s']:.0f} | "
-              f"{r['tokens_per_s'] / base:.2f}x | {r['server_cpu_ms_per_token']:.2f} |")
+              f"{_ratio(r['tokens_per_s'], base)} | {r['server_cpu_ms_per_token']:.2f} |")
         if r["error_samples"]:
             print(f"  errors: {r['error_samples']}")
     print("tokens/s per round: " + "; ".join(f"{r['clients']} clients {r['tokens_per_s_rounds']}" for r in rows))
@@ -194,6 +194,10 @@ def main(argv=None) -> None:
         tmp = Path(args.out).with_suffix(".tmp")
         tmp.write_text(json.dumps({"args": vars(args), "levels": rows}, indent=2))
         tmp.replace(args.out)
+
+
+def _ratio(x: float, base: float) -> str:
+    return f"{x / base:.2f}x" if base else "- (no tokens at the first level)"
 
 
 if __name__ == "__main__":
