@@ -726,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--preset", default="cpu-tiny",
                    choices=["cpu-tiny", "gpu-small", "gpu-d20", "test"],
-                   help="size preset: cpu-tiny (2 cores, ~30 min), gpu-small (one GPU, minutes), "
+                   help="size preset: cpu-tiny (2 cores, ~15 min), gpu-small (one GPU, minutes), "
                         "gpu-d20 (0.5 B params, a GPU node), test (seconds, for the test suite)")
     p.add_argument("--scale", default=None, choices=["tiny", "small", "full"],
                    help="miniworld scale (default: the preset's; tiny is for tests)")

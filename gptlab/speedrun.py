@@ -349,13 +349,13 @@ def headline_table(out: Path) -> str:
     return "\n".join(lines)
 
 
-# Stage wall times of a whole `make demo` on 2 quiet cores (docs/RESULTS.md), for the ETA
-# printed when a stage starts.
+# Stage wall times of a whole `make demo` on 2 quiet cores (2026-11-28, docs/RESULTS.md),
+# for the ETA printed when a stage starts.
 STAGE_SECONDS = {"cpu-tiny": {
-    "miniworld data": 3, "tokenizer": 2, "pretrain": 450, "SFT": 100, "feedback": 60,
-    "reward model": 120, "PPO": 240, "DPO": 90, "eval base": 30, "eval SFT": 90,
-    "eval PPO": 90, "eval DPO": 90, "win rates": 60, "moderation": 30, "red team": 60,
-    "final": 1, "report": 5}}
+    "miniworld data": 2, "tokenizer": 1, "pretrain": 425, "SFT": 181, "feedback": 6,
+    "reward model": 6, "PPO": 45, "DPO": 10, "eval base": 2, "eval SFT": 14,
+    "eval PPO": 13, "eval DPO": 14, "win rates": 11, "moderation": 74, "red team": 29,
+    "final": 1, "report": 1}}
 
 
 def _eta(preset: str, stage: str) -> str:
