@@ -70,3 +70,41 @@ def tiny_shards(tiny_corpus, tiny_tokenizer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "shards"
     build_shards(tiny_corpus, Tokenizer.load(tiny_tokenizer), out, val_docs=200, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """miniworld at scale tiny, seed 0 (read-only: tests that change it make their own)."""
+    from gptlab.data.world import generate_world
+
+    out = tmp_path_factory.mktemp("tiny_world") / "world"
+    generate_world(out, seed=0, scale="tiny")
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: tiny matmuls run ~10x faster on one thread when `pytest -n 2`
+    (or anything else) shares the 2 cores. Use with `pytestmark = usefixtures(...)`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_ckpt(tiny_tokenizer, tmp_path_factory) -> Path:
+    """A random-weight depth-1 chat model saved as a gptlab checkpoint (stage sft)."""
+    import torch
+
+    from gptlab.checkpoint import save_checkpoint
+    from gptlab.model import GPT, preset
+    from gptlab.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tiny_tokenizer)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("chat") / "sft"
+    save_checkpoint(out, GPT(preset(1, tok.vocab_size, 64)), tok, meta={"stage": "sft"})
+    return out

@@ -9,20 +9,12 @@ import torch
 from gptlab.align import common as C
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from gptlab.data.world import generate_world
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, seed=0, scale="tiny")
-    return out
+def world(tiny_world):
+    return tiny_world
 
 
 @pytest.fixture(scope="module")

@@ -32,16 +32,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def chat_ckpt(tiny_tokenizer, tmp_path_factory):
-    from gptlab.checkpoint import save_checkpoint
-    from gptlab.model import GPT, preset
-    from gptlab.tokenizer import Tokenizer
-
-    tok = Tokenizer.load(tiny_tokenizer)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("dpo") / "sft"
-    save_checkpoint(out, GPT(preset(1, tok.vocab_size, 64)), tok, meta={"stage": "sft"})
-    return out
+def chat_ckpt(tiny_chat_ckpt):
+    return tiny_chat_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -21,21 +21,12 @@ CHAT_RATES = ["qa_accuracy", "multiturn_accuracy", "system_compliance", "conflic
 
 # ----------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run ~10x faster on one thread when the 2 cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from gptlab.data.world import generate_world
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, seed=0, scale="tiny")
-    return out
+def world(tiny_world):
+    return tiny_world
 
 
 @pytest.fixture(scope="module")

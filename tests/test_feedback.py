@@ -15,12 +15,7 @@ from gptlab.feedback import FeedbackStore, prompt_key
 WRITERS, PER_WRITER = 8, 50
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _writer(args):
@@ -53,11 +48,8 @@ def test_store_loses_no_row_with_8_writers(tmp_path):
 # ----------------------------------------------------------------------------- simulate
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from gptlab.data.world import generate_world
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, seed=0, scale="tiny")
-    return out
+def world(tiny_world):
+    return tiny_world
 
 
 @pytest.fixture(scope="module")

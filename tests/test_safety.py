@@ -12,11 +12,8 @@ from gptlab.safety import (CATEGORIES, Moderator, ModeratorConfig, load_examples
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from gptlab.data.world import generate_world
-    out = tmp_path_factory.mktemp("world") / "world"
-    generate_world(out, seed=0, scale="tiny")
-    return out
+def world(tiny_world):
+    return tiny_world
 
 
 @pytest.fixture(scope="module")
