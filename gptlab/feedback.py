@@ -308,12 +308,16 @@ class FeedbackStore:
                      "kind": r.kind} for r in rows]
 
     # ------------------------------------------------------------------ files
-    def import_file(self, path: str | Path, fmt: str = "auto", rater: str = "") -> int:
-        """UltraFeedback / HH-RLHF / TRL ``prompt,chosen,rejected`` files -> comparisons."""
+    def import_file(self, path: str | Path, fmt: str = "auto", rater: str = "",
+                    limit: int | None = None) -> int:
+        """UltraFeedback / HH-RLHF / TRL ``prompt,chosen,rejected`` files (or ``hf:`` data
+        sets) -> comparisons; at most `limit` of them."""
+        import itertools
+
         from gptlab.data.formats import iter_records
         n = 0
-        source = Path(path).name
-        for rec in iter_records(path, fmt, kind="prefs"):
+        source = str(path) if str(path).startswith("hf:") else Path(path).name
+        for rec in itertools.islice(iter_records(path, fmt, kind="prefs"), limit):
             self.add_pair(rec["prompt"], rec["chosen"], rec["rejected"], source=source,
                           rater=rater or source, kind="import")
             n += 1

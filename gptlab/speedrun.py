@@ -63,9 +63,9 @@ _ALIGN_CPU = dict(k=4, prompts=170, noise=0.25, max_new_tokens=64, rm_epochs=2.0
                   best_of=4, redteam_limit=None, moderator_encoder="smollm2")
 ALIGN_PRESETS = {
     "cpu-tiny": _ALIGN_CPU,
-    "gpu-small": {**_ALIGN_CPU, "prompts": 2000, "ppo_steps": 200, "ppo_batch": 64,
+    "gpu-small": {**_ALIGN_CPU, "prompts": 2000, "ppo_steps": 200, "ppo_batch": 64, "hub_prefs": 20000,
                   "dpo_pairs": None, "max_new_tokens": 256, "winrate_per_category": 100},
-    "gpu-d20": {**_ALIGN_CPU, "prompts": 5000, "ppo_steps": 400, "ppo_batch": 128,
+    "gpu-d20": {**_ALIGN_CPU, "prompts": 5000, "ppo_steps": 400, "ppo_batch": 128, "hub_prefs": 60000,
                 "dpo_pairs": None, "max_new_tokens": 512, "winrate_per_category": 200},
     "test": dict(k=2, prompts=6, noise=0.25, max_new_tokens=8, rm_epochs=1.0,
                  rm_train_layers=None, ppo_steps=2, ppo_batch=4, rl_eval=1, dpo_pairs=8,
@@ -181,7 +181,7 @@ def _stages(out: Path, p: dict, scale: str, nproc: int = 1) -> list[Stage]:
         from gptlab.report import report
         report(out)
 
-    align = _align_stages(out, p, world, sft_dir / "final")
+    align = _align_stages(out, p, world, sft_dir / "final", src["prefs"])
     evals = [Stage(f"eval {name}", out / d / "final" / "eval.json", make_eval(out / d / "final"))
              for name, d in MODELS if name != "base"]
     return [
@@ -202,17 +202,24 @@ MODELS = [("base", Path("pretrain")), ("SFT", Path("sft")), ("PPO", Path("ppo"))
           ("DPO", Path("dpo"))]
 
 
-def _align_stages(out: Path, p: dict, world: Path, sft_final: Path) -> list[Stage]:
-    """Simulated feedback -> reward model -> PPO and DPO -> win rates -> moderation ->
-    red team -> the best model copied to out/final."""
+def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
+                  prefs: str | None = None) -> list[Stage]:
+    """Simulated feedback (plus a preference data set, e.g. UltraFeedback by hub id, when
+    `prefs` is given) -> reward model -> PPO and DPO -> win rates -> moderation -> red team
+    -> the best model copied to out/final."""
     db, rm, align = out / "feedback.db", out / "rm", out / "align"
     a = p["align"]
 
     def make_feedback():
         from gptlab.align.simulate import simulate_feedback
+        from gptlab.feedback import FeedbackStore
+        imported = 0
+        if prefs and not FeedbackStore(db).counts()["comparisons"]:
+            imported = FeedbackStore(db).import_file(prefs, limit=a.get("hub_prefs"))
         stats = simulate_feedback(sft_final, world, str(db), k=a["k"], n=a["prompts"],
                                   noise=a["noise"], max_new_tokens=a["max_new_tokens"])
-        _write_json(align / "feedback.json", stats)
+        _write_json(align / "feedback.json", {**stats, "imported_pairs": imported,
+                                              "imported_from": prefs})
 
     def make_rm():
         from gptlab.align.reward import RewardConfig, train_reward

@@ -144,3 +144,28 @@ def test_convert_record_single():
     assert convert_record({"text": "hi"}, "text") == {"text": "hi"}
     with pytest.raises(FormatError, match="'messages'"):
         convert_record({"messages": []}, "messages")
+
+
+def test_hf_dataset_ids_stream_through_datasets(tmp_path):
+    """`hf:` sources go through `datasets` (a hub id where the hub is reachable; here a local
+    data dir, the same code path): records convert, and the store imports at most `limit`."""
+    import json as _json
+
+    from gptlab.data.formats import FormatError, iter_records
+    from gptlab.feedback import FeedbackStore
+    data = tmp_path / "prefs"
+    data.mkdir()
+    rows = [{"prompt": f"Capital of country {i}?", "chosen": f"City {i}.", "rejected": "No idea."}
+            for i in range(5)]
+    (data / "train.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    recs = list(iter_records(f"hf:{data}:train", kind="prefs"))
+    assert [r["chosen"] for r in recs] == [f"City {i}." for i in range(5)]
+    assert recs[0]["prompt"] == [{"role": "user", "content": "Capital of country 0?"}]
+    store = FeedbackStore(tmp_path / "f.db")
+    assert store.import_file(f"hf:{data}:train", limit=3) == 3
+    assert [p["chosen"] for p in store.pairs()] == ["City 0.", "City 1.", "City 2."]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.jsonl").write_text(_json.dumps({"prompt": "q", "chosen": 3, "rejected": "r"}) + "\n")
+    with pytest.raises(FormatError, match="hf:.*bad"):
+        list(iter_records(f"hf:{bad}:train", kind="prefs"))

@@ -166,3 +166,24 @@ def test_training_stage_under_torchrun(tmp_path, tiny_corpus):
     states = sorted((tmp_path / "pre" / "ckpt").glob("*/train_state.pt"))
     assert states, "no step checkpoint"
     assert torch.load(states[-1], weights_only=False)["world_size"] == 2
+
+
+def test_feedback_stage_imports_a_preference_data_set(run, tmp_path):
+    """GPU presets add a preference data set (UltraFeedback by hub id) to the simulated
+    feedback; the same code path on a local `hf:` data dir."""
+    from gptlab.feedback import FeedbackStore
+    from gptlab.speedrun import ALIGN_PRESETS, _align_stages
+    out, _, _ = run
+    data = tmp_path / "prefs"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(
+        {"prompt": f"q{i}?", "chosen": f"a{i}.", "rejected": "no."}) + "\n" for i in range(4)))
+    p = {**PRESETS["test"], "align": {**ALIGN_PRESETS["test"], "hub_prefs": 3}}
+    stage = _align_stages(tmp_path / "run", p, out / "world", out / "sft" / "final",
+                          prefs=f"hf:{data}:train")[0]
+    assert stage.name == "feedback"
+    stage.run()
+    stats = json.loads(stage.output.read_text())
+    assert stats["imported_pairs"] == 3
+    counts = FeedbackStore(tmp_path / "run" / "feedback.db").counts()
+    assert counts["comparisons"] == 3 and counts["rankings"] == 6

@@ -19,8 +19,8 @@ Output records:
               (TRL's conversational prompt with plain-string completions)
     text   -> {"text": str}
 
-Files: .jsonl (optionally .gz), .json (a list of records), .parquet (via pyarrow), or a
-directory of those. A malformed record raises `FormatError` naming the file, the line (or
+Files: .jsonl (optionally .gz), .json (a list of records), .parquet (via pyarrow), a
+directory of those, or ``hf:org/name[:config][:split]`` (streamed through `datasets`). A malformed record raises `FormatError` naming the file, the line (or
 parquet row) and the field.
 """
 
@@ -243,6 +243,9 @@ def iter_records(path, fmt: str = "auto", *, kind: str | None = None,
         raise ValueError(f"unknown format {fmt!r}; choose 'auto' or one of {FORMATS}")
     if fmt != "auto" and kind and KIND[fmt] != kind:
         raise ValueError(f"format {fmt!r} holds {KIND[fmt]} data, not {kind}")
+    if str(path).startswith("hf:"):
+        yield from _iter_hf_records(str(path)[3:], fmt, kind, text_field)
+        return
     for file in _files(Path(path)):
         file_fmt = None if fmt == "auto" else fmt
         for pos, unit, rec in _raw_rows(file):
@@ -255,6 +258,26 @@ def iter_records(path, fmt: str = "auto", *, kind: str | None = None,
                 yield _convert(rec, file_fmt, text_field)
             except _Bad as e:
                 raise FormatError(file, pos, e.field, e.message, unit) from None
+
+
+def _iter_hf_records(spec: str, fmt: str, kind: str | None, text_field: str) -> Iterator[dict]:
+    """hf:org/name[:config][:split] (a hub id, or a local data dir), streamed by `datasets`;
+    a malformed row is a FormatError naming the data set and the row."""
+    import datasets
+
+    from gptlab.data.loaders import _parse_hf
+    name, config, split = _parse_hf(spec)
+    rows = datasets.load_dataset(name, config, split=split, streaming=True)
+    row_fmt = None if fmt == "auto" else fmt
+    for i, rec in enumerate(rows, 1):
+        try:
+            if row_fmt is None:
+                row_fmt = detect_format(rec)
+                if kind and KIND[row_fmt] != kind:
+                    raise _Bad("<record>", f"found {KIND[row_fmt]} data ({row_fmt}), expected {kind}")
+            yield _convert(rec, row_fmt, text_field)
+        except _Bad as e:
+            raise FormatError(f"hf:{spec}", i, e.field, e.message, "row") from None
 
 
 def load_records(path, fmt: str = "auto", *, kind: str | None = None,
