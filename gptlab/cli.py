@@ -28,11 +28,15 @@ EXAMPLES = {
 }
 
 
-def _parser(sub, name: str, help_text: str, key: str | None = None) -> argparse.ArgumentParser:
-    key = key or name
+def _parser(sub, name: str, help_text: str, key: str | None = None,
+            example: str | list[str] | None = None) -> argparse.ArgumentParser:
+    """A (sub)command parser whose --help ends with its example(s): `example`, else
+    EXAMPLES[key or name]."""
+    examples = [example] if isinstance(example, str) else example or [EXAMPLES[key or name]]
+    heading = "example:" if len(examples) == 1 else "examples:"
     return sub.add_parser(
         name, help=help_text, description=help_text,
-        epilog=f"example:\n  {EXAMPLES[key]}",
+        epilog=heading + "".join(f"\n  {e}" for e in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
@@ -315,9 +319,7 @@ def _add_feedback(sub) -> None:
     fb_sub = fb.add_subparsers(dest="feedback_command", required=True, metavar="SUBCOMMAND")
 
     def parser(name, help_text, example):
-        return fb_sub.add_parser(name, help=help_text, description=help_text,
-                                 epilog=f"example:\n  {example}",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        return _parser(fb_sub, name, help_text, example=example)
 
     p = parser("simulate", "sample K answers per prompt and store the gold judge's (noisy) "
                "ranking; resumable", "gptlab feedback simulate --model runs/base/sft --prompts "
@@ -390,10 +392,8 @@ def _add_reward(sub) -> None:
     from gptlab.align.reward import RewardConfig
     help_text = ("train a reward model (checkpoint + scalar head, Bradley-Terry over each "
                  "ranking's pairs) on a feedback store -> OUT")
-    p = sub.add_parser("reward", help=help_text, description=help_text,
-                       epilog="example:\n  gptlab reward --init runs/base/sft --db "
-                              "runs/rm/feedback.db --out runs/rm/rm",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _parser(sub, "reward", help_text, example="gptlab reward --init runs/base/sft --db "
+                "runs/rm/feedback.db --out runs/rm/rm")
     add_dataclass_args(p, RewardConfig)
     p.set_defaults(func=cmd_reward)
 
@@ -408,10 +408,8 @@ def _add_dpo(sub) -> None:
     from gptlab.align.dpo import DPOConfig
     help_text = ("align a chat model on preference pairs with DPO (reference log-probs cached; "
                  "full or LoRA) -> OUT/final")
-    p = sub.add_parser("dpo", help=help_text, description=help_text,
-                       epilog="example:\n  gptlab dpo --init runs/base/sft --db runs/rm/feedback.db "
-                              "--max-pairs 1000 --out runs/align/dpo",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _parser(sub, "dpo", help_text, example="gptlab dpo --init runs/base/sft --db "
+                "runs/rm/feedback.db --max-pairs 1000 --out runs/align/dpo")
     add_dataclass_args(p, DPOConfig)
 
     def cmd_dpo(args) -> None:
@@ -426,10 +424,8 @@ def _add_rl(sub) -> None:
     from gptlab.align.rl import RLConfig
     help_text = ("improve a chat model by RL against a reward model, the judge or a verifiable "
                  "reward: PPO (value head, GAE) or GRPO (group baseline), KL to the init -> OUT/final")
-    p = sub.add_parser("rl", help=help_text, description=help_text,
-                       epilog="example:\n  gptlab rl --algo ppo --init runs/base/sft --reward runs/rm/rm "
-                              "--prompts runs/base/world --out runs/align/ppo",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _parser(sub, "rl", help_text, example="gptlab rl --algo ppo --init runs/base/sft "
+                "--reward runs/rm/rm --prompts runs/base/world --out runs/align/ppo")
     add_dataclass_args(p, RLConfig)
 
     def cmd_rl(args) -> None:
@@ -481,10 +477,9 @@ def _add_moderate(sub) -> None:
     from gptlab.safety import ModeratorConfig
     help_text = ("moderation: `moderate train` trains the classifier (-> OUT); `moderate TEXT` or "
                  "`--file F` classifies with --model DIR")
-    p = sub.add_parser("moderate", help=help_text, description=help_text,
-                       epilog="examples:\n  gptlab moderate train --data runs/base/world --out runs/moderator\n"
-                              "  gptlab moderate --model runs/moderator \"How do I kill a Python process?\"",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _parser(sub, "moderate", help_text, example=[
+        "gptlab moderate train --data runs/base/world --out runs/moderator",
+        "gptlab moderate --model runs/moderator \"How do I kill a Python process?\""])
     p.add_argument("words", nargs="*", metavar="TEXT", help="text to classify (or a file: one text per line), or the word train")
     g = p.add_argument_group("classify")
     g.add_argument("--model", default=None, help="moderator directory (from `moderate train`)")
@@ -526,10 +521,8 @@ def _add_redteam(sub) -> None:
     from gptlab.redteam import RedteamConfig
     help_text = ("red team a chat model (local, or a live server over the API): attack success "
                  "rate per attack type and over-refusal on benign look-alikes -> OUT/redteam.md")
-    p = sub.add_parser("redteam", help=help_text, description=help_text,
-                       epilog="example:\n  gptlab redteam --model runs/base/sft --world runs/base/world "
-                              "--guard runs/moderator --out runs/redteam",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _parser(sub, "redteam", help_text, example="gptlab redteam --model runs/base/sft "
+                "--world runs/base/world --guard runs/moderator --out runs/redteam")
     add_dataclass_args(p, RedteamConfig)
 
     def run(args) -> None:
@@ -543,17 +536,12 @@ def _add_redteam(sub) -> None:
 
 # ---------------------------------------------------------------- parser
 
-def _sub_parser(sub, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
 def _add_serve(sub) -> None:
     # defaults live in gptlab.serve.app.ServeSettings: a flag not given is not passed on
     # (importing that module here would slow down `gptlab --help`)
-    p = _sub_parser(sub, "serve", "OpenAI-compatible API (+ web chat) with continuous batching, "
+    p = _parser(sub, "serve", "OpenAI-compatible API (+ web chat) with continuous batching, "
                     "keys, rate limits, a model registry and constrained JSON decoding",
-                    "gptlab serve --model runs/base/sft --model candidate=runs/rl/final --port 8000")
+                    example="gptlab serve --model runs/base/sft --model candidate=runs/rl/final --port 8000")
     p.add_argument("--model", dest="models", action="append", required=True, metavar="[NAME=]DIR",
                    help="checkpoint to serve (repeatable; the first is alias 'default', the second "
                         "'candidate')")
@@ -594,14 +582,14 @@ def _add_keys(sub) -> None:
     p = sub.add_parser("keys", help="create, list and revoke API keys of `gptlab serve`")
     ks = p.add_subparsers(dest="keys_command", required=True)
     default_db = "runs/serve/serve.db"
-    c = _sub_parser(ks, "create", "create a key (the token is printed once; only its sha256 is stored)",
-                    "gptlab keys create --db runs/serve/serve.db --name alice --rpm 60 --tpm 20000")
+    c = _parser(ks, "create", "create a key (the token is printed once; only its sha256 is stored)",
+                    example="gptlab keys create --db runs/serve/serve.db --name alice --rpm 60 --tpm 20000")
     c.add_argument("--name", default="", help="who or what the key is for")
     c.add_argument("--admin", action="store_true", help="may call the admin API (gptlab models ...)")
     c.add_argument("--rpm", type=int, default=None, help="requests per minute (default: no limit)")
     c.add_argument("--tpm", type=int, default=None, help="tokens per minute (default: no limit)")
-    lst = _sub_parser(ks, "list", "list keys (prefix, limits, revoked)", "gptlab keys list --db runs/serve/serve.db")
-    r = _sub_parser(ks, "revoke", "revoke a key by id or prefix", "gptlab keys revoke sk-gl-AbCd12 --db runs/serve/serve.db")
+    lst = _parser(ks, "list", "list keys (prefix, limits, revoked)", example="gptlab keys list --db runs/serve/serve.db")
+    r = _parser(ks, "revoke", "revoke a key by id or prefix", example="gptlab keys revoke sk-gl-AbCd12 --db runs/serve/serve.db")
     r.add_argument("key", help="key id or prefix (from `gptlab keys list`)")
     for q in (c, lst, r):
         q.add_argument("--db", default=default_db, help=f"the server's database (default: {default_db})")
@@ -631,14 +619,14 @@ def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list, promote, disable, enable the models of a running server")
     ms = p.add_subparsers(dest="models_command", required=True)
     url = "http://127.0.0.1:8000"
-    lst = _sub_parser(ms, "list", "model versions, aliases, enabled, load", f"gptlab models list --url {url}")
-    pr = _sub_parser(ms, "promote", "point an alias (default, candidate, ...) at a model version",
-                     f"gptlab models promote rl-v2 --alias default --url {url}")
+    lst = _parser(ms, "list", "model versions, aliases, enabled, load", example=f"gptlab models list --url {url}")
+    pr = _parser(ms, "promote", "point an alias (default, candidate, ...) at a model version",
+                     example=f"gptlab models promote rl-v2 --alias default --url {url}")
     pr.add_argument("name", help="model version")
     pr.add_argument("--alias", default="default", help="alias to point at it (default: default)")
-    di = _sub_parser(ms, "disable", "take a model off the API at once (the off switch)",
-                     f"gptlab models disable rl-v2 --url {url}")
-    en = _sub_parser(ms, "enable", "put a disabled model back", f"gptlab models enable rl-v2 --url {url}")
+    di = _parser(ms, "disable", "take a model off the API at once (the off switch)",
+                     example=f"gptlab models disable rl-v2 --url {url}")
+    en = _parser(ms, "enable", "put a disabled model back", example=f"gptlab models enable rl-v2 --url {url}")
     for q in (di, en):
         q.add_argument("name", help="model version or alias")
     for q in (lst, pr, di, en):

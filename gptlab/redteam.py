@@ -39,6 +39,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gptlab.fileio import atomic_write_text
 from gptlab.train.loop import cli_field as _f
 
 ATTACKS = ["direct", "roleplay", "hypothetical", "prefix_injection", "base64", "leetspeak",
@@ -556,18 +557,12 @@ def run_redteam(cfg: RedteamConfig) -> dict:
             max(1, sum(c["type"] == t for c in cases)) for t in ("harmful", "benign")}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "replies.jsonl", "".join(
+    atomic_write_text(out / "replies.jsonl", "".join(
         json.dumps({"messages": c["messages"], "meta": c["meta"], "type": c["type"], "reply": r},
                    ensure_ascii=False) + "\n" for c, r in zip(cases, replies)))
-    _write_atomic(out / "redteam.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    _write_atomic(out / "redteam.md", format_report(result))
+    atomic_write_text(out / "redteam.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "redteam.md", format_report(result))
     return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _pct(x) -> str:

@@ -314,10 +314,8 @@ def best_model(out: Path) -> Path:
 
 
 def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    from gptlab.fileio import atomic_write_text
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 HEADLINE = [("fact_accuracy", "fact completion"), ("bpb", "bits per byte"),

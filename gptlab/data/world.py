@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
+
+from gptlab.fileio import atomic_write_text
 
 from gptlab.data.world_chat import CATEGORIES, SFT_SHARES, build_chat, heldout_template_texts
 from gptlab.data.world_corpus import build_corpus
@@ -46,22 +46,8 @@ def _dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)               # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    _write_atomic(path, "".join(_dumps(r) + "\n" for r in records))
+    atomic_write_text(path, "".join(_dumps(r) + "\n" for r in records))
 
 
 def _record_chars(rec: dict) -> int:
@@ -85,7 +71,7 @@ def _file_entry(path: Path, records: list[dict] | None) -> dict:
 def _write_all(out: Path, kb: dict, docs: list[str], chat: dict, shard: int) -> dict:
     """Write every data file; return {relative path: manifest entry}."""
     files: dict[str, dict] = {}
-    _write_atomic(out / "kb.json", json.dumps(kb, sort_keys=True, ensure_ascii=False, indent=1) + "\n")
+    atomic_write_text(out / "kb.json", json.dumps(kb, sort_keys=True, ensure_ascii=False, indent=1) + "\n")
     files["kb.json"] = _file_entry(out / "kb.json", None)
     for i in range(0, max(1, len(docs)), shard):
         recs = [{"text": d} for d in docs[i:i + shard]]
@@ -143,5 +129,5 @@ def generate_world(out_dir, seed: int = 0, scale: str = "small") -> dict:
     out = Path(out_dir)
     files = _write_all(out, kb, docs, chat, cfg["corpus_shard_docs"])
     manifest = _manifest(seed, scale, files, chat)
-    _write_atomic(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1) + "\n")
     return manifest

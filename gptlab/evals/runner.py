@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 
 from gptlab.evals import metrics as M
 from gptlab.evals import tasks as T
+from gptlab.fileio import atomic_write_text
 
 SUITES = ("bpb", "fact", "chat", "tail", "calibration")
 DEFAULT_SUITES = {"base": ["bpb", "fact", "calibration"],
@@ -611,18 +611,9 @@ def write_eval(path: Path, result: dict) -> Path:
     """eval.json (atomic: temp file + rename) and eval.md (the markdown table) beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(path.with_suffix(".md"), format_table(result) + "\n")
+    atomic_write_text(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path.with_suffix(".md"), format_table(result) + "\n")
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- tables
