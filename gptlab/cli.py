@@ -552,6 +552,8 @@ def _add_serve(sub) -> None:
              ("--request-timeout-s", float, "per-request time limit in seconds (default: 300)"),
              ("--max-tokens-cap", int, "default max_tokens = min(this, context - prompt) (default: 4096)"),
              ("--device", str, "cpu, cuda, cuda:N (default: cpu)"),
+             ("--dtype", str, "auto, float32|f32, bfloat16|bf16, float16|f16; auto = bfloat16 for models over 64 MiB "
+                              "on hardware with native bf16, else the checkpoint's (default: auto)"),
              ("--moderation", str, "gptlab.safety moderator directory (default: none)")]
     for flag, tp, help_text in flags:
         p.add_argument(flag, type=tp, default=argparse.SUPPRESS, help=help_text)
@@ -562,7 +564,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--moderation-action", choices=["refuse", "flag"], default=argparse.SUPPRESS,
                    help="refuse: reply with a refusal, finish_reason content_filter (default: refuse)")
     p.add_argument("--threads", type=int, default=argparse.SUPPRESS,
-                   help="torch CPU threads per model worker (default: torch's)")
+                   help="torch CPU threads per model worker (default: 1 for small float32 models, "
+                        "whose step is per-op overhead; torch's default for the others)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -573,7 +576,9 @@ def cmd_serve(args) -> None:
     settings = ServeSettings(**{k: v for k, v in vars(args).items() if k in names})
     app = create_app(settings)  # loads the models (ValueError / FileNotFoundError: one clear line)
     auth = "on" if app.state.auth_on else "off"
-    print(f"serving {', '.join(app.state.registry.entries)} on http://{settings.host}:{settings.port}/v1 "
+    loaded = [f"{name} ({str(next(e.model.parameters()).dtype).removeprefix('torch.')})"
+              for name, e in app.state.registry.entries.items()]
+    print(f"serving {', '.join(loaded)} on http://{settings.host}:{settings.port}/v1 "
           f"(auth {auth}, db {settings.db})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 

@@ -53,10 +53,12 @@ def _alone(model, tok, prompt, max_tokens, stops):
     return tok.decode(ids, skip_special_tokens=True), eng.last_finish_reasons[0], len(ids)
 
 
-def test_joined_requests_match_unbatched_greedy(setup):
+@pytest.mark.parametrize("fuse", [False, True], ids=["forward", "fused"])
+def test_joined_requests_match_unbatched_greedy(setup, fuse):
     model, tok = setup
     stops = [tok.eos_id, tok.im_end_id]
-    worker = Worker(model, tok, stops, max_batch=8, threads=1).start()
+    worker = Worker(model, tok, stops, max_batch=8, threads=1, fuse=fuse).start()
+    assert (worker.fused is not None) == fuse
     try:
         texts = ["alice lives in", "the red fox of bruno runs in lima. every day",
                  "omar", "in tokyo the weather is cold today, says kenji. kenji likes to eat"]
@@ -74,6 +76,7 @@ def test_joined_requests_match_unbatched_greedy(setup):
         assert worker.steps > 0
         for text, budget, sink in zip(texts, budgets, sinks):
             want_text, want_reason, want_n = _alone(model, tok, tok.encode(text), budget, stops)
+            assert not sink.errors, sink.errors
             assert sink.texts[0] == want_text
             assert (sink.reasons[0], sink.tokens[0]) == (want_reason, want_n)
         assert worker.load()["active_rows"] == 0

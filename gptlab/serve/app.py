@@ -49,7 +49,8 @@ class ServeSettings:
     max_body_bytes: int = 2_000_000
     max_tokens_cap: int = 4096       # default max_tokens: min(this, context - prompt)
     device: str = "cpu"
-    threads: int | None = None       # torch CPU threads of each model's worker (None: torch's default)
+    dtype: str = "auto"              # auto | float32 | bfloat16 | float16 (see serving_dtype)
+    threads: int | None = None       # torch CPU threads of each model's worker (None: see Worker)
     moderation: str | None = None    # a gptlab.safety Moderator directory
     moderate: str | None = None      # none | input | output | both (default: input with --moderation)
     moderation_action: str = "refuse"  # refuse | flag
@@ -70,6 +71,39 @@ class ServeSettings:
         if self.moderation_action not in ACTIONS:
             raise ValueError(f"moderation_action must be one of {ACTIONS}, got {self.moderation_action!r}")
         return mode
+
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}  # gptlab import's short names too
+BF16_AUTO_MIN_BYTES = 64 * 2**20  # the size above which a float32 decode step is bound by weight reads
+
+
+def serving_dtype(model, requested: str, device: str) -> torch.dtype:
+    """The dtype to serve ``model`` in. ``auto``: bfloat16 when its weights take more than
+    64 MiB in float32 and the device multiplies bf16 natively (CUDA with bf16, or a CPU with
+    AVX512-BF16 / AMX), else the dtype it was loaded in. Why: above that size a decode step
+    reads every weight once, so half the bytes is a faster step, and a bf16 matmul of a batch
+    of 8 rows costs little more than one row, where float32 costs ~1.9x on this machine's
+    CPU (docs/PERFORMANCE.md): so larger batches pay off. Small models stay in float32:
+    their step is per-op overhead, which bf16 makes slower."""
+    if requested not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {requested!r}")
+    if requested != "auto":
+        return DTYPES[requested]
+    param = next(model.parameters())
+    big = 4 * sum(p.numel() for p in model.parameters()) > BF16_AUTO_MIN_BYTES
+    return torch.bfloat16 if big and param.dtype == torch.float32 and fast_bf16(device) else param.dtype
+
+
+def fast_bf16(device: str) -> bool:
+    """Whether ``device`` has native bf16 matrix multiplication."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:  # Linux: the CPU flags; elsewhere assume not (float32 is the safe choice)
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _is_loopback(host: str) -> bool:
@@ -147,11 +181,15 @@ def _load_entry(spec: str, settings: ServeSettings):
     from gptlab.serve.registry import Entry, parse_model_spec
     from gptlab.serve.worker import Worker
 
+    from gptlab.interop import ensure_model
+
     name, path = parse_model_spec(spec)
+    path = ensure_model(path)  # an alias (smollm2) is imported on first use
     ckpt = load_chat_model(path, device=settings.device)
     if ckpt.tokenizer is None:
         raise ValueError(f"{path}: the model has no tokenizer.json; serve needs one")
     model, tok = ckpt.model.eval(), ckpt.tokenizer
+    model.to(serving_dtype(model, settings.dtype, settings.device))
     stops = stop_token_ids(tok)
     grammar = GrammarFactory(tok, model.config.vocab_size, stops)
     worker = Worker(model, tok, stops, name=name, max_batch=settings.max_batch,
@@ -450,7 +488,8 @@ def _add_routes(app: FastAPI) -> None:
 
 def _model_card(reg, e) -> dict:
     return {"id": e.name, "object": "model", "created": e.created, "owned_by": "gptlab",
-            "aliases": reg.aliases_of(e.name), "context_length": e.context}
+            "aliases": reg.aliases_of(e.name), "context_length": e.context,
+            "dtype": str(next(e.model.parameters()).dtype).removeprefix("torch.")}
 
 
 # ----------------------------------------------------------------------------- chat

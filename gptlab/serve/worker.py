@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from gptlab.engine import _cut_at_stop, _left_pad, _stable_prefix
+from gptlab.engine import FUSE_AUTO_MAX_BYTES, FusedDecoder, _cut_at_stop, _left_pad, _stable_prefix
 from gptlab.model import KVCache
 
 log = logging.getLogger("gptlab.serve")
@@ -85,14 +85,26 @@ class Row:
 
 
 class Worker:
-    """Continuous-batching generation for one model, on its own thread."""
+    """Continuous-batching generation for one model, on its own thread.
+
+    ``fuse``: decode steps through ``FusedDecoder`` (None: for float32 models whose fused
+    copy is at most 64 MiB, as in ``Engine``: their step is per-op overhead). ``threads``:
+    torch CPU threads of this worker's matmuls; None means 1 for those small models (a
+    multi-threaded matmul of that size costs more in synchronization than it saves, and much
+    more on a busy machine) and torch's default for the others."""
 
     def __init__(self, model, tokenizer, stop_ids, *, name: str = "model", max_batch: int = 16,
-                 max_queue: int = 64, grammar_factory=None, threads: int | None = None):
+                 max_queue: int = 64, grammar_factory=None, threads: int | None = None,
+                 fuse: bool | None = None):
         self.model, self.tok, self.name = model, tokenizer, name
         self.stop_ids = set(stop_ids)
         self.max_batch, self.grammar = max_batch, grammar_factory
-        self.threads = threads
+        small = FusedDecoder.supports(model) and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
+        if fuse and not FusedDecoder.supports(model):
+            raise ValueError("fuse=True needs a float32 gptlab GPT without adapters or hooks")
+        self.fused = FusedDecoder(model) if (small if fuse is None else fuse) else None
+        self._fused_state = None  # (the cache it was built for, FusedDecoder.start(cache))
+        self.threads = threads if threads is not None else (1 if small else None)
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.rows: list[Row] = []
         self.cache: KVCache | None = None
@@ -237,15 +249,34 @@ class Worker:
         cache = self.cache
         if cache.pos + 1 > cache.max_len:
             self.cache = cache = _select(cache, list(range(len(self.rows))))  # regrow
-        x = torch.tensor([[r.last] for r in self.rows], device=self.device)
-        pos = torch.tensor([[r.pos] for r in self.rows], device=self.device)
-        ones = torch.ones(len(self.rows), 1, dtype=torch.bool, device=self.device)
-        logits = self.model(x, kv_cache=cache, attention_mask=ones, position_ids=pos)[:, -1]
+        x = torch.tensor([r.last for r in self.rows], device=self.device)
+        pos = torch.tensor([r.pos for r in self.rows], device=self.device)
+        state = self._fused_state_for(cache)
+        if state is not None:
+            if cache.valid is not None:  # the plain forward marks the new column from attention_mask
+                cache.valid[:, cache.pos] = True
+            logits = self.fused.step(state, x, cache, pos)
+        else:
+            ones = torch.ones(len(self.rows), 1, dtype=torch.bool, device=self.device)
+            logits = self.model(x[:, None], kv_cache=cache, attention_mask=ones, position_ids=pos[:, None])[:, -1]
         for r in self.rows:
             r.pos += 1
         self.steps += 1
         self._sample(self.rows, logits)
         self._retire()
+
+    def _fused_state_for(self, cache: KVCache):
+        """The fused step's per-cache state, or None to run ``model.forward``. Rebuilt when the
+        cache is replaced (a join, retire or regrow), which is also when the weights are
+        checked for changes: a per-step check would cost ~5 % of a batch-8 step here."""
+        if self.fused is None:
+            return None
+        if self._fused_state is None or self._fused_state[0] is not cache:
+            if not self.fused.refresh():  # adapters or hooks were added since: plain forward from now on
+                self.fused = self._fused_state = None
+                return None
+            self._fused_state = (cache, self.fused.start(cache))
+        return self._fused_state[1]
 
     def _retire(self) -> None:
         keep = [i for i, r in enumerate(self.rows) if not r.done]
