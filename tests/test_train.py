@@ -349,3 +349,19 @@ def test_ddp_and_accumulation_match_one_big_batch(tiny_shards, tiny_tokenizer, t
     # validation reads the same rows when device_batch x ranks matches
     _assert_same_curve(vals["ddp2_b4"], vals["single_b8"], 1e-5)
     _assert_same_curve(vals["ddp2_b2_accum2"], vals["single_b4_accum2"], 1e-5)
+
+
+def test_resume_checkpoint_picks_the_newest_and_a_fresh_run_clears_old_ones(tmp_path):
+    from gptlab.train.loop import check_resume, resume_checkpoint
+
+    root = tmp_path / "ckpt"
+    for name in ("step_000002", "step_000010", ".step_000012.tmp-1a2b"):  # the last: a killed save
+        (root / name).mkdir(parents=True)
+    assert resume_checkpoint(tmp_path, resume=True) == root / "step_000010"
+    assert not (root / ".step_000012.tmp-1a2b").exists()
+    assert resume_checkpoint(tmp_path, resume=False) is None
+    assert not root.exists()  # a later --resume cannot continue the earlier run
+    assert resume_checkpoint(tmp_path, resume=True) is None
+    check_resume(root, {"seed": 1, "gone": 3}, {"seed": 1, "new": 2})  # unrecorded keys are not compared
+    with pytest.raises(ValueError, match="cannot resume .*: seed was 1, now 2"):
+        check_resume(root, {"seed": 1}, {"seed": 2})

@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -397,20 +396,14 @@ def _save(cfg, model, tok, optimizer, stream: PairStream, step: int, final: bool
 
 def _maybe_resume(cfg: DPOConfig, model, optimizer, stream: PairStream) -> int:
     from gptlab.checkpoint import load_checkpoint, load_train_state
-    from gptlab.train.loop import latest_checkpoint, remove_stale_temp_dirs, set_rng_state
+    from gptlab.train.loop import check_resume, resume_checkpoint, set_rng_state
 
-    root = Path(cfg.out) / "ckpt"
-    remove_stale_temp_dirs(root)
-    latest = latest_checkpoint(root) if cfg.resume else None
+    latest = resume_checkpoint(cfg.out, cfg.resume)
     if latest is None:
-        if root.is_dir() and not cfg.resume:
-            shutil.rmtree(root)  # a fresh run: drop an earlier run's checkpoints
         return 0
     state = load_train_state(latest)
-    for key in ("init", "db", "data", "max_pairs", "seed", "batch_size", "device_batch_size", "lora_r"):
-        if state["config"].get(key) != getattr(cfg, key):
-            raise ValueError(f"cannot resume {latest}: {key} was {state['config'].get(key)!r}, "
-                             f"now {getattr(cfg, key)!r}")
+    check_resume(latest, state["config"], {key: getattr(cfg, key) for key in (
+        "init", "db", "data", "max_pairs", "seed", "batch_size", "device_batch_size", "lora_r")})
     if cfg.lora_r > 0:
         from peft import set_peft_model_state_dict
         set_peft_model_state_dict(model, state["adapter"])

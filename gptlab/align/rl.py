@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -537,20 +536,14 @@ def _save(cfg, policy, value_head, tok, optimizer, stream, step: int, final: boo
 
 def _maybe_resume(cfg: RLConfig, policy, value_head, optimizer, stream: PromptStream) -> int:
     from gptlab.checkpoint import load_checkpoint, load_train_state
-    from gptlab.train.loop import latest_checkpoint, remove_stale_temp_dirs, set_rng_state
+    from gptlab.train.loop import check_resume, resume_checkpoint, set_rng_state
 
-    root = Path(cfg.out) / "ckpt"
-    remove_stale_temp_dirs(root)
-    latest = latest_checkpoint(root) if cfg.resume else None
+    latest = resume_checkpoint(cfg.out, cfg.resume)
     if latest is None:
-        if root.is_dir() and not cfg.resume:
-            shutil.rmtree(root)  # a fresh run: drop an earlier run's checkpoints
         return 0
     state = load_train_state(latest)
-    for key in ("algo", "init", "prompts", "seed", "batch_size", "group_size"):
-        if state["config"].get(key) != getattr(cfg, key):
-            raise ValueError(f"cannot resume {latest}: {key} was {state['config'].get(key)!r}, "
-                             f"now {getattr(cfg, key)!r}")
+    check_resume(latest, state["config"], {key: getattr(cfg, key) for key in (
+        "algo", "init", "prompts", "seed", "batch_size", "group_size")})
     device = next(policy.parameters()).device
     policy.load_state_dict(load_checkpoint(latest, device=device).model.state_dict())
     if value_head is not None:

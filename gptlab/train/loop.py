@@ -601,6 +601,33 @@ def remove_stale_temp_dirs(root: str | Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def resume_checkpoint(out: str | Path, resume: bool, is_main: bool = True) -> Path | None:
+    """The checkpoint a run continues from: the newest complete ``out/ckpt/step_N`` when
+    ``resume``, else None. Cleans up on the way: temp dirs of a killed save, and on a fresh
+    run the step checkpoints of an earlier one (a later --resume must not pick them up)."""
+    root = Path(out) / "ckpt"
+    if is_main:
+        remove_stale_temp_dirs(root)
+    latest = latest_checkpoint(root) if resume else None
+    if latest is None:
+        if resume:
+            print0(f"--resume: no checkpoint in {root}; starting fresh")
+        elif is_main and list_checkpoints(root):
+            print0(f"removing checkpoints of an earlier run in {root} (use --resume to continue)")
+            shutil.rmtree(root)
+        barrier()
+    return latest
+
+
+def check_resume(latest: Path, old: dict, fixed: dict) -> None:
+    """Refuse to resume when a setting that shapes the model or the data stream changed
+    (``old``: the saved config; ``fixed``: those settings now; keys the old run did not
+    record are not compared)."""
+    for key, value in fixed.items():
+        if key in old and old[key] != value:
+            raise ValueError(f"cannot resume {latest}: {key} was {old[key]!r}, now {value!r}")
+
+
 def rng_state() -> dict:
     """Python, numpy and torch (CPU and CUDA) RNG states, for exact resume."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(),

@@ -30,9 +30,9 @@ import torch
 
 from gptlab.train.loop import (
     DistEnv, LoopConfig, LoopHooks, MetricsLogger, autocast_context, barrier, bits_per_byte,
-    build_optimizer, checkpoint_path, cleanup_dist, evaluate_loss, grad_accum_steps,
-    latest_checkpoint, list_checkpoints, print0, prune_checkpoints, remove_stale_temp_dirs,
-    resolve_dtype, rng_state, run_loop, seed_everything, set_rng_state, setup_dist,
+    build_optimizer, check_resume, checkpoint_path, cleanup_dist, evaluate_loss, grad_accum_steps,
+    print0, prune_checkpoints, resolve_dtype, resume_checkpoint, rng_state, run_loop,
+    seed_everything, set_rng_state, setup_dist,
     tokens_per_byte, wrap_model,
 )
 
@@ -314,23 +314,11 @@ def maybe_resume(cfg: PretrainConfig, model, optimizer, loader, env: DistEnv) ->
     """
     from gptlab.checkpoint import load_checkpoint, load_train_state
 
-    root = Path(cfg.out) / "ckpt"
-    if env.is_main:
-        remove_stale_temp_dirs(root)
-    latest = latest_checkpoint(root) if cfg.resume else None
+    latest = resume_checkpoint(cfg.out, cfg.resume, env.is_main)
     if latest is None:
-        if cfg.resume:
-            print0(f"--resume: no checkpoint in {root}; starting fresh")
-        elif env.is_main and list_checkpoints(root):
-            print0(f"removing checkpoints of an earlier run in {root} (use --resume to continue)")
-            shutil.rmtree(root)
-        barrier()
         return 0
     state = load_train_state(latest)
-    old = state.get("config", {})
-    for key in _RESUME_FIXED:
-        if key in old and old[key] != getattr(cfg, key):
-            raise ValueError(f"cannot resume {latest}: {key} was {old[key]!r}, now {getattr(cfg, key)!r}")
+    check_resume(latest, state.get("config", {}), {key: getattr(cfg, key) for key in _RESUME_FIXED})
     weights = load_checkpoint(latest, device="cpu").model.state_dict()
     model.load_state_dict(weights)
     optimizer.load_state_dict(state["optimizer"])

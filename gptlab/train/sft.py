@@ -46,8 +46,8 @@ from gptlab.chat import (
 )
 from gptlab.train.loop import (
     DistEnv, LoopConfig, LoopHooks, MetricsLogger, all_reduce_sum, autocast_context, barrier,
-    build_optimizer, checkpoint_path, cleanup_dist, latest_checkpoint, list_checkpoints, print0,
-    prune_checkpoints, remove_stale_temp_dirs, resolve_dtype, rng_state, run_loop,
+    build_optimizer, check_resume, checkpoint_path, cleanup_dist, print0,
+    prune_checkpoints, resolve_dtype, resume_checkpoint, rng_state, run_loop,
     seed_everything, set_rng_state, setup_dist, wrap_model,
 )
 
@@ -578,24 +578,14 @@ def maybe_resume(cfg: SFTConfig, model, optimizer, stream: SFTBatches, env: Dist
     A fresh run removes step checkpoints of an earlier run."""
     from gptlab.checkpoint import load_checkpoint, load_train_state
 
-    root = Path(cfg.out) / "ckpt"
-    if env.is_main:
-        remove_stale_temp_dirs(root)
-    latest = latest_checkpoint(root) if cfg.resume else None
+    latest = resume_checkpoint(cfg.out, cfg.resume, env.is_main)
     if latest is None:
-        if cfg.resume:
-            print0(f"--resume: no checkpoint in {root}; starting fresh")
-        elif env.is_main and list_checkpoints(root):
-            print0(f"removing checkpoints of an earlier run in {root} (use --resume to continue)")
-            shutil.rmtree(root)
-        barrier()
         return 0
     state = load_train_state(latest)
+    # settings the old run did not record compare as their defaults
     old = _resume_fixed(SFTConfig(**{k: v for k, v in state["config"].items()
                                      if k in {f.name for f in dataclasses.fields(SFTConfig)}}))
-    for key, value in _resume_fixed(cfg).items():
-        if old[key] != value:
-            raise ValueError(f"cannot resume {latest}: {key} was {old[key]!r}, now {value!r}")
+    check_resume(latest, old, _resume_fixed(cfg))
     if cfg.lora_r > 0:
         from peft import set_peft_model_state_dict
         set_peft_model_state_dict(model, state["adapter"])
