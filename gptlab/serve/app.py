@@ -83,8 +83,8 @@ def serving_dtype(model, requested: str, device: str) -> torch.dtype:
     64 MiB in float32 and the device multiplies bf16 natively (CUDA with bf16, or a CPU with
     AVX512-BF16 / AMX), else the dtype it was loaded in. Why: above that size a decode step
     reads every weight once, so half the bytes is a faster step, and a bf16 matmul of a batch
-    of 8 rows costs little more than one row, where float32 costs ~1.9x on this machine's
-    CPU (docs/PERFORMANCE.md): so larger batches pay off. Small models stay in float32:
+    of 8 rows costs little more than one row (1.13x for SmolLM2 on our CPU, against 1.3-1.8x
+    in float32: bench/matmul_batch.py), so larger batches pay off. Small models stay in float32:
     their step is per-op overhead, which bf16 makes slower."""
     if requested not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {requested!r}")
