@@ -486,10 +486,20 @@ def _add_routes(app: FastAPI) -> None:
         return {"models": reg.describe(), "aliases": dict(reg.aliases)}
 
 
+def _dtype_name(e) -> str:
+    return str(next(e.model.parameters()).dtype).removeprefix("torch.")
+
+
+def _fingerprint(e) -> str:
+    """OpenAI's system_fingerprint: what, besides the request, decides the tokens. The dtype
+    is part of it: in bfloat16 a seeded reply can change with the batch it ran in."""
+    return f"gptlab-{e.name}-{_dtype_name(e)}"
+
+
 def _model_card(reg, e) -> dict:
     return {"id": e.name, "object": "model", "created": e.created, "owned_by": "gptlab",
             "aliases": reg.aliases_of(e.name), "context_length": e.context,
-            "dtype": str(next(e.model.parameters()).dtype).removeprefix("torch.")}
+            "dtype": _dtype_name(e)}
 
 
 # ----------------------------------------------------------------------------- chat
@@ -534,7 +544,7 @@ async def _chat(app, body: ChatCompletionRequest, request: Request, key):
     _rate_check(request, key, len(prompt_ids))
     n = body.n or 1
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": entry.name,
-            "system_fingerprint": f"gptlab-{entry.name}"}
+            "system_fingerprint": _fingerprint(entry)}
     # with --moderation-action flag, what was flagged is reported in X-Gptlab-Moderation
     stages = []
     flag = await asyncio.to_thread(_input_flag, app, body.messages) if app.state.moderator else None
@@ -707,7 +717,7 @@ async def _completions(app, body: CompletionRequest, request: Request, key):
         _submit(entry, job)
         jobs.append((job, bridge))
     meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": entry.name,
-            "system_fingerprint": f"gptlab-{entry.name}"}
+            "system_fingerprint": _fingerprint(entry)}
     if body.stream:
         return StreamingResponse(_completion_stream(app, request, jobs, meta, body, key, entry, n),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
