@@ -61,6 +61,7 @@ def start_server(args, db: Path) -> subprocess.Popen:
            "--db", str(db), "--max-batch", str(args.max_batch), "--dtype", args.dtype, "--max-queue", "256"]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
+    cmd += getattr(args, "extra", [])  # more `gptlab serve` flags (bench/chat_turns.py)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{args.port}/health"
     deadline = time.time() + 120

@@ -554,6 +554,9 @@ def _add_serve(sub) -> None:
              ("--device", str, "cpu, cuda, cuda:N (default: cpu)"),
              ("--dtype", str, "auto, float32|f32, bfloat16|bf16, float16|f16; auto = bfloat16 for models over 64 MiB "
                               "on hardware with native bf16, else the checkpoint's (default: auto)"),
+             ("--prefix-cache-mb", float, "keys/values of finished requests kept per model, so a prompt "
+                                          "that starts with one (the next chat turn) skips that part; 0 = off "
+                                          "(default: 256)"),
              ("--moderation", str, "gptlab.safety moderator directory (default: none)")]
     for flag, tp, help_text in flags:
         p.add_argument(flag, type=tp, default=argparse.SUPPRESS, help=help_text)

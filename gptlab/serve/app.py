@@ -51,6 +51,7 @@ class ServeSettings:
     device: str = "cpu"
     dtype: str = "auto"              # auto | float32 | bfloat16 | float16 (see serving_dtype)
     threads: int | None = None       # torch CPU threads of each model's worker (None: see Worker)
+    prefix_cache_mb: float = 256     # keys/values of finished sequences kept for reuse, per model (0: off)
     moderation: str | None = None    # a gptlab.safety Moderator directory
     moderate: str | None = None      # none | input | output | both (default: input with --moderation)
     moderation_action: str = "refuse"  # refuse | flag
@@ -193,7 +194,8 @@ def _load_entry(spec: str, settings: ServeSettings):
     stops = stop_token_ids(tok)
     grammar = GrammarFactory(tok, model.config.vocab_size, stops)
     worker = Worker(model, tok, stops, name=name, max_batch=settings.max_batch,
-                    max_queue=settings.max_queue, grammar_factory=grammar, threads=settings.threads).start()
+                    max_queue=settings.max_queue, grammar_factory=grammar, threads=settings.threads,
+                    prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20)).start()
     return Entry(name=name, path=Path(path), model=model, tokenizer=tok, worker=worker, grammar=grammar,
                  context=model.config.max_position_embeddings, stop_ids=stops)
 
@@ -282,8 +284,12 @@ def _stops(stop) -> list[str]:
     return stops
 
 
-def _usage(prompt: int, completion: int) -> dict:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(prompt: int, completion: int, cached: int | None = None) -> dict:
+    """OpenAI's usage object; ``cached``: prompt tokens served from the prefix cache."""
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 class Bridge:
@@ -578,7 +584,7 @@ async def _chat(app, body: ChatCompletionRequest, request: Request, key):
                     "logprobs": {"content": c.logprobs, "refusal": None} if body.logprobs else None,
                     "finish_reason": reason})
     result = {**meta, "object": "chat.completion", "choices": out,
-              "usage": _usage(len(prompt_ids), sum(c.tokens for c in choices))}
+              "usage": _usage(len(prompt_ids), sum(c.tokens for c in choices), job.cached_tokens)}
     if body.stream:  # output moderation: the whole reply was checked, now sent as one chunk
         return StreamingResponse(_replay_stream(result, body), media_type="text/event-stream",
                                  headers=_moderation_header(stages))
@@ -657,7 +663,7 @@ async def _chat_stream(app, request, job, bridge, meta, body, key, entry):
         return  # the client went away
     _account(app, key, entry, job, choices)
     if include_usage:
-        usage = _usage(len(job.prompt_ids), sum(c.tokens for c in choices))
+        usage = _usage(len(job.prompt_ids), sum(c.tokens for c in choices), job.cached_tokens)
         yield _sse({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage})
     yield "data: [DONE]\n\n"
 
@@ -730,7 +736,7 @@ async def _completions(app, body: CompletionRequest, request: Request, key):
             out.append({"index": k * n + c_idx, "text": "".join(c.text), "finish_reason": c.finish_reason,
                         "logprobs": _legacy_logprobs(c.logprobs) if want_lp else None})
     return {**meta, "object": "text_completion", "choices": out,
-            "usage": _usage(sum(len(j.prompt_ids) for j, _ in jobs), total)}
+            "usage": _usage(sum(len(j.prompt_ids) for j, _ in jobs), total, sum(j.cached_tokens for j, _ in jobs))}
 
 
 async def _completion_stream(app, request, jobs, meta, body, key, entry, n):
@@ -775,7 +781,8 @@ async def _completion_stream(app, request, jobs, meta, body, key, entry, n):
     app.state.metrics.generated_tokens.labels(entry.name).inc(tokens)
     if include_usage:
         yield _sse({**meta, "object": "text_completion", "choices": [],
-                    "usage": _usage(sum(len(j.prompt_ids) for j, _ in jobs), tokens)})
+                    "usage": _usage(sum(len(j.prompt_ids) for j, _ in jobs), tokens,
+                                    sum(j.cached_tokens for j, _ in jobs))})
     yield "data: [DONE]\n\n"
 
 
@@ -838,6 +845,8 @@ class Metrics:
         self.active = Gauge("gptlab_active_sequences", "rows in the decode batch", ["model"], registry=r)
         self.queued = Gauge("gptlab_queued_requests", "requests waiting for a batch slot", ["model"], registry=r)
         self.enabled = Gauge("gptlab_model_enabled", "1 if the model is served", ["model"], registry=r)
+        self.cached = Gauge("gptlab_prefix_cache_tokens_saved", "prompt tokens served from the prefix cache",
+                            ["model"], registry=r)
 
     def install(self, app) -> None:
         metrics = self
@@ -875,4 +884,5 @@ class Metrics:
             self.active.labels(e["name"]).set(e["active_rows"])
             self.queued.labels(e["name"]).set(e["queued"])
             self.enabled.labels(e["name"]).set(1 if e["enabled"] else 0)
+            self.cached.labels(e["name"]).set(e.get("prefix_cache", {}).get("tokens_saved", 0))
         return generate_latest(self.registry).decode()

@@ -35,6 +35,7 @@ import torch
 
 from gptlab.engine import FUSE_AUTO_MAX_BYTES, FusedDecoder, _cut_at_stop, _left_pad, _stable_prefix
 from gptlab.model import KVCache
+from gptlab.serve.prefix_cache import PrefixCache
 
 log = logging.getLogger("gptlab.serve")
 HEADROOM = 64  # cache columns allocated ahead, so the cache is regrown every 64 steps only
@@ -62,6 +63,7 @@ class Job:
     # filled by the worker
     enqueued_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+    cached_tokens: int = 0          # prompt tokens whose keys/values came from the prefix cache
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Worker:
 
     def __init__(self, model, tokenizer, stop_ids, *, name: str = "model", max_batch: int = 16,
                  max_queue: int = 64, grammar_factory=None, threads: int | None = None,
-                 fuse: bool | None = None):
+                 fuse: bool | None = None, prefix_cache_bytes: int = 256 * 2**20):
         self.model, self.tok, self.name = model, tokenizer, name
         self.stop_ids = set(stop_ids)
         self.max_batch, self.grammar = max_batch, grammar_factory
@@ -105,6 +107,7 @@ class Worker:
         self.fused = FusedDecoder(model) if (small if fuse is None else fuse) else None
         self._fused_state = None  # (the cache it was built for, FusedDecoder.start(cache))
         self.threads = threads if threads is not None else (1 if small else None)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.rows: list[Row] = []
         self.cache: KVCache | None = None
@@ -135,8 +138,11 @@ class Worker:
         self.queue.put_nowait(job)
 
     def load(self) -> dict:
-        return {"active_rows": len(self.rows), "queued": self.queue.qsize() + (self.waiting is not None),
+        load = {"active_rows": len(self.rows), "queued": self.queue.qsize() + (self.waiting is not None),
                 "steps": self.steps}
+        if self.prefix_cache is not None:
+            load["prefix_cache"] = self.prefix_cache.stats()
+        return load
 
     # ------------------------------------------------------------------ the loop
 
@@ -209,23 +215,50 @@ class Worker:
                             for j in jobs])
 
     def _prefill(self, jobs: list[Job]) -> None:
+        """Prompt passes for newly admitted jobs: those whose prompt starts with a cached
+        prefix one by one from it, the others together. Every pass runs before the batch
+        changes, so a failure leaves the running rows as they were."""
+        groups, fresh = [], []
+        for job in jobs:
+            hit = self.prefix_cache.lookup(job.prompt_ids) if self.prefix_cache is not None else None
+            if hit is None:
+                fresh.append(job)
+            else:
+                groups.append(([job], *self._prompt_pass_from(job, *hit)))
+        if fresh:
+            groups.insert(0, (fresh, *self._prompt_pass(fresh)))
+        for group, cache, logits in groups:
+            # one cache row per choice: repeat each prompt's row n times
+            which = [i for i, j in enumerate(group) for _ in range(j.n)]
+            new_rows = []
+            for job in group:
+                for c in range(job.n):
+                    gen = None if job.seed is None else random.Random(job.seed + c)
+                    constraint = self.grammar.constraint(job.grammar) if job.grammar is not None else None
+                    new_rows.append(Row(job, c, len(job.prompt_ids), gen, constraint))
+            self._sample(new_rows, logits[which])
+            cache = _select(cache, which)
+            self.cache = _join(self.cache, cache) if self.rows else cache
+            self.rows += new_rows
+        self._retire()
+
+    def _prompt_pass(self, jobs: list[Job]) -> tuple[KVCache, torch.Tensor]:
         ids, mask, positions = _left_pad([j.prompt_ids for j in jobs], self.device)
         cache = KVCache(self.model.config, len(jobs), ids.shape[1] + HEADROOM, device=self.device, dtype=self.dtype)
         logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions,
                             logits_to_keep=1)[:, -1]
-        # one cache row per choice: repeat each prompt's row n times
-        which = [i for i, j in enumerate(jobs) for _ in range(j.n)]
-        cache = _select(cache, which)
-        new_rows = []
-        for i, job in enumerate(jobs):
-            for c in range(job.n):
-                gen = None if job.seed is None else random.Random(job.seed + c)
-                constraint = self.grammar.constraint(job.grammar) if job.grammar is not None else None
-                new_rows.append(Row(job, c, len(job.prompt_ids), gen, constraint))
-        self._sample(new_rows, logits[which])
-        self.cache = _join(self.cache, cache) if self.rows else cache
-        self.rows += new_rows
-        self._retire()
+        return cache, logits
+
+    def _prompt_pass_from(self, job: Job, n: int, k: torch.Tensor, v: torch.Tensor):
+        """The prompt pass of ``job`` whose first ``n`` tokens' keys/values are cached."""
+        cache = KVCache(self.model.config, 1, len(job.prompt_ids) + HEADROOM, device=self.device, dtype=self.dtype)
+        cache.k[:, 0, :, :n] = k
+        cache.v[:, 0, :, :n] = v
+        cache.pos = n
+        rest = torch.tensor([job.prompt_ids[n:]], device=self.device)
+        logits = self.model(rest, kv_cache=cache, logits_to_keep=1)[:, -1]
+        job.cached_tokens = n
+        return cache, logits
 
     def _reap(self) -> None:
         """Drop rows of cancelled, timed-out or disabled jobs."""
@@ -282,8 +315,26 @@ class Worker:
         keep = [i for i, r in enumerate(self.rows) if not r.done]
         if len(keep) == len(self.rows):
             return
+        if self.prefix_cache is not None:
+            self._remember(i for i, r in enumerate(self.rows) if r.done)
         self.rows = [self.rows[i] for i in keep]
         self.cache = _select(self.cache, keep) if keep else None
+
+    def _remember(self, indices) -> None:
+        """Store finished rows' keys/values in the prefix cache, keyed by the tokens fed:
+        the prompt, then every generated token but a last one that was sampled and not fed."""
+        cache = self.cache
+        valid = _valid(cache)[:, :cache.pos]
+        for i in indices:
+            used = valid[i].nonzero()
+            if not len(used):
+                continue
+            start = int(used[0])
+            r = self.rows[i]
+            fed = (r.job.prompt_ids + r.ids)[:cache.pos - start]
+            if len(fed) == cache.pos - start:
+                self.prefix_cache.put(fed, cache.k[:, i, :, start:cache.pos].clone(),
+                                      cache.v[:, i, :, start:cache.pos].clone())
 
     # ------------------------------------------------------------------ sampling
 
