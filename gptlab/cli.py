@@ -574,13 +574,12 @@ def _add_serve(sub) -> None:
 
 def cmd_serve(args) -> None:
     import uvicorn
-    from gptlab.serve.app import ServeSettings, create_app
+    from gptlab.serve.app import ServeSettings, create_app, dtype_name
     names = {f.name for f in dataclasses.fields(ServeSettings)}
     settings = ServeSettings(**{k: v for k, v in vars(args).items() if k in names})
     app = create_app(settings)  # loads the models (ValueError / FileNotFoundError: one clear line)
     auth = "on" if app.state.auth_on else "off"
-    loaded = [f"{name} ({str(next(e.model.parameters()).dtype).removeprefix('torch.')})"
-              for name, e in app.state.registry.entries.items()]
+    loaded = [f"{name} ({dtype_name(e)})" for name, e in app.state.registry.entries.items()]
     print(f"serving {', '.join(loaded)} on http://{settings.host}:{settings.port}/v1 "
           f"(auth {auth}, db {settings.db})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

@@ -302,6 +302,8 @@ class FusedDecoder:
             raise ValueError(f"KV cache full: {L} > max_len {cache.max_len}")
         rot[:, rot_idx] = table[pos if positions is None else positions]
         rot3 = rot.view(B, hd, hd)
+        if cache.valid is not None:  # every row gets a real token in this slot
+            cache.valid[:, pos] = True
         masked = None if cache.valid is None else ~cache.valid[:, None, None, :L]
         x = F.embedding(token, m.model.embed_tokens.weight)
         for (wqkv_t, wo_t, wgu_t, wd_t), (k, v) in layers:

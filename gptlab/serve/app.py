@@ -25,6 +25,7 @@ import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from gptlab.interop import _TORCH_DTYPES
 from gptlab.serve.errors import APIError, BodyLimit, bad_key, install_error_handlers, invalid, rate_limited
 from gptlab.serve.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest,
                                   ModerationRequest, PromoteRequest)
@@ -75,7 +76,7 @@ class ServeSettings:
 
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}  # gptlab import's short names too
+          **_TORCH_DTYPES}  # and gptlab import's short names: f32, bf16, f16
 BF16_AUTO_MIN_BYTES = 64 * 2**20  # the size above which a float32 decode step is bound by weight reads
 
 
@@ -179,10 +180,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
 def _load_entry(spec: str, settings: ServeSettings):
     from gptlab.chat import load_chat_model, stop_token_ids
     from gptlab.serve.grammar import GrammarFactory
+    from gptlab.interop import ensure_model
     from gptlab.serve.registry import Entry, parse_model_spec
     from gptlab.serve.worker import Worker
-
-    from gptlab.interop import ensure_model
 
     name, path = parse_model_spec(spec)
     path = ensure_model(path)  # an alias (smollm2) is imported on first use
@@ -492,20 +492,21 @@ def _add_routes(app: FastAPI) -> None:
         return {"models": reg.describe(), "aliases": dict(reg.aliases)}
 
 
-def _dtype_name(e) -> str:
+def dtype_name(e) -> str:
+    """The dtype a model entry is served in, as a name ("bfloat16")."""
     return str(next(e.model.parameters()).dtype).removeprefix("torch.")
 
 
 def _fingerprint(e) -> str:
     """OpenAI's system_fingerprint: what, besides the request, decides the tokens. The dtype
     is part of it: in bfloat16 a seeded reply can change with the batch it ran in."""
-    return f"gptlab-{e.name}-{_dtype_name(e)}"
+    return f"gptlab-{e.name}-{dtype_name(e)}"
 
 
 def _model_card(reg, e) -> dict:
     return {"id": e.name, "object": "model", "created": e.created, "owned_by": "gptlab",
             "aliases": reg.aliases_of(e.name), "context_length": e.context,
-            "dtype": _dtype_name(e)}
+            "dtype": dtype_name(e)}
 
 
 # ----------------------------------------------------------------------------- chat

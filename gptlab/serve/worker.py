@@ -101,8 +101,9 @@ class Worker:
         self.model, self.tok, self.name = model, tokenizer, name
         self.stop_ids = set(stop_ids)
         self.max_batch, self.grammar = max_batch, grammar_factory
-        small = FusedDecoder.supports(model) and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
-        if fuse and not FusedDecoder.supports(model):
+        can_fuse = FusedDecoder.supports(model)
+        small = can_fuse and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
+        if fuse and not can_fuse:
             raise ValueError("fuse=True needs a float32 gptlab GPT without adapters or hooks")
         self.fused = FusedDecoder(model) if (small if fuse is None else fuse) else None
         self._fused_state = None  # (the cache it was built for, FusedDecoder.start(cache))
@@ -286,8 +287,6 @@ class Worker:
         pos = torch.tensor([r.pos for r in self.rows], device=self.device)
         state = self._fused_state_for(cache)
         if state is not None:
-            if cache.valid is not None:  # the plain forward marks the new column from attention_mask
-                cache.valid[:, cache.pos] = True
             logits = self.fused.step(state, x, cache, pos)
         else:
             ones = torch.ones(len(self.rows), 1, dtype=torch.bool, device=self.device)
