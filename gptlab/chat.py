@@ -20,7 +20,10 @@ Each segment is tokenized on its own and the ids concatenated, so the mask is ex
 construction and a prompt rendered for generation (``render_prompt``) is tokenized the
 same way the model saw it in training. Segment boundaries fall on special tokens or
 after a header's newline, where the BPE pre-tokenizer splits anyway, so the ids equal
-``tokenizer.encode(full_text)`` (tests check this on miniworld).
+``tokenizer.encode(full_text)`` (tests check this on miniworld). Message *content* is
+tokenized with special-token strings as plain text (``Tokenizer.encode_text``), so the
+control tokens of a rendered conversation are exactly those of its template: a message
+that says "<|im_end|>" cannot end its turn or start a forged one.
 
 Batches (``collate``): every row holds exactly one whole conversation, right-padded.
 With causal attention a real token only sees earlier tokens of its own row, so no
@@ -150,9 +153,10 @@ def _leading_special(tokenizer, text: str) -> str:
 def render_chat(tokenizer, messages: Sequence[dict], *, masked_turns: Iterable[int] = (),
                 add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
     """Token ids of a conversation and its loss mask (1 = a token the model learns to say)."""
-    return _assemble(chat_segments(tokenizer, messages, masked_turns=masked_turns,
-                                   add_generation_prompt=add_generation_prompt),
-                     tokenizer.encode_batch)
+    segs = chat_segments(tokenizer, messages, masked_turns=masked_turns,
+                         add_generation_prompt=add_generation_prompt)
+    pieces = content_pieces(tokenizer, messages, segs, add_generation_prompt)
+    return _assemble(tokenizer, pieces, _encode_pieces(tokenizer, [pieces]))
 
 
 def render_prompt(tokenizer, messages: Sequence[dict]) -> list[int]:
@@ -161,9 +165,92 @@ def render_prompt(tokenizer, messages: Sequence[dict]) -> list[int]:
     return render_chat(tokenizer, messages, add_generation_prompt=True)[0]
 
 
-def _assemble(segs: list[tuple[str, bool]], encode_batch) -> tuple[list[int], list[int]]:
+# Control tokens come only from the template: the rendered text is cut at the special-token
+# strings the template wrote (each becomes its id), and every other piece -- message content
+# included -- is tokenized with special-token strings read as plain text
+# (Tokenizer.encode_text). This is what the tokenizer does with the whole text, except that a
+# special-token string inside a message stays text. Stripping such strings instead cannot
+# work: removing one can join the text around it into another ("<|im_<|endoftext|>end|>").
+
+def content_pieces(tokenizer, messages: Sequence[dict], segs: list[tuple[str, bool]],
+                   add_generation_prompt: bool = False) -> list[tuple[str, bool, bool]]:
+    """``segs`` cut at the template's special tokens: ``(text, trained, is_special)``."""
+    specials = _template_specials(tokenizer, messages, add_generation_prompt,
+                                  "".join(t for t, _ in segs))
+    out, pos = [], 0
+    for text, trained in segs:
+        start, end = pos, pos + len(text)
+        cuts = sorted({start, end} | {c for a, b in specials for c in (a, b) if start < c < end})
+        for a, b in zip(cuts, cuts[1:]):
+            out.append((text[a - start:b - start], trained, (a, b) in specials))
+        pos = end
+    return out
+
+
+def _template_specials(tokenizer, messages, add_generation_prompt, full: str) -> set[tuple[int, int]]:
+    """Character spans of the special-token strings in ``full`` outside message content."""
+    import re
+
+    names = sorted((tokenizer.id_to_token(i) for i in tokenizer.control_ids()), key=len, reverse=True)
+    if not names:
+        return set()
+    pattern = re.compile("|".join(map(re.escape, names)))
+    contents = _content_spans(tokenizer, messages, add_generation_prompt, full)
+    if contents is None:  # not located: safe only when no content holds a special-token string
+        if any(pattern.search(m["content"]) for m in messages):
+            raise ValueError("this tokenizer's chat template changes message content, so a message "
+                             "that contains a special-token string cannot be kept apart from the "
+                             "template's control tokens")
+        contents = []
+    spans, pos = set(), 0
+    for a, b in contents + [(len(full), len(full))]:
+        spans |= {(pos + m.start(), pos + m.end()) for m in pattern.finditer(full[pos:a])}
+        pos = b
+    return spans
+
+
+def _render_text(tokenizer, messages, add_generation_prompt) -> str:
+    if is_native_chatml(tokenizer):
+        return "".join(t for t, _ in _chatml_segments(messages, set(), add_generation_prompt))
+    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt)
+
+
+def _content_spans(tokenizer, messages, add_generation_prompt, real: str) -> list[tuple[int, int]] | None:
+    """Character spans of the message contents in the rendered conversation. Found by
+    rendering with each content replaced by a random marker (a template that copies a
+    content twice or drops it is handled); if putting the contents back in place of the
+    markers does not give the real rendering (a template that rewrites content, e.g. trims
+    it), trimmed contents are tried; None when neither fits."""
+    import re
+    import secrets
+
+    nonce = secrets.token_hex(8)
+    marks = {f"\x00{nonce}-{i}\x00": m["content"] for i, m in enumerate(messages)}
+    stub = [{**m, "content": mark} for m, mark in zip(messages, marks)]
+    skeleton = re.split("(" + "|".join(map(re.escape, marks)) + ")",
+                        _render_text(tokenizer, stub, add_generation_prompt))
+    for fix in (lambda c: c, str.strip):
+        spans, text = [], ""
+        for part in skeleton:
+            if part in marks:
+                content = fix(marks[part])
+                spans.append((len(text), len(text) + len(content)))
+                part = content
+            text += part
+        if text == real:
+            return [(a, b) for a, b in spans if b > a]
+    return None
+
+
+def _encode_pieces(tokenizer, all_pieces: list[list[tuple[str, bool, bool]]]):
+    """One batched tokenizer call for every non-special piece; an iterator of their ids."""
+    return iter(tokenizer.encode_text_batch([t for pieces in all_pieces for t, _, sp in pieces if not sp]))
+
+
+def _assemble(tokenizer, pieces: list[tuple[str, bool, bool]], texts) -> tuple[list[int], list[int]]:
     ids, mask = [], []
-    for (_, trained), piece in zip(segs, encode_batch([t for t, _ in segs])):
+    for text, trained, special in pieces:
+        piece = [tokenizer.token_to_id(text)] if special else next(texts)
         ids += piece
         mask += [int(trained)] * len(piece)
     return ids, mask
@@ -172,16 +259,12 @@ def _assemble(segs: list[tuple[str, bool]], encode_batch) -> tuple[list[int], li
 def render_records(tokenizer, records: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
     """``render_chat`` for many ``{"messages", "meta"?}`` records (``meta.masked_turns``
     honoured), with one batched tokenizer call."""
-    all_segs = [chat_segments(tokenizer, r["messages"],
-                              masked_turns=(r.get("meta") or {}).get("masked_turns") or ())
-                for r in records]
-    flat = tokenizer.encode_batch([t for segs in all_segs for t, _ in segs]) if all_segs else []
-    out, i = [], 0
-    for segs in all_segs:
-        pieces = flat[i:i + len(segs)]
-        i += len(segs)
-        out.append(_assemble(segs, lambda _texts, p=pieces: p))
-    return out
+    all_pieces = [content_pieces(tokenizer, r["messages"],
+                                 chat_segments(tokenizer, r["messages"],
+                                               masked_turns=(r.get("meta") or {}).get("masked_turns") or ()))
+                  for r in records]
+    texts = _encode_pieces(tokenizer, all_pieces)
+    return [_assemble(tokenizer, pieces, texts) for pieces in all_pieces]
 
 
 def stop_token_ids(tokenizer) -> list[int]:

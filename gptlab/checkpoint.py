@@ -12,12 +12,20 @@ directory, which is then renamed into place (an existing checkpoint is first ren
 away and deleted only once the new one is in place). A crash at any point leaves either
 the old checkpoint or the new one, never a half-written directory; `load_checkpoint`
 even restores the old one if the crash fell between the two renames.
+
+Integrity: gptlab.json lists the sha256 of every other file of the directory (`files`),
+and loading checks them, so a file damaged on disk (overwritten bytes, a truncated copy)
+is a one-line `CheckpointError` naming it rather than a model that silently computes NaN.
+Weights with NaN or inf are never written (`NonFiniteError`). Directories without the
+list (plain HF ones, older gptlab ones) are loaded as before; a file that cannot be parsed
+is still a one-line error naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -37,8 +45,18 @@ from gptlab.tokenizer import Tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+META_NAME = "gptlab.json"
+TRAIN_STATE_NAME = "train_state.pt"
 # Keys some older HF Llama checkpoints carry that are recomputed, never loaded.
 _IGNORED_KEY_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+    """A damaged or unreadable checkpoint file; the message (one line) names the file."""
+
+
+class NonFiniteError(ValueError):
+    """NaN or inf in a loss or in weights: training stops rather than save them."""
 
 
 @dataclass
@@ -143,6 +161,33 @@ def _weights_for_saving(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an inf."""
+    return [k for k, v in tensors.items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _refuse_non_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise NonFiniteError(f"refusing to save {where}: NaN or inf in {len(bad)} weight "
+                             f"tensor(s) ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under root but gptlab.json itself, by relative path."""
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != META_NAME}
+
+
 def _config_dict(model, tokenizer: Tokenizer | None) -> dict:
     cfg = model.config.to_hf_dict()
     if tokenizer is not None:  # fill ids the model config left open
@@ -180,22 +225,26 @@ def save_checkpoint(out_dir: str | Path, model, tokenizer: Tokenizer | None, *,
 
     `meta` goes to gptlab.json (keys such as stage, parent, metrics, data hashes);
     `created` and `gptlab_version` are filled in. `train_state` (optimizer, step, RNG,
-    loader state, ...) goes to train_state.pt via torch.save.
+    loader state, ...) goes to train_state.pt via torch.save. gptlab.json also gets
+    `files`: the sha256 of every other file, checked by `load_checkpoint`. Weights with
+    NaN or inf raise `NonFiniteError` and nothing is written.
     """
     out = Path(out_dir)
-    with atomic_dir(out, markers=("config.json", "gptlab.json")) as tmp:
+    weights = _weights_for_saving(model)
+    _refuse_non_finite(weights, out)
+    with atomic_dir(out, markers=("config.json", META_NAME)) as tmp:
         cfg = _config_dict(model, tokenizer)
         _write_json(tmp / "config.json", cfg)
-        save_file(_weights_for_saving(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         _write_json(tmp / "generation_config.json", _generation_config(cfg, tokenizer))
         if tokenizer is not None:
             tokenizer.save(tmp, model_max_length=cfg.get("max_position_embeddings"))
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE_NAME)
         info = {"stage": None, "parent": None, "metrics": {}, **(meta or {}),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "gptlab_version": gptlab.__version__}
-        _write_json(tmp / "gptlab.json", info)
-        if train_state is not None:
-            torch.save(train_state, tmp / "train_state.pt")
+                "gptlab_version": gptlab.__version__, "files": _file_hashes(tmp)}
+        _write_json(tmp / META_NAME, info)
     return out
 
 
@@ -207,7 +256,10 @@ def _read_config(path: Path) -> dict:
     p = path / "config.json"
     if not p.is_file():
         raise FileNotFoundError(f"{path} is not a model directory: config.json is missing")
-    cfg = json.loads(p.read_text())
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{p}: damaged ({_first_line(e)})") from None
     model_type, archs = cfg.get("model_type"), cfg.get("architectures") or []
     if model_type != "llama" or any(a != "LlamaForCausalLM" for a in archs):
         raise ValueError(f"{path}: unsupported architecture (model_type={model_type!r}, "
@@ -247,12 +299,73 @@ def _check_keys(model, tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise ValueError(f"{path}: weights do not fit the model: " + "; ".join(problems))
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def read_meta(path: str | Path) -> dict:
+    """gptlab.json of a checkpoint ({} when there is none); CheckpointError when unreadable."""
+    f = Path(path) / META_NAME
+    if not f.is_file():
+        return {}
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f}: damaged ({_first_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{f}: damaged (not a JSON object)")
+    return meta
+
+
+def verify_files(path: str | Path, names: list[str] | None = None, meta: dict | None = None) -> None:
+    """Check the sha256 that gptlab.json records for `names` (default: every listed file).
+
+    Raises CheckpointError naming the first file that is missing or differs. Directories
+    that record no hashes (plain HF, older gptlab) pass.
+    """
+    path = Path(path)
+    files = (read_meta(path) if meta is None else meta).get("files") or {}
+    for name in (sorted(files) if names is None else [n for n in names if n in files]):
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (listed in {META_NAME})")
+        if file_sha256(f) != files[name]:
+            raise CheckpointError(f"{f}: sha256 differs from the one recorded in {META_NAME} "
+                                  f"(damaged, or changed after saving)")
+
+
+def _read_weights(f: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(f), device="cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+        raise CheckpointError(f"{f}: unreadable safetensors file, truncated or damaged "
+                              f"({_first_line(e)})") from None
+
+
+def verify_checkpoint(path: str | Path, *, train_state: bool = True) -> None:
+    """Everything a resume needs, checked before anything is loaded into a model:
+    recorded hashes, weights that parse and are finite, and (when `train_state`) a
+    train_state.pt that loads. Raises CheckpointError / NonFiniteError naming the file."""
+    path = Path(path)
+    meta = read_meta(path)
+    verify_files(path, meta=meta)
+    _read_config(path)
+    for f in _weight_files(path):
+        bad = non_finite_tensors(_read_weights(f))
+        if bad:
+            raise NonFiniteError(f"{f}: NaN or inf in {len(bad)} tensor(s) ({', '.join(bad[:3])})")
+    if train_state and load_train_state(path, verify=False) is None:
+        raise CheckpointError(f"{path / TRAIN_STATE_NAME}: missing (needed to resume)")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> Checkpoint:
     """Load a gptlab checkpoint or a plain HF Llama directory into a `GPT` (in eval mode).
 
     The tokenizer is None when the directory has no tokenizer.json; meta is {} for plain
-    HF directories.
+    HF directories. The sha256 recorded in gptlab.json are checked first (CheckpointError
+    naming a damaged file).
     """
     from gptlab.model import GPT, ModelConfig  # deferred: keeps atomic_dir import-light
 
@@ -260,10 +373,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     recover_dir(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    meta = read_meta(path)
+    verify_files(path, meta=meta)
     config = ModelConfig.from_hf_dict(_read_config(path))
     tensors: dict[str, torch.Tensor] = {}
     for f in _weight_files(path):
-        tensors.update(load_file(str(f), device="cpu"))
+        tensors.update(_read_weights(f))
     model = GPT(config).to(dtype=dtype)
     own_keys = set(model.state_dict())
     if config.tie_word_embeddings and "lm_head.weight" not in own_keys:
@@ -274,18 +389,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     model.load_state_dict(tensors, strict=False)  # strictness checked above (tied lm_head)
     model.to(device).eval()
     tokenizer = Tokenizer.load(path) if (path / "tokenizer.json").is_file() else None
-    meta_file = path / "gptlab.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     return Checkpoint(model=model, tokenizer=tokenizer, meta=meta, path=path)
 
 
-def load_train_state(path: str | Path) -> dict | None:
+def load_train_state(path: str | Path, *, verify: bool = True) -> dict | None:
     """The train_state.pt of a checkpoint, or None when there is none.
 
-    It is a pickle (optimizer state, RNG states, ...), so only resume from directories you
-    trust -- the same caveat as any torch.save file.
+    Its recorded sha256 is checked first (unless `verify` is False); a file that does not
+    load is a CheckpointError naming it. It is a pickle (optimizer state, RNG states, ...),
+    so only resume from directories you trust -- the same caveat as any torch.save file.
     """
-    p = Path(path) / "train_state.pt"
+    p = Path(path) / TRAIN_STATE_NAME
     if not p.is_file():
         return None
-    return torch.load(p, map_location="cpu", weights_only=False)
+    if verify:
+        verify_files(path, [TRAIN_STATE_NAME])
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - zip, pickle and EOF errors all mean "damaged"
+        raise CheckpointError(f"{p}: unreadable, truncated or damaged ({_first_line(e)})") from None

@@ -86,6 +86,16 @@ def cmd_data_world(args) -> None:
         print(f"  {group:<8} " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
 
 
+def cmd_data_curate(args) -> None:
+    from gptlab.data.curate import CurateConfig, curate, curation_table
+    report = curate(CurateConfig(input=args.input, out=args.out, world=args.world,
+                                 evals=tuple(args.evals), workers=args.workers,
+                                 languages=args.languages, near_dup_threshold=args.near_dup_threshold))
+    print("\n".join(curation_table(report)))
+    print(f"{report['total']['bytes'] / 1e6:.1f} MB in {report['seconds']} s ({report['mb_per_s']} MB/s); "
+          f"report: {Path(args.out) / 'report.md'}")
+
+
 def cmd_tokenizer_train(args) -> None:
     from gptlab.tokenizer import train_tokenizer_from_source
     tok = train_tokenizer_from_source(args.input, args.out, vocab_size=args.vocab_size,
@@ -160,6 +170,7 @@ def _resolve_model_alias(args) -> None:
 def cmd_speedrun(args) -> None:
     from gptlab.speedrun import speedrun
     speedrun(out=Path(args.out), preset=args.preset, scale=args.scale,
+             assistant=args.assistant, assistant_init=args.assistant_init,
              nproc_per_node=args.nproc_per_node)
 
 
@@ -223,6 +234,8 @@ def _add_eval(sub) -> None:
                    help="solved examples before each calibration question (default: 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto",
+                   help="weights: auto (bf16 on CUDA, else float32), bfloat16 or float32")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print two eval.json files (or checkpoint dirs) side by side")
@@ -240,7 +253,7 @@ def cmd_eval(args) -> None:
                       out=args.out, batch_size=args.batch_size, tail_k=args.tail_k,
                       tail_prompts=args.tail_prompts, max_new_tokens=args.max_new_tokens,
                       bpb_text=args.bpb_text, mc_shots=args.mc_shots, seed=args.seed,
-                      device=args.device, progress=args.progress)
+                      device=args.device, progress=args.progress, dtype=args.dtype)
     print(format_table(result))
     print(f"\nwrote {args.out or Path(args.model) / 'eval.json'}")
 
@@ -378,7 +391,8 @@ def cmd_feedback(args) -> None:
               f"(ties left out)")
     elif args.feedback_command == "import":
         n = FeedbackStore(args.db).import_file(args.file, args.format, rater=args.rater)
-        print(f"imported {n} pairs from {args.file} into {args.db}")
+        print(f"imported {n} pairs from {args.file} into {args.db}"
+              + (f" ({n.skipped} already there: skipped)" if n.skipped else ""))
     elif args.feedback_command == "export":
         kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
         n = FeedbackStore(args.db).export_trl(args.out, kinds)
@@ -647,6 +661,7 @@ def cmd_models(args) -> None:
     import httpx
     key = args.key or os.environ.get("GPTLAB_API_KEY", "")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers["X-Gptlab-Admin"] = "1"   # the server refuses admin requests a web page could send
     base = args.url.rstrip("/").removesuffix("/v1") + "/admin/models"
     try:
         if args.models_command == "list":
@@ -654,7 +669,7 @@ def cmd_models(args) -> None:
         elif args.models_command == "promote":
             r = httpx.post(f"{base}/{args.name}/promote", json={"alias": args.alias}, headers=headers, timeout=30)
         else:
-            r = httpx.post(f"{base}/{args.name}/{args.models_command}", headers=headers, timeout=30)
+            r = httpx.post(f"{base}/{args.name}/{args.models_command}", json={}, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         raise ValueError(f"cannot reach the server at {args.url}: {exc}") from exc
     if r.status_code != 200:
@@ -688,6 +703,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=["tiny", "small", "full"], default="small",
                    help="size of the data (default: small)")
     p.set_defaults(func=cmd_data_world)
+    p = _parser(data_sub, "curate", "dedup, filter, scrub PII and decontaminate text (gptlab/data/curate.py)",
+                example="gptlab data curate --input runs/demo/world/corpus --out runs/demo/curated --world runs/demo/world")
+    p.add_argument("--input", required=True, help=".txt/.jsonl/.parquet file, directory, or hf:org/name")
+    p.add_argument("--out", required=True, help="output directory (corpus/, removed/, report.json, report.md)")
+    p.add_argument("--world", help="miniworld directory whose eval/*.jsonl are kept out of the text")
+    p.add_argument("--eval", action="append", default=[], dest="evals",
+                   help="another held-out set, .jsonl file or directory (repeatable)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process; default 2)")
+    p.add_argument("--languages", default="en,zh", help="languages to keep, CLD2 codes (default: en,zh)")
+    p.add_argument("--near-dup-threshold", type=float, default=0.7,
+                   help="estimated Jaccard above which a document is a near duplicate (default 0.7)")
+    p.set_defaults(func=cmd_data_curate)
 
     tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="SUBCOMMAND")
@@ -727,6 +754,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="miniworld scale (default: the preset's; tiny is for tests)")
     p.add_argument("--nproc-per-node", type=int, default=1,
                    help="run the training stages under torchrun on this many local GPUs/processes")
+    p.add_argument("--assistant", default=None, choices=["cpu-smol", "test", "none"],
+                   help="the assistant track (a real pretrained chat model through SFT, feedback, "
+                        "DPO, evals); default: the preset's own (cpu-smol for cpu-tiny)")
+    p.add_argument("--assistant-init", default=None,
+                   help="the model the assistant track starts from (default: the track's, smollm2)")
     p.set_defaults(func=cmd_speedrun)
     _add_sft(sub)
     _add_chat(sub)

@@ -8,6 +8,12 @@ SQLite by default (a plain path or ``sqlite:///file.db``), in WAL mode with a bu
 and ``BEGIN IMMEDIATE`` transactions, so several processes can write at once without
 "database is locked" errors; any other SQLAlchemy URL (PostgreSQL...) works unchanged.
 
+`import_file` is all or nothing (one transaction: a bad record leaves the store as it was,
+and the error names it) and idempotent: each imported pair carries the sha256 of its
+prompt, chosen and rejected text (`comparisons.content_hash`, unique), so importing a file
+again adds nothing. A store written before that column existed gets it on open (and its
+earlier imports get their hashes), so it keeps working.
+
     store = FeedbackStore("runs/demo/feedback.db")
     pid = store.add_prompt([{"role": "user", "content": "Capital of France?"}])
     a, b = store.add_response(pid, "Paris."), store.add_response(pid, "Lyon.")
@@ -17,14 +23,16 @@ and ``BEGIN IMMEDIATE`` transactions, so several processes can write at once wit
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine,
-                        event, func, select)
+from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, create_engine,
+                        event, func, inspect, select, update)
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 RATER_KINDS = ("human", "judge", "import")
@@ -86,6 +94,11 @@ class Comparison(Base):
     rater: Mapped[str] = mapped_column(String(128), default="")
     kind: Mapped[str] = mapped_column(String(16), default="human")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # sha256 of (prompt, chosen, rejected) for imported pairs, so a re-import adds nothing;
+    # NULL for votes (two people may cast the same vote). Older stores: see _migrate.
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+
+    __table_args__ = (Index("ix_comparisons_content_hash", "content_hash", unique=True),)
 
 
 class Rating(Base):
@@ -100,8 +113,14 @@ class Rating(Base):
 
 
 def database_url(url_or_path: str | Path) -> str:
-    """A plain file path becomes an SQLite URL; URLs pass through."""
+    """A plain file path becomes an SQLite URL; URLs pass through, except that a bare
+    ``postgresql://`` uses psycopg (3) when SQLAlchemy's default driver, psycopg2, is
+    not installed."""
     s = str(url_or_path)
+    if s.startswith("postgresql://"):
+        import importlib.util
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
+            return "postgresql+psycopg://" + s.removeprefix("postgresql://")
     return s if "://" in s else f"sqlite:///{Path(s).expanduser()}"
 
 
@@ -140,6 +159,7 @@ class FeedbackStore:
         self.url = database_url(url)
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
+        _migrate(self.engine)
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
 
     # ------------------------------------------------------------------ writes
@@ -188,21 +208,10 @@ class FeedbackStore:
 
     def add_pair(self, prompt: Sequence[dict], chosen: str, rejected: str, *, source: str = "",
                  rater: str = "", kind: str = "import", model: str = "") -> int:
-        """Prompt + two responses + the comparison, in one transaction (for imports)."""
-        _check_messages(prompt)
-        _check_kind(kind)
+        """Prompt + two responses + the comparison, in one transaction."""
         with self.Session.begin() as s:
-            p = Prompt(messages=list(prompt), source=source, meta={})
-            s.add(p)
-            s.flush()
-            a = Response(prompt_id=p.id, text=chosen, model=model, sampling={})
-            b = Response(prompt_id=p.id, text=rejected, model=model, sampling={})
-            s.add_all([a, b])
-            s.flush()
-            c = Comparison(prompt_id=p.id, chosen_id=a.id, rejected_id=b.id, rater=rater, kind=kind)
-            s.add(c)
-            s.flush()
-            return c.id
+            return _add_pair_rows(s, prompt, chosen, rejected, source=source, rater=rater,
+                                  kind=kind, model=model)
 
     def add_ranked(self, prompt: Sequence[dict], responses: Sequence[str],
                    order_best_first: Sequence[int], *, source: str = "", meta: dict | None = None,
@@ -309,19 +318,48 @@ class FeedbackStore:
 
     # ------------------------------------------------------------------ files
     def import_file(self, path: str | Path, fmt: str = "auto", rater: str = "",
-                    limit: int | None = None) -> int:
+                    limit: int | None = None) -> "ImportCount":
         """UltraFeedback / HH-RLHF / TRL ``prompt,chosen,rejected`` files (or ``hf:`` data
-        sets) -> comparisons; at most `limit` of them."""
-        import itertools
+        sets) -> comparisons; at most `limit` records are read.
 
+        One transaction: a bad record raises (naming its file and line, or its number) and
+        nothing of the file is stored. Pairs already in the store (same prompt, chosen and
+        rejected, whoever rated them) or repeated in the file are skipped. Returns the number
+        added, with ``.skipped``.
+        """
         from gptlab.data.formats import iter_records
-        n = 0
+
         source = str(path) if str(path).startswith("hf:") else Path(path).name
-        for rec in itertools.islice(iter_records(path, fmt, kind="prefs"), limit):
-            self.add_pair(rec["prompt"], rec["chosen"], rec["rejected"], source=source,
-                          rater=rater or source, kind="import")
-            n += 1
-        return n
+        # Read and check the whole file before the transaction starts, so the write lock
+        # (SQLite) is held for the writes only, not for parsing or an hf: download.
+        records = []
+        for n, rec in enumerate(itertools.islice(iter_records(path, fmt, kind="prefs"), limit), 1):
+            try:
+                _check_messages(rec["prompt"])
+            except ValueError as e:
+                raise ValueError(f"{path}: record {n}: {e}; nothing was imported") from None
+            records.append((pair_hash(rec["prompt"], rec["chosen"], rec["rejected"]), rec))
+        for _ in range(2):
+            try:
+                return self._import_records(records, rater or source, source)
+            except IntegrityError:  # a concurrent import committed some of these pairs first:
+                pass                # run again, and they are skipped
+        return self._import_records(records, rater or source, source)
+
+    def _import_records(self, records: list[tuple[str, dict]], rater: str, source: str) -> "ImportCount":
+        added = skipped = 0
+        seen: set[str] = set()
+        with self.Session.begin() as s:
+            for digest, rec in records:
+                if digest in seen or s.scalar(select(Comparison.id).where(
+                        Comparison.content_hash == digest)) is not None:
+                    skipped += 1
+                    continue
+                _add_pair_rows(s, rec["prompt"], rec["chosen"], rec["rejected"], source=source,
+                               rater=rater, kind="import", content_hash=digest)
+                seen.add(digest)
+                added += 1
+        return ImportCount(added, skipped)
 
     def export_trl(self, path: str | Path, kinds: Iterable[str] | None = None) -> int:
         """Write every pair as TRL's conversational ``prompt, chosen, rejected`` jsonl (atomic)."""
@@ -337,6 +375,82 @@ class FeedbackStore:
                                    ensure_ascii=False) + "\n")
         tmp.replace(path)
         return len(pairs)
+
+
+class ImportCount(int):
+    """The number of pairs an import added (an int), with ``.skipped``: those already there."""
+
+    def __new__(cls, added: int, skipped: int = 0):
+        obj = super().__new__(cls, added)
+        obj.skipped = skipped
+        return obj
+
+
+def pair_hash(prompt: Sequence[dict], chosen: str, rejected: str) -> str:
+    """sha256 of an imported pair's content (roles and texts; not rater, file or time)."""
+    text = json.dumps({"prompt": json.loads(prompt_key(prompt)), "chosen": chosen,
+                       "rejected": rejected}, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _add_pair_rows(s: Session, prompt, chosen: str, rejected: str, *, source: str, rater: str,
+                   kind: str, model: str = "", content_hash: str | None = None) -> int:
+    _check_messages(prompt)
+    _check_kind(kind)
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(text, str):
+            raise ValueError(f"{name} must be a string, got {type(text).__name__}")
+    p = Prompt(messages=list(prompt), source=source, meta={})
+    s.add(p)
+    s.flush()
+    a = Response(prompt_id=p.id, text=chosen, model=model, sampling={})
+    b = Response(prompt_id=p.id, text=rejected, model=model, sampling={})
+    s.add_all([a, b])
+    s.flush()
+    c = Comparison(prompt_id=p.id, chosen_id=a.id, rejected_id=b.id, rater=rater, kind=kind,
+                   content_hash=content_hash)
+    s.add(c)
+    s.flush()
+    return c.id
+
+
+def _migrate(engine) -> None:
+    """Add what newer gptlab versions expect to a store an older one wrote: today the
+    `comparisons.content_hash` column, its unique index, and the hashes of the pairs
+    imported before (later duplicates of one pair keep NULL). Safe when several
+    processes open the same old store at once: the loser's ALTER fails and is ignored."""
+    def has_column() -> bool:
+        return "content_hash" in {c["name"] for c in inspect(engine).get_columns("comparisons")}
+
+    if has_column():
+        return
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE comparisons ADD COLUMN content_hash VARCHAR(64)")
+            _backfill_hashes(conn)
+            conn.exec_driver_sql("CREATE UNIQUE INDEX ix_comparisons_content_hash "
+                                 "ON comparisons (content_hash)")
+    except (OperationalError, ProgrammingError):
+        if not has_column():
+            raise
+
+
+def _backfill_hashes(conn) -> None:
+    rows = conn.execute(select(Comparison.id, Comparison.prompt_id, Comparison.chosen_id,
+                               Comparison.rejected_id).where(Comparison.kind == "import")
+                        .order_by(Comparison.id)).all()
+    if not rows:
+        return
+    prompts = dict(conn.execute(select(Prompt.id, Prompt.messages)
+                                .where(Prompt.id.in_({r.prompt_id for r in rows}))).all())
+    texts = dict(conn.execute(select(Response.id, Response.text).where(
+        Response.id.in_({i for r in rows for i in (r.chosen_id, r.rejected_id)}))).all())
+    seen = set()
+    for r in rows:
+        digest = pair_hash(prompts[r.prompt_id], texts[r.chosen_id], texts[r.rejected_id])
+        if digest not in seen:
+            seen.add(digest)
+            conn.execute(update(Comparison).where(Comparison.id == r.id).values(content_hash=digest))
 
 
 def prompt_key(messages: Sequence[dict]) -> str:

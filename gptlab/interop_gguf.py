@@ -254,12 +254,38 @@ def _dequantize(t) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def read_gguf(path: str | Path) -> GGUFModel:
-    """Config, float32 tensors (HF names, HF q/k order) and tokenizer of a Llama GGUF."""
+def _open_reader(path: Path):
+    """gguf.GGUFReader, with a damaged or truncated file as one clear line (the reader
+    itself fails with IndexError, UnicodeDecodeError, ... deep inside its parser)."""
     import gguf
 
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure means the same to the user
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: not a readable GGUF file: its header or tensor table is "
+                         f"damaged or truncated ({type(e).__name__}: {detail})") from None
+
+
+def read_gguf(path: str | Path) -> GGUFModel:
+    """Config, float32 tensors (HF names, HF q/k order) and tokenizer of a Llama GGUF.
+
+    A damaged file is a ValueError naming it: the reader parses lazily, so damaged
+    metadata can also surface while the fields are read."""
     path = Path(path)
-    reader = gguf.GGUFReader(str(path))
+    reader = _open_reader(path)
+    try:
+        return _read_model(reader, path)
+    except (IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError) as e:
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: damaged GGUF metadata ({type(e).__name__}: {detail})") from None
+
+
+def _read_model(reader, path: Path) -> GGUFModel:
+    import gguf
+
     by_name = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in by_name:
         raise ValueError(f"{path}: no token_embd.weight tensor; not a Llama GGUF")

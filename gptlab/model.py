@@ -250,6 +250,12 @@ def apply_rope(x, cos, sin):
     """Rotate x (B, T, heads, head_dim) by position. cos/sin: (T or B,T, 1, head_dim)."""
     half = x.shape[-1] // 2
     c, s = cos[..., :half], sin[..., :half]
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace ``out=`` into a chunk view: it would break the graph at every
+        # layer, recompile with dynamic shapes and hit an Inductor bug (issue 15). Inductor
+        # fuses this plain form into one kernel, backward included.
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
     if torch.is_grad_enabled() and x.requires_grad:
         return _Rope.apply(x, c, s)
     return _rotate(x, c, s, sign=1.0)
@@ -266,7 +272,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, w, targets, ignore_index, chunk):
+    def forward(ctx, h, w, targets, ignore_index, pieces):
         dev = h.device.type
         cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
         acc = torch.promote_types(cdt, torch.float32)
@@ -276,15 +282,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dh = torch.empty_like(h) if want_grad else None
         dw = torch.zeros_like(w, dtype=acc) if want_grad else None
         total = torch.zeros((), dtype=acc, device=h.device)
+        # `pieces` slices of the first axis, each flattened to rows; a count, not a row size,
+        # so a compiled graph does not depend on how many rows there are
+        parts = [t.tensor_split(pieces) for t in (h, safe, valid)]
+        dh_parts = dh.tensor_split(pieces) if want_grad else [None] * pieces
         with torch.autocast(dev, enabled=False):
             wc = w.to(cdt)
-            for i in range(0, h.shape[0], chunk):
-                hc, tc, vc = h[i:i + chunk].to(cdt), safe[i:i + chunk, None], valid[i:i + chunk, None]
+            for hc, tc, vc, dhc in zip(*parts, dh_parts):
+                hc, tc, vc = hc.reshape(-1, hc.shape[-1]).to(cdt), tc.reshape(-1, 1), vc.reshape(-1, 1)
                 logp = torch.log_softmax((hc @ wc.t()).to(acc), dim=-1)
                 total -= (logp.gather(1, tc) * vc).sum()
                 if want_grad:  # softmax - onehot, zero on ignored rows, in place
                     p = logp.exp_().scatter_add_(1, tc, -vc.to(acc)).mul_(vc).to(cdt)
-                    dh[i:i + chunk] = p @ wc
+                    dhc.copy_((p @ wc).view(dhc.shape))
                     if cdt == acc:
                         dw.addmm_(p.t(), hc)
                     else:
@@ -301,11 +311,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return dh * scale.to(dh.dtype), (dw * scale).to(ctx.w_dtype), None, None, None
 
 
+COMPILED_CE_PIECES = 8  # batch slices of the fused cross-entropy inside torch.compile
+
+
 def linear_cross_entropy(h, w, targets, ignore_index=-100, chunk=None):
     """Mean cross-entropy of the logits ``h @ w.T`` (in fp32) against ``targets``;
-    h (N, d), w (V, d), targets (N,)."""
+    h (N, d) or (B, T, d), w (V, d), targets (N,) or (B, T).
+
+    Eager: rows in chunks of ``chunk`` (default ~4 MiB of fp32 logits, cache-sized for CPUs).
+    Under torch.compile: ``COMPILED_CE_PIECES`` slices of the first axis, pass (B, T, d):
+    B is fixed while T may be symbolic (SFT), so one graph serves every length (a d12
+    batch of 32 x 1024 at vocab 32768: 512 MiB of fp32 logits a slice)."""
+    if torch.compiler.is_compiling():
+        # a symbolic B (batch size changing between calls) gets one slice: splitting it
+        # would add guards, and Inductor mis-lowers empty symbolic slices (torch 2.13)
+        rows = h.shape[0]
+        pieces = min(rows, COMPILED_CE_PIECES) if isinstance(rows, int) else 1
+        return _LinearCrossEntropy.apply(h, w, targets, ignore_index, pieces)
+    h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     chunk = chunk or max(256, (1 << 20) // w.shape[0])
-    return _LinearCrossEntropy.apply(h, w, targets, ignore_index, chunk)
+    pieces = max(1, -(-h.shape[0] // chunk))
+    return _LinearCrossEntropy.apply(h, w, targets, ignore_index, pieces)
 
 
 class Attention(nn.Module):
@@ -476,6 +502,11 @@ class GPT(nn.Module):
 
     def _rope_tables(self, length: int, x):
         """cos/sin tables covering ``length`` positions, cached on x's device and dtype."""
+        if torch.compiler.is_compiling():
+            # computed inside the graph (Inductor fuses it): filling the cache from a compiled
+            # call would change ``self._rope`` and force a recompile on the next call
+            cos, sin = rope_tables(self.config.head_dim, self.config.rope_theta, length, x.device)
+            return cos.to(x.dtype), sin.to(x.dtype)
         cos = self._rope[0] if self._rope is not None else None
         if cos is None or cos.shape[0] < length or cos.device != x.device or cos.dtype != x.dtype:
             n = max(length, self.config.max_position_embeddings)
@@ -509,8 +540,14 @@ class GPT(nn.Module):
             x = x[:, -logits_to_keep:]
         if targets is None:
             return self.lm_head(x).float()
-        return linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.lm_head.weight,
-                                    targets.reshape(-1), ignore_index)
+        if torch.compiler.is_compiling():  # (B, T, d): sliced along B (see linear_cross_entropy)
+            return linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index)
+        h, targets = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
+        # only positions with a target need the (d x vocab) head: in SFT the prompt
+        # tokens are ~half the rows, and SmolLM2's head is a fifth of its FLOPs
+        keep = targets != ignore_index
+        h, targets = h[keep], targets[keep]
+        return linear_cross_entropy(h, self.lm_head.weight, targets, ignore_index)
 
     def _rope_for(self, T, past, position_ids, kv_cache, x):
         """cos/sin shaped to broadcast over (B, T, heads, head_dim)."""

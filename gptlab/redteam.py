@@ -39,6 +39,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from gptlab.fileio import atomic_write_text
 from gptlab.train.loop import cli_field as _f
 
@@ -435,6 +437,7 @@ class RedteamConfig:
     limit: int | None = _f(None, "use at most this many seed records of each of harmful / benign (seeded sample)")
     max_new_tokens: int = _f(64, "reply length cap")
     batch_size: int = _f(32, "local generation batch size")
+    dtype: str = _f("float32", "local model weights: float32 or bfloat16 (about 2x faster batched generation on a CPU with AVX512-BF16)")
     concurrency: int = _f(4, "parallel requests against --server")
     examples: int = _f(2, "examples per attack type in the report")
     seed: int = _f(0, "random seed (phrasing choice, fragment cuts, --limit sample)")
@@ -452,7 +455,8 @@ def _parse_attacks(spec: str) -> list[str]:
 def _local_replies(cfg: RedteamConfig, cases: list[dict]) -> list[str]:
     from gptlab.chat import load_chat_model
     from gptlab.evals.runner import ModelResponder
-    ckpt = load_chat_model(cfg.model)
+    from gptlab.train.loop import resolve_dtype
+    ckpt = load_chat_model(cfg.model, dtype=resolve_dtype(cfg.dtype, torch.device("cpu")))
     responder = ModelResponder(ckpt.model, ckpt.tokenizer, batch_size=cfg.batch_size,
                                progress=cfg.progress)
     return responder([{"messages": c["messages"]} for c in cases],

@@ -48,8 +48,10 @@ def report(run_dir: str | Path, out: str | Path | None = None) -> Path:
              f"_Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{run}` "
              f"by `gptlab report`._", ""]
     parts += _wall_time(run)
+    parts += _curation(ctx)
     parts += _checkpoints(ctx, ckpts)
     parts += _training(ctx, metric_files)
+    parts += _tracks(ctx)
     parts += _evals(ctx, evals)
     parts += _alignment(ctx)
     parts += _redteam(ctx)
@@ -59,6 +61,18 @@ def report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def _tracks(ctx) -> list[str]:
+    """The from-scratch and assistant tracks side by side (when the run has both)."""
+    from gptlab.speedrun_assistant import tracks_table
+    table = tracks_table(ctx.run)
+    if not table:
+        return []
+    return ["## Two tracks", "",
+            "Held-out miniworld sets; each rate with its 95% Wilson interval and item count. "
+            "The from-scratch column is that track's best chat model; the assistant track "
+            "starts from unchanged SmolLM2-135M-Instruct.", "", table, ""]
 
 
 class _Ctx:
@@ -146,6 +160,20 @@ def _wall_time(run: Path) -> list[str]:
             rows.append(f"| {stage} | {sec:,.1f} | {sec / 60:.1f} |")
     return out + ["| stage | seconds | minutes |", "|---|---:|---:|", *rows,
                   f"| **total** | **{total:,.1f}** | **{total / 60:.1f}** |", ""]
+
+
+def _curation(ctx: _Ctx) -> list[str]:
+    """The data curation table (gptlab/data/curate.py), when the run curated its corpus."""
+    rep = _read_json(ctx.run / "curated" / "report.json")
+    if not rep:
+        return []
+    from gptlab.data.curate import curation_table
+    pii = rep["pii"]
+    return ["## Data curation", "", *curation_table(rep), "",
+            f"PII replaced in {pii['docs']} kept documents ({pii['email']} e-mail, {pii['phone']} "
+            f"phone, {pii['ip']} IP); {rep['eval_sets']['items_checked']} eval items checked for "
+            f"{rep['eval_sets']['ngram']}-gram overlap; {rep['mb_per_s']} MB/s. Examples: "
+            f"[curated/report.md]({ctx.link(ctx.run / 'curated' / 'report.md')}).", ""]
 
 
 def _checkpoints(ctx: _Ctx, ckpts: list[Path]) -> list[str]:

@@ -50,6 +50,7 @@ import binascii
 import json
 import random
 import re
+import unicodedata
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,6 +136,14 @@ def views(text: str) -> list[str]:
     if len(frags) >= 3:
         out.append("".join(frags).lower())
     return out + decoded
+
+
+def normalize(text: str) -> str:
+    """What the moderator reads: NFKC (fullwidth "ｓｃａｍ" and ligatures become "scam"),
+    without invisible format characters (zero-width spaces and joiners, bidi marks) that
+    would split a word for the classifier but not for a reader."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
 
 
 def canonical(text: str) -> str:
@@ -277,7 +286,7 @@ class Moderator:
         """(len(texts), len(HEADS)) probabilities."""
         if not texts:
             return torch.zeros(0, len(HEADS))
-        texts = [t or "" for t in texts]
+        texts = [normalize(t or "") for t in texts]
         if self.encoder is not None:     # the probe reads hidden states only
             return torch.sigmoid(self.model(None, None, None, self.encoder(texts)))
         return torch.sigmoid(self.model(*_batch([feature_ids(t, self.dim) for t in texts])))

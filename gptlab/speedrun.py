@@ -22,12 +22,13 @@ from typing import Callable
 # eval_tail_prompts / eval_max_new_tokens (unset = the eval defaults).
 PRESETS = {
     # depth 3 (width 192, 2.0 M params) with a 2048-token vocabulary, Muon on the hidden
-    # matrices: ~6.5 epochs of the 0.8 M-token small corpus, then two SFT epochs (the
-    # second one raised held-out QA 17 -> 28% for ~95 s more; docs/RESULTS.md).
-    "cpu-tiny": dict(vocab_size=2048, depth=3, seq_len=256, pretrain_steps=640,
+    # matrices: ~4.5 epochs of the 0.8 M-token small corpus, then 1.5 SFT epochs. Cut from
+    # 640 steps / 2 epochs (docs/RESULTS.md) to give the assistant track (cpu-smol, the
+    # model a person talks to) the time: make demo runs both within 45 minutes.
+    "cpu-tiny": dict(vocab_size=2048, depth=3, seq_len=256, pretrain_steps=450,
                      device_batch_size=16, total_batch_tokens=8192, optimizer="muon",
-                     lr=3e-3, sft_epochs=2.0, sft_mix=0.2, sft_lr=2.5e-3, eval_limit=None,
-                     val_docs=500),
+                     lr=3e-3, sft_epochs=1.5, sft_mix=0.2, sft_lr=2.5e-3, eval_limit=None,
+                     val_docs=500, assistant="cpu-smol"),
     "test": dict(vocab_size=300, depth=1, seq_len=128, pretrain_steps=6,
                  device_batch_size=8, total_batch_tokens=1024, sft_epochs=0.1,
                  sft_mix=0.2, eval_limit=2, val_docs=20, eval_tail_k=2,
@@ -42,15 +43,21 @@ PRESETS = {
 HUB_DATA = {"pretrain": "hf:HuggingFaceFW/fineweb-edu:sample-10BT:train",
             "sft": "hf:HuggingFaceTB/smoltalk:all:train",
             "prefs": "hf:HuggingFaceH4/ultrafeedback_binarized:default:train_prefs"}
+# `offline`: what changes when the hub is unreachable and miniworld full (~3.4 M tokens)
+# is the corpus: at most 4 passes over it (2000 x 262k tokens would be ~150: a d12 overfits
+# after a few, issue 15) in smaller batches, so the few passes are still ~200 steps.
+_OFFLINE = {"max_epochs": 4.0, "total_batch_tokens": 65536}
 GPU_PRESETS = {
     "gpu-small": dict(vocab_size=32768, depth=12, seq_len=1024, pretrain_steps=2000,
                       device_batch_size=32, total_batch_tokens=262144, optimizer="muon",
                       sft_epochs=1.0, sft_mix=0.1, eval_limit=200, val_docs=2000,
-                      dtype="bfloat16", compile=True, hub_data=True, scale="full"),
+                      dtype="bfloat16", compile=True, hub_data=True, scale="full",
+                      offline=_OFFLINE),
     "gpu-d20": dict(vocab_size=65536, depth=20, seq_len=2048, pretrain_steps=21400,
                     device_batch_size=32, total_batch_tokens=524288, optimizer="muon",
                     sft_epochs=1.0, sft_mix=0.1, eval_limit=None, val_docs=10000,
-                    dtype="bfloat16", compile=True, hub_data=True, scale="full"),
+                    dtype="bfloat16", compile=True, hub_data=True, scale="full",
+                    offline={**_OFFLINE, "total_batch_tokens": 131072}),
 }
 PRESETS.update(GPU_PRESETS)
 
@@ -60,7 +67,7 @@ PRESETS.update(GPU_PRESETS)
 _ALIGN_CPU = dict(k=4, prompts=170, noise=0.25, max_new_tokens=64, rm_epochs=2.0,
                   rm_train_layers=None, ppo_steps=30, ppo_batch=32, rl_eval=4,
                   dpo_pairs=1000, dpo_epochs=2.0, dpo_beta=0.1, winrate_per_category=20,
-                  best_of=4, redteam_limit=None, moderator_encoder="smollm2")
+                  best_of=4, redteam_limit=50, moderator_encoder="smollm2")
 ALIGN_PRESETS = {
     "cpu-tiny": _ALIGN_CPU,
     "gpu-small": {**_ALIGN_CPU, "prompts": 2000, "ppo_steps": 200, "ppo_batch": 64, "hub_prefs": 20000,
@@ -97,6 +104,14 @@ def data_sources(p: dict, world: Path) -> dict:
     print("speedrun: the Hugging Face hub is not reachable (offline, or HF_HUB_OFFLINE=1): "
           "falling back to the embedded miniworld data", flush=True)
     return local
+
+
+def offline_settings(p: dict, src: dict) -> dict:
+    """The preset with its `offline` overrides applied when a hub preset fell back to
+    miniworld (pretraining capped at `max_epochs` passes over the corpus)."""
+    if not p.get("hub_data") or src["pretrain"].startswith("hf:"):
+        return p
+    return {**p, **p.get("offline", {})}
 
 
 def config_argv(cfg) -> list[str]:
@@ -137,10 +152,13 @@ class Stage:
 def _stages(out: Path, p: dict, scale: str, nproc: int = 1) -> list[Stage]:
     world, tok, pre, sft_dir = out / "world", out / "tokenizer", out / "pretrain", out / "sft"
     src = data_sources(p, world)
+    p = offline_settings(p, src)
 
     def make_world():
         from gptlab.data.world import generate_world
         generate_world(world, seed=0, scale=scale)
+
+    curated = _curate_stage(out, world, scale, src)
 
     def make_tokenizer():
         from gptlab.tokenizer import train_tokenizer_from_source
@@ -158,7 +176,8 @@ def _stages(out: Path, p: dict, scale: str, nproc: int = 1) -> list[Stage]:
             dtype=p.get("dtype", "auto"), compile=p.get("compile", False),
             # streamed hub text: tokenize ~1.2 passes' worth, not the whole data set
             data_tokens=int(tokens * 1.2) if src["pretrain"].startswith("hf:") else None,
-            eval_every=max(p["pretrain_steps"] // 10, 1), resume=True)
+            eval_every=max(p["pretrain_steps"] // 10, 1), resume=True,
+            max_epochs=p.get("max_epochs"))
         run_distributed("pretrain", cfg, nproc) if nproc > 1 else pretrain(cfg)
 
     def make_sft():
@@ -182,19 +201,41 @@ def _stages(out: Path, p: dict, scale: str, nproc: int = 1) -> list[Stage]:
         report(out)
 
     align = _align_stages(out, p, world, sft_dir / "final", src["prefs"])
+    assistant = []
+    if p.get("assistant"):  # the assistant track: a real pretrained model, same stages
+        from gptlab.speedrun_assistant import assistant_stages
+        assistant = [Stage(*t) for t in assistant_stages(out, world, p["assistant"],
+                                                         p["assistant"]["init"])]
     evals = [Stage(f"eval {name}", out / d / "final" / "eval.json", make_eval(out / d / "final"))
              for name, d in MODELS if name != "base"]
     return [
         Stage("miniworld data", world / "manifest.json", make_world),
+        *curated,
         Stage("tokenizer", tok / "tokenizer.json", make_tokenizer),
         Stage("pretrain", pre / "final" / "config.json", make_pretrain),
         Stage("SFT", sft_dir / "final" / "config.json", make_sft),
         *align[:4],                      # feedback, reward model, PPO, DPO
         Stage("eval base", pre / "final" / "eval.json", make_eval(pre / "final")),
         *evals,                          # SFT, PPO, DPO
-        *align[4:],                      # win rates, moderation, red team, final
+        *align[4:6],                     # win rates, moderation
+        *assistant,                      # SmolLM2: SFT, evals, feedback, DPO, win rate
+        *align[6:],                      # red team and final, on the best of both tracks
         Stage("report", None, make_report),  # cheap, and must see every stage's timing
     ]
+
+
+def _curate_stage(out: Path, world: Path, scale: str, src: dict) -> list[Stage]:
+    """Curate miniworld's corpus (dedup, quality, PII, decontamination against its evals)
+    into out/curated, and point `src` at the kept text; hub data is not curated here."""
+    if src["pretrain"] != str(world / "corpus"):
+        return []
+    src["pretrain"] = str(out / "curated" / "corpus")
+
+    def make_curate():
+        from gptlab.data.curate import CurateConfig, curate
+        curate(CurateConfig(input=str(world / "corpus"), out=str(out / "curated"), world=str(world),
+                            workers=0 if scale == "tiny" else 2, progress=False))
+    return [Stage("curate", out / "curated" / "report.json", make_curate)]
 
 
 # The models the speedrun trains, by their folder under the run directory.
@@ -252,9 +293,12 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
 
     def make_redteam():
         from gptlab.redteam import RedteamConfig, run_redteam
-        run_redteam(RedteamConfig(model=str(best_model(out)), world=str(world),
+        best = best_model(out)
+        big = p.get("assistant") and (out / "assistant") in best.parents  # a 135M model
+        run_redteam(RedteamConfig(model=str(best), world=str(world),
                                   out=str(out / "redteam"), guard=str(out / "moderator"),
-                                  limit=a["redteam_limit"]))
+                                  limit=a["redteam_limit"],
+                                  dtype=p["assistant"]["dtype"] if big else "float32"))
 
     def make_final():
         from gptlab.checkpoint import atomic_dir
@@ -302,12 +346,15 @@ def win_rates(out: Path, world: Path, a: dict) -> dict:
 
 
 def best_model(out: Path) -> Path:
-    """The chat model with the highest mean gold-judge score in its eval (SFT, PPO, DPO)."""
+    """The chat model with the highest mean gold-judge score in its eval (SFT, PPO, DPO of
+    the from-scratch track, SFT and DPO of the assistant track)."""
+    from gptlab.speedrun_assistant import assistant_models
     scores = {}
-    for name, sub in MODELS[1:]:
-        f = out / sub / "final" / "eval.json"
+    dirs = [out / sub / "final" for _, sub in MODELS[1:]] + [d for _, d in assistant_models(out)]
+    for d in dirs:
+        f = d / "eval.json"
         if f.exists():
-            scores[out / sub / "final"] = json.loads(f.read_text())["metrics"].get("judge_score", 0)
+            scores[d] = json.loads(f.read_text())["metrics"].get("judge_score", 0)
     if not scores:
         raise FileNotFoundError(f"no evaluated chat model under {out}")
     return max(scores, key=scores.get)
@@ -380,6 +427,20 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _assistant_settings(name: str | None, init: str | None) -> dict | None:
+    from gptlab.speedrun_assistant import ASSISTANT_PRESETS
+    if name in (None, "", "none"):
+        return None
+    if name not in ASSISTANT_PRESETS:
+        raise ValueError(f"unknown assistant preset {name!r}; choose one of "
+                         f"{sorted(ASSISTANT_PRESETS)} or none")
+    a = {**ASSISTANT_PRESETS[name], "preset": name}
+    a["init"] = str(init) if init else a["init"]
+    if not a["init"]:
+        raise ValueError(f"assistant preset {name!r} needs a model to start from (assistant_init)")
+    return a
+
+
 def _check_settings(out: Path, settings: dict) -> None:
     """Record the preset in out/speedrun.json; refuse to resume a run made with another
     (its finished stages would be skipped and silently mixed with the new settings)."""
@@ -400,16 +461,21 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 
 def speedrun(out: Path, preset: str = "cpu-tiny", scale: str | None = None,
-             nproc_per_node: int = 1) -> dict:
+             nproc_per_node: int = 1, assistant: str | None = None,
+             assistant_init: str | None = None) -> dict:
     """Run every stage not yet done; returns {stage: seconds}. A skipped stage keeps the
     seconds it took when it ran (from timings.json), so the table describes the whole run.
     scale: miniworld size (unset: the preset's, else small). nproc_per_node > 1 runs the
-    training stages under torchrun on that many local processes (GPUs)."""
+    training stages under torchrun on that many local processes (GPUs). assistant: the
+    assistant track's preset (unset: the preset's own, cpu-smol for cpu-tiny; "none": no
+    assistant track); assistant_init: the model it starts from instead of the preset's."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     p = {**PRESETS[preset], "align": ALIGN_PRESETS[preset]}
+    p["assistant"] = _assistant_settings(p.get("assistant") if assistant is None else assistant,
+                                         assistant_init)
     scale = scale or p.get("scale", "small")
     _check_settings(out, {"preset": preset, "scale": scale, **p})
     if p.get("threads"):

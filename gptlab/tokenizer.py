@@ -16,6 +16,7 @@ Special tokens get ids 0..7 (`SPECIAL_TOKENS`); ChatML uses `<|im_start|>` / `<|
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -64,8 +65,9 @@ class Tokenizer:
 
     `encode` adds no special tokens (no BOS/EOS), but special-token *strings* that occur in
     the text (e.g. a literal "<|im_end|>") are recognized and encoded as their single id --
-    this is how rendered ChatML is tokenized. Callers that feed untrusted user text and
-    must not let it inject control tokens should strip those strings first.
+    this is how a chat template's own text is tokenized. `encode_text` is for content (what
+    a user, system or assistant message says): special-token strings in it are ordinary
+    text, so a message cannot forge a turn (gptlab.chat renders messages that way).
     """
 
     def __init__(self, hf: HFTokenizer, config: dict | None = None, generation_config: dict | None = None):
@@ -115,6 +117,26 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of ``text`` with special-token strings read as plain text: a literal
+        "<|im_end|>" becomes the ids of "<", "|", "im", ... never the control token."""
+        return self._plain().encode(text, add_special_tokens=False).ids
+
+    def encode_text_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._plain().encode_batch(list(texts), add_special_tokens=False)]
+
+    def _plain(self) -> HFTokenizer:
+        # a second copy, since encode_special_tokens is a setting of the whole tokenizer object
+        if getattr(self, "_plain_tok", None) is None:
+            plain = HFTokenizer.from_str(self._tok.to_str())
+            plain.encode_special_tokens = True
+            self._plain_tok = plain
+        return self._plain_tok
+
+    def control_ids(self) -> set[int]:
+        """Ids of the special added tokens (<|im_start|>, <|im_end|>, <|endoftext|>, ...)."""
+        return {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
@@ -131,16 +153,8 @@ class Tokenizer:
     # ---- chat --------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """Render messages with the tokenizer's chat template, as transformers does."""
-        from jinja2.exceptions import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(msg):
-            raise TemplateError(msg)
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
         special = {k: _token_str(self.config.get(k)) or "" for k in ("bos_token", "eos_token")}
-        return env.from_string(self.chat_template).render(
+        return _compiled_template(self.chat_template).render(
             messages=messages, add_generation_prompt=add_generation_prompt, **special
         )
 
@@ -266,3 +280,18 @@ def train_tokenizer_from_source(source: str | Path, out_dir: str | Path, vocab_s
     tok = train_tokenizer(_take_chars(texts, max_chars), vocab_size)
     tok.save(out_dir)
     return tok
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_template(source: str):
+    """A chat template compiled once: compiling costs ~1000x a render, and SFT renders every
+    conversation several times (rendering 12,000 SmolLM2 conversations took minutes)."""
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(msg):
+        raise TemplateError(msg)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)

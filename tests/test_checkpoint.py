@@ -170,6 +170,7 @@ def test_clear_errors(tok, tmp_path):
         load_checkpoint(tmp_path / "empty")
     out = save_checkpoint(tmp_path / "ck", tiny_model(tok), tok)
     cfg = json.loads((out / "config.json").read_text())
+    (out / "gptlab.json").unlink()  # no recorded hashes: the structural checks below speak
 
     (out / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(ValueError, match="unsupported architecture.*gpt2"):
@@ -183,4 +184,70 @@ def test_clear_errors(tok, tmp_path):
     (out / "config.json").write_text(json.dumps(cfg))
     (out / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        load_checkpoint(out)
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def _overwrite(path, offset: int, n: int = 4096, seed: int = 0) -> None:
+    """n random bytes written over `path` at `offset` (the issue's "4 KB overwritten")."""
+    data = bytearray(path.read_bytes())
+    data[offset:offset + n] = torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed),
+                                            dtype=torch.uint8).numpy().tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_every_file_hashed_and_checked_on_load(tok, tmp_path):
+    out = save_checkpoint(tmp_path / "ck", tiny_model(tok), tok, train_state={"step": 1})
+    files = json.loads((out / "gptlab.json").read_text())["files"]
+    assert sorted(files) == sorted(p.name for p in out.iterdir() if p.name != "gptlab.json")
+    assert files["model.safetensors"] == ckpt_mod.file_sha256(out / "model.safetensors")
+    # 4 KB overwritten inside the weights (past the header): parses fine, sha256 catches it
+    weights = out / "model.safetensors"
+    _overwrite(weights, weights.stat().st_size // 2)
+    with pytest.raises(ckpt_mod.CheckpointError, match=r"model\.safetensors: sha256 differs"):
+        load_checkpoint(out)
+    assert load_train_state(out) == {"step": 1}  # only its own hash is checked
+    (out / "train_state.pt").write_bytes(b"x")
+    with pytest.raises(ckpt_mod.CheckpointError, match=r"train_state\.pt: sha256 differs"):
+        load_train_state(out)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "train_state.pt"])
+def test_truncated_file_is_one_line_error_naming_it(tok, tmp_path, name):
+    """Without recorded hashes (an older checkpoint) a truncated file still gives one line
+    that names it, not a traceback from deep inside safetensors / torch."""
+    out = save_checkpoint(tmp_path / "ck", tiny_model(tok), tok, train_state={"step": 1, "x": torch.ones(999)})
+    (out / "gptlab.json").unlink()
+    f = out / name
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ckpt_mod.CheckpointError) as e:
+        load_checkpoint(out) if name == "model.safetensors" else load_train_state(out)
+    assert str(f) in str(e.value) and "truncated or damaged" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_non_finite_weights_are_never_saved_nor_resumed(tok, tmp_path):
+    model = tiny_model(tok)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    with pytest.raises(ckpt_mod.NonFiniteError, match="up_proj"):
+        save_checkpoint(tmp_path / "bad", model, tok)
+    assert not (tmp_path / "bad").exists()
+    # a NaN file from elsewhere (no hashes to catch it) fails verification before any use
+    from safetensors.torch import save_file
+    good = save_checkpoint(tmp_path / "ck", tiny_model(tok), tok, train_state={"step": 1})
+    (good / "gptlab.json").unlink()
+    w = ckpt_mod.load_file(str(good / "model.safetensors"))
+    w["model.norm.weight"][0] = float("inf")
+    save_file(w, str(good / "model.safetensors"))
+    with pytest.raises(ckpt_mod.NonFiniteError, match="model.norm.weight"):
+        ckpt_mod.verify_checkpoint(good)
+
+
+def test_damaged_metadata_is_one_line_error(tok, tmp_path):
+    out = save_checkpoint(tmp_path / "ck", tiny_model(tok), tok)
+    (out / "gptlab.json").write_text('{"stage": "sf')
+    with pytest.raises(ckpt_mod.CheckpointError, match=r"gptlab\.json: damaged"):
         load_checkpoint(out)

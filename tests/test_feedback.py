@@ -159,3 +159,48 @@ def test_import_reports_the_bad_line(tmp_path, capsys):
     src.write_text(json.dumps(_trl_pairs(1)[0]) + "\n" + '{"prompt": "q", "chosen": 3}\n')
     assert main(["feedback", "import", str(src), "--db", str(tmp_path / "fb.db")]) == 2
     assert "bad.jsonl" in capsys.readouterr().err
+
+
+def test_import_is_all_or_nothing_and_idempotent(tmp_path, capsys):
+    """A bad line 6 leaves the store empty and names the line; the fixed file imports
+    fully; importing it again (or a file repeating a pair) adds nothing."""
+    db, src = str(tmp_path / "fb.db"), tmp_path / "in.jsonl"
+    lines = [json.dumps(p) for p in _trl_pairs(5)]
+    src.write_text("\n".join(lines + ['{"prompt": "q", "chosen": 3}']) + "\n")
+    assert main(["feedback", "import", str(src), "--db", db]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "in.jsonl: line 6" in err and len(err.splitlines()) == 1
+    assert FeedbackStore(db).counts() == {"prompts": 0, "responses": 0, "rankings": 0,
+                                          "comparisons": 0, "ratings": 0}
+    src.write_text("\n".join(lines + [json.dumps(_trl_pairs(6)[5]), lines[0]]) + "\n")
+    assert main(["feedback", "import", str(src), "--db", db]) == 0
+    assert "imported 6 pairs" in capsys.readouterr().out     # the repeated line 7 counted once
+    assert main(["feedback", "import", str(src), "--db", db, "--rater", "someone else"]) == 0
+    assert "imported 0 pairs" in capsys.readouterr().out and FeedbackStore(db).counts()["comparisons"] == 6
+
+
+def test_a_store_from_before_content_hashes_still_opens_and_dedupes(tmp_path):
+    """An older store (no comparisons.content_hash; a pair imported twice by the old,
+    non-idempotent import) gets the column and its hashes on open, keeps its rows, and a
+    re-import of the same file adds nothing."""
+    import sqlite3
+
+    db, src = tmp_path / "old.db", tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(p) + "\n" for p in _trl_pairs(3)))
+    FeedbackStore(db).import_file(src)
+    con = sqlite3.connect(db)   # turn it into what the previous version wrote
+    con.executescript("DROP INDEX ix_comparisons_content_hash;"
+                      "ALTER TABLE comparisons DROP COLUMN content_hash;"
+                      "INSERT INTO comparisons (prompt_id, chosen_id, rejected_id, rater, kind, created_at)"
+                      " SELECT prompt_id, chosen_id, rejected_id, rater, kind, created_at"
+                      " FROM comparisons WHERE id = 1;")
+    con.close()
+    store = FeedbackStore(db)
+    assert store.counts()["comparisons"] == 4 and len(store.pairs()) == 4
+    assert store.import_file(src) == 0
+    assert store.counts()["comparisons"] == 4
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(content_hash), count(*) FROM comparisons").fetchone() == (3, 4)
+    con.close()
+    store.add_comparison(1, 1, 2, rater="bob")   # votes carry no hash: the same vote twice is fine
+    store.add_comparison(1, 1, 2, rater="bob")

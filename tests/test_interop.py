@@ -235,6 +235,28 @@ def test_gguf_quantized_tensors_dequantize(tok, tmp_path, qtype):
             assert (got[k] - v).abs().max() <= tol, (k, qtype)
 
 
+@pytest.mark.parametrize("damage", ["key_length", "header", "truncated"])
+def test_damaged_gguf_is_one_line_error_naming_the_file(tok, tmp_path, capsys, damage):
+    """Overwritten bytes in the key/value header or a cut-off file: `gptlab import` says
+    which file is damaged in one line (not a 22-line IndexError from the gguf reader)."""
+    from gptlab.cli import main
+
+    model = random_gpt(tok.vocab_size, hidden=128, heads=4, kv=2)
+    write_test_gguf(tmp_path / "m.gguf", model.state_dict(), model.config, tok)
+    data = bytearray((tmp_path / "m.gguf").read_bytes())
+    if damage == "key_length":                     # the reader's IndexError of the issue
+        data[24:32] = b"\xff" * 8                  # the first metadata key's length
+    elif damage == "header":
+        data[40:1064] = bytes(range(256)) * 4      # inside the metadata keys and values
+    else:
+        del data[len(data) // 3:]
+    (tmp_path / "bad.gguf").write_bytes(bytes(data))
+    assert main(["import", str(tmp_path / "bad.gguf"), "--out", str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "bad.gguf") in err, err
+    assert "GGUF" in err and not (tmp_path / "ck").exists()
+
+
 # ----------------------------------------------------------------------------- export
 
 

@@ -105,7 +105,7 @@ def test_registry_aliases_promote_and_off_switch(server, capsys):
     assert gptlab_main(["models", "disable", "v2", "--url", server["url"], "--key", admin]) in (0, None)
     with pytest.raises(openai.NotFoundError) as e:
         chat(user, model="v2")
-    assert e.value.code == "model_not_found"
+    assert e.value.code == "model_disabled" and "disabled" in e.value.message
     with pytest.raises(openai.NotFoundError):
         chat(user, model="candidate")
     assert [m.id for m in user.models.list().data] == ["v1", "long"]

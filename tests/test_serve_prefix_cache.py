@@ -43,11 +43,12 @@ def test_longer_sequences_supersede_their_prefixes_and_eviction_is_lru():
     cache.put(list(range(10)), *_kv(10))
     cache.put(list(range(15)), *_kv(15))      # extends the first: replaces it
     cache.put(list(range(12)), *_kv(12))      # already covered by the 15-token entry
-    assert list(map(len, cache.entries)) == [15] and cache.bytes == 64 * 15
+    assert [len(ids) for _, ids in cache.entries] == [15] and cache.bytes == 64 * 15
     cache.put([50 + i for i in range(10)], *_kv(10))
     cache.lookup(list(range(15)) + [1])       # touch the first entry
     cache.put([80 + i for i in range(10)], *_kv(10))  # over budget: evicts the least recently used
-    assert sorted(len(key) for key in cache.entries) == [10, 15] and (80,) == next(reversed(cache.entries))[:1]
+    assert sorted(len(ids) for _, ids in cache.entries) == [10, 15]
+    assert next(reversed(cache.entries))[1][:1] == (80,)
     assert cache.bytes <= cache.max_bytes
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from gptlab.speedrun import HEADLINE, PRESETS, headline_table, speedrun
 
-STAGES = ["miniworld data", "tokenizer", "pretrain", "SFT", "feedback", "reward model", "PPO",
+STAGES = ["miniworld data", "curate", "tokenizer", "pretrain", "SFT", "feedback", "reward model", "PPO",
           "DPO", "eval base", "eval SFT", "eval PPO", "eval DPO", "win rates", "moderation",
           "red team", "final", "report"]
-REPORT_SECTIONS = ["# Report card", "## Wall time", "## Checkpoints", "## Training", "## Evals",
+REPORT_SECTIONS = ["# Report card", "## Wall time", "## Data curation", "## Checkpoints", "## Training", "## Evals",
                    "## Alignment", "## Red team", "## Commands"]
 BASE_KEYS = ["fact_accuracy", "bpb"]
 CHAT_KEYS = [k for k, _ in HEADLINE if k != "fact_accuracy"]

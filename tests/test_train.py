@@ -351,12 +351,18 @@ def test_ddp_and_accumulation_match_one_big_batch(tiny_shards, tiny_tokenizer, t
     _assert_same_curve(vals["ddp2_b2_accum2"], vals["single_b4_accum2"], 1e-5)
 
 
+def _tiny_checkpoint(path: Path, step: int) -> Path:
+    from gptlab.checkpoint import save_checkpoint
+    return save_checkpoint(path, _tiny_model(), None, train_state={"step": step})
+
+
 def test_resume_checkpoint_picks_the_newest_and_a_fresh_run_clears_old_ones(tmp_path):
     from gptlab.train.loop import check_resume, resume_checkpoint
 
     root = tmp_path / "ckpt"
-    for name in ("step_000002", "step_000010", ".step_000012.tmp-1a2b"):  # the last: a killed save
-        (root / name).mkdir(parents=True)
+    for step in (2, 10):
+        _tiny_checkpoint(root / f"step_{step:06d}", step)
+    (root / ".step_000012.tmp-1a2b").mkdir()  # a killed save
     assert resume_checkpoint(tmp_path, resume=True) == root / "step_000010"
     assert not (root / ".step_000012.tmp-1a2b").exists()
     assert resume_checkpoint(tmp_path, resume=False) is None
@@ -365,3 +371,116 @@ def test_resume_checkpoint_picks_the_newest_and_a_fresh_run_clears_old_ones(tmp_
     check_resume(root, {"seed": 1, "gone": 3}, {"seed": 1, "new": 2})  # unrecorded keys are not compared
     with pytest.raises(ValueError, match="cannot resume .*: seed was 1, now 2"):
         check_resume(root, {"seed": 1}, {"seed": 2})
+
+
+def test_resume_skips_damaged_checkpoints_and_says_why(tmp_path, capsys):
+    from gptlab.train.loop import resume_checkpoint
+
+    root = tmp_path / "ckpt"
+    for step in (2, 4, 6, 8):
+        _tiny_checkpoint(root / f"step_{step:06d}", step)
+    (root / "step_000008" / "model.safetensors").write_bytes(b"\0" * 100)       # overwritten
+    ts = root / "step_000006" / "train_state.pt"
+    ts.write_bytes(ts.read_bytes()[:-50])                                        # truncated
+    (root / "step_000004" / "train_state.pt").unlink()                           # missing
+    assert resume_checkpoint(tmp_path, resume=True) == root / "step_000002"
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0:2] for line in out[:3]] == [
+        ["--resume", " skipping step_000008"], ["--resume", " skipping step_000006"],
+        ["--resume", " skipping step_000004"]]
+    assert "model.safetensors: sha256 differs" in out[0] and "train_state.pt: sha256" in out[1]
+    assert "train_state.pt: missing" in out[2]
+    assert "continuing from step_000002" in out[3]
+    (root / "step_000002" / "gptlab.json").write_text("{")
+    with pytest.raises(ValueError, match="none of the 4 checkpoints .* is intact"):
+        resume_checkpoint(tmp_path, resume=True)
+
+
+def test_metrics_are_strict_json(tmp_path):
+    """NaN / inf are written as null (bare NaN is not JSON)."""
+    log = MetricsLogger(tmp_path / "m.jsonl")
+    log.log({"step": 1, "loss": float("nan"), "grad_norm": float("inf"), "lr": 0.1})
+    log.close()
+    text = (tmp_path / "m.jsonl").read_text()
+
+    def refuse(const):
+        raise AssertionError(f"non-JSON constant {const} in metrics.jsonl")
+
+    assert json.loads(text, parse_constant=refuse) == {"step": 1, "loss": None, "grad_norm": None, "lr": 0.1}
+
+
+def test_non_finite_loss_stops_the_loop_before_saving(tmp_path):
+    """A NaN loss at step 3 stops the run at once: step 3 logged (loss null), nothing saved
+    after step 2, NonFiniteError raised. Weights made NaN by the step (inf gradient) are
+    caught by the save check too."""
+    from gptlab.checkpoint import NonFiniteError
+
+    model = _tiny_model()
+    opt = loop.build_optimizer(model)
+    saved, calls = [], {"n": 0}
+    x = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(m, batch):
+        calls["n"] += 1
+        loss = m(x[:, :-1], targets=x[:, 1:])
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    hooks = loop.LoopHooks(next_batch=lambda: None, loss_fn=loss_fn,
+                           save=lambda step, final: saved.append(step) or tmp_path / f"s{step}")
+    logger = MetricsLogger(tmp_path / "m.jsonl")
+    cfg = loop.LoopConfig(max_steps=6, save_every=1, progress=False)
+    with pytest.raises(NonFiniteError, match=r"step 3: training loss nan.*stopping without saving"):
+        loop.run_loop(model, opt, cfg, hooks, env=loop.DistEnv(), logger=logger)
+    logger.close()
+    assert saved == [1, 2]
+    assert [r["loss"] is None for r in read_metrics(tmp_path / "m.jsonl")] == [False, False, True]
+    # the save check on its own: NaN weights are refused, whatever the loss said
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="step 7: NaN or inf in .*embed_tokens"):
+        loop.check_finite_weights(model, 7)
+
+
+def test_cli_exits_non_zero_with_one_line_when_training_diverges(tiny_shards, tiny_tokenizer, tmp_path):
+    """The issue's end state: a run whose loss turns NaN must not write a NaN final/ and
+    exit 0. A huge learning rate makes the loss non-finite within a few steps."""
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "gptlab", "pretrain", "--data", str(tiny_shards),
+                        "--tokenizer", str(tiny_tokenizer), "--out", str(out), "--depth", "1",
+                        "--seq-len", "16", "--device-batch-size", "2", "--total-batch-tokens", "32",
+                        "--max-steps", "30", "--lr", "1e30", "--grad-clip", "0", "--no-progress",
+                        "--eval-every", "0", "--save-every", "0"],
+                       env=_child_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode != 0, r.stdout[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gptlab: error: step ") and "stopping without saving" in err[0], r.stderr
+    assert not (out / "final").exists()
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))
+
+
+def test_resume_falls_back_past_damaged_checkpoints_and_ends_identical(tiny_shards, tiny_tokenizer, tmp_path):
+    """The issue's case end to end: 4 KB overwritten inside the newest checkpoint's weights
+    and a truncated train_state.pt in the one before. --resume names both, continues from
+    the newest intact one, and ends with the same final weights as the undamaged run."""
+    out = tmp_path / "run"
+    cfg = _base_cfg(tiny_shards, tiny_tokenizer, out, max_steps=12, save_every=4, eval_every=0,
+                    keep_checkpoints=3)
+    _run_child(cfg)
+    expected = _weights(out / "final")
+    ckpts = out / "ckpt"
+    weights = ckpts / "step_000012" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    weights.write_bytes(bytes(data))
+    state = ckpts / "step_000008" / "train_state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    r = subprocess.run([sys.executable, str(CHILD), json.dumps({**cfg, "resume": True})],
+                       env=_child_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("--resume")]
+    assert lines[0].startswith("--resume: skipping step_000012: ") and "model.safetensors: sha256 differs" in lines[0]
+    assert lines[1].startswith("--resume: skipping step_000008: ") and "train_state.pt: sha256 differs" in lines[1]
+    assert "continuing from step_000004" in lines[2] and "resumed from" in r.stdout
+    got = _weights(out / "final")
+    assert all(torch.equal(got[k], expected[k]) for k in expected)

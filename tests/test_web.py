@@ -203,7 +203,7 @@ def test_ab_vote_and_thumbs_land_in_the_feedback_store(page, server):
     assert len(votes) == before + 1
     vote = votes[-1]
     assert (vote["chosen"], vote["rejected"]) == (answers[1], answers[0])
-    assert vote["rater"] == "rater-ab" and vote["kind"] == "human"
+    assert vote["rater"] == "addr:127.0.0.1" and vote["kind"] == "human"   # who sent it, not the typed name
     assert vote["prompt"] == [{"role": "system", "content": "Be brief."},
                               {"role": "user", "content": "what does chen eat?"}]
     # the chosen answer continues the chat
@@ -215,7 +215,7 @@ def test_ab_vote_and_thumbs_land_in_the_feedback_store(page, server):
     page.click(".ab-pair.voted button[title='Bad answer']")
     page.wait_for_selector(".ab-pair.voted button[title='Bad answer'].active")
     ratings = FeedbackStore(db).ratings()
-    assert ratings[-1]["value"] == -1 and ratings[-1]["rater"] == "rater-ab"
+    assert ratings[-1]["value"] == -1 and ratings[-1]["rater"] == "addr:127.0.0.1"
     with FeedbackStore(db).Session() as s:
         from gptlab.feedback import Response
         assert s.get(Response, ratings[-1]["response_id"]).text == answers[1]

@@ -65,6 +65,8 @@ class DPOConfig:
     schedule: str = _f("linear", "after warmup: linear | cosine decay, wsd, constant")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
     seq_len: int | None = _f(None, "longest prompt + answer in tokens; unset: the model's context")
+    train_layers: int | None = _f(None, "full fine-tuning of only the top N blocks and the final norm (as in gptlab sft); unset: every weight")
+    dtype: str = _f("auto", "auto (bf16 autocast on CUDA, else fp32), bfloat16 or float32")
     lora_r: int = _f(0, "LoRA rank; 0 = full fine-tuning")
     lora_alpha: float | None = _f(None, "LoRA alpha; unset: 2 x lora_r")
     lora_dropout: float = _f(0.0, "dropout on the LoRA input")
@@ -305,7 +307,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
     """Train as configured; returns out/final."""
     from gptlab.chat import load_chat_model
     from gptlab.train.loop import (
-        LoopConfig, LoopHooks, MetricsLogger, build_optimizer, run_loop, seed_everything, setup_dist,
+        LoopConfig, LoopHooks, MetricsLogger, autocast_context, build_optimizer, resolve_dtype,
+        run_loop, seed_everything, setup_dist,
     )
 
     validate_config(cfg)
@@ -327,11 +330,16 @@ def run_dpo(cfg: DPOConfig) -> Path:
             "train": len(train), "val": len(val)}
     (out / "data.json").write_text(json.dumps(info, indent=2) + "\n")
     model = model.to(env.device)
-    ref = cached_reference(cfg, model, train + val, tok.pad_id, env.device)
+    dtype = resolve_dtype(cfg.dtype, env.device)
+    with autocast_context(env.device, dtype):  # the same precision as the policy's log-probs
+        ref = cached_reference(cfg, model, train + val, tok.pad_id, env.device)
     ref_train, ref_val = ref[:len(train)], ref[len(train):]
     if cfg.lora_r > 0:
         from gptlab.train.sft import apply_lora
         model = apply_lora(model, cfg)
+    elif cfg.train_layers is not None:
+        from gptlab.train.sft import freeze_below
+        freeze_below(model, cfg.train_layers)
     model.train()
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=0.0)
     accum = cfg.batch_size // cfg.device_batch_size
@@ -369,7 +377,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
     try:
         if start >= steps:
             return save(start, True)
-        return run_loop(model, optimizer, loop_cfg, hooks, env=env, logger=logger, start_step=start)
+        return run_loop(model, optimizer, loop_cfg, hooks, env=env, logger=logger, start_step=start,
+                        autocast=lambda: autocast_context(env.device, dtype))
     finally:
         logger.close()
 

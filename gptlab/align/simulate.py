@@ -23,6 +23,8 @@ import random
 import time
 from pathlib import Path
 
+import torch
+
 from gptlab.align.common import generate_answers, prompt_messages, read_jsonl
 
 
@@ -63,7 +65,7 @@ def simulate_feedback(model: str | Path, prompts: str | Path, db: str, *, k: int
                       max_new_tokens: int = 96,
                       batch_size: int = 64, seed: int = 0, world: str | Path | None = None,
                       clean_db: str | None = None, progress: bool = True,
-                      device: str = "cpu") -> dict:
+                      device: str = "cpu", dtype: str = "float32") -> dict:
     """Sample K answers for up to n prompts, store the judge's ranking (with `noise`) in
     `db`, and the noiseless ranking of the same answers in `clean_db` if given."""
     from tqdm.auto import tqdm
@@ -85,7 +87,8 @@ def simulate_feedback(model: str | Path, prompts: str | Path, db: str, *, k: int
     stores = [FeedbackStore(db)] + ([FeedbackStore(clean_db)] if clean_db else [])
     done = stores[0].ranked_prompt_keys(source)
     todo = [r for r in chosen if prompt_key(r["messages"]) not in done]
-    ckpt = load_chat_model(model, device=device)
+    from gptlab.train.loop import resolve_dtype
+    ckpt = load_chat_model(model, device=device, dtype=resolve_dtype(dtype, torch.device(device)))
     sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "k": k}
     per_chunk = max(1, batch_size // k)
     t0 = time.time()

@@ -425,13 +425,16 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
              out: str | Path | None = None, batch_size: int = 32, tail_k: int = 8,
              tail_prompts: int = 4, mc_shots: int = 3, seed: int = 0,
              max_new_tokens: int | None = None, bpb_text: str | Path | None = None,
-             device: str = "auto", progress: bool = True, write: bool = True) -> dict:
+             device: str = "auto", progress: bool = True, write: bool = True,
+             dtype: str = "auto") -> dict:
     """Run the suites and return the eval.json dict (see docs/EVALS.md for the schema).
 
     Written to `out`, else `model_dir/eval.json` (atomically, merged with the suites an
     earlier run wrote there); nothing is written when `write` is False or there is
     neither a model_dir nor an out. `responder` replaces the model for the judged suites.
-    `max_new_tokens` caps every task's generation length (quick smoke runs).
+    `max_new_tokens` caps every task's generation length (quick smoke runs). `dtype`: the
+    weights' dtype (auto: bf16 on CUDA, else float32; bfloat16 halves a 135M model's
+    batched generation time on a CPU with AVX512-BF16).
     """
     from gptlab.data.judge import Judge
 
@@ -441,7 +444,7 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     model = tokenizer = None
     meta: dict = {}
     if model_dir is not None:
-        model, tokenizer, meta = _load(model_dir, device)
+        model, tokenizer, meta = _load(model_dir, device, dtype)
     if kind == "auto":
         kind = detect_kind(meta, tokenizer) if model_dir is not None else "chat"
     if kind not in ("base", "chat"):
@@ -454,7 +457,7 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     path = Path(out) if out is not None else (Path(model_dir) / EVAL_FILE if model_dir else None)
     settings = dict(limit=limit, seed=seed, batch_size=batch_size, tail_k=tail_k,
                     tail_prompts=tail_prompts, mc_shots=mc_shots, max_new_tokens=max_new_tokens,
-                    device=device)
+                    device=device, dtype=dtype)
     run = _Run(model, tokenizer, meta, model_dir, world_dir, kind, responder,
                Judge.from_dir(world_dir), settings, bpb_text, path if write else None, progress)
     results, skipped = {}, {}
@@ -535,7 +538,7 @@ def _command(model_dir, world_dir, suites, kind, settings, bpb_text, out) -> str
     return " ".join(parts)
 
 
-def _load(model_dir, device):
+def _load(model_dir, device, dtype: str = "auto"):
     from gptlab.train.loop import resolve_device
     try:   # also merges a LoRA adapter saved beside the weights
         from gptlab.chat import load_chat_model as load
@@ -543,7 +546,11 @@ def _load(model_dir, device):
         from gptlab.checkpoint import load_checkpoint as load
 
     dev = resolve_device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype in ("auto", None):
+        dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        from gptlab.train.loop import resolve_dtype
+        dtype = resolve_dtype(dtype, dev)
     ckpt = load(model_dir, device=dev, dtype=dtype)
     if ckpt.tokenizer is None:
         raise ValueError(f"{model_dir} has no tokenizer.json: cannot evaluate it")

@@ -28,6 +28,8 @@ CHAT_KINDS = ["qa", "multiturn", "system", "conflict", "false_premise", "pushbac
               "pushback_admit", "harmful", "benign_edgy", "unknown_entity", "arithmetic"]
 BASE_KINDS = ["fact_completion"]
 CONSTRAINT_TYPES = ["json", "language", "case", "max_words", "one_word", "persona"]
+QA_RELATIONS = ["capital", "continent", "currency", "languages", "neighbours", "population",
+                "area", "city_country", "city_population"]
 
 
 def passed(v: Verdict) -> bool:
@@ -88,6 +90,9 @@ def _registry() -> dict[str, Metric]:
                                                f"system records with a {t} constraint: obeyed")
         reg[f"conflict_system_wins/{t}"] = Metric(f"conflict_system_wins/{t}",
                                                   f"conflict records with a {t} constraint: obeyed")
+    for relation in QA_RELATIONS:
+        reg[f"qa_accuracy/{relation}"] = Metric(f"qa_accuracy/{relation}",
+                                                f"single-turn QA on the {relation} relation")
     for kind in CHAT_KINDS + BASE_KINDS:
         reg[f"score/{kind}"] = Metric(f"score/{kind}", f"mean gold-judge score on {kind}", "score")
     reg.update({
@@ -194,6 +199,12 @@ def aggregate(records: list[dict], verdicts: list[Verdict]) -> dict:
     for kind, prefix in (("system", "system_compliance"), ("conflict", "conflict_system_wins")):
         for t in CONSTRAINT_TYPES:
             put(f"{prefix}/{t}", [_type_ok(v, t) for v in groups.get(kind, [])])
+    by_relation: dict[str, list[bool]] = {}  # QA per relation (capital, continent, ...)
+    for r, v in zip(records, verdicts):
+        if r["meta"]["kind"] == "qa" and r["meta"].get("relation"):
+            by_relation.setdefault(r["meta"]["relation"], []).append(passed(v))
+    for relation, flags in sorted(by_relation.items()):
+        put(f"qa_accuracy/{relation}", flags)
     chat = [v for k, vs in groups.items() if k in CHAT_KINDS for v in vs]
     if chat:
         metrics["judge_score"], counts["judge_score"] = mean(v.score for v in chat), len(chat)

@@ -31,6 +31,9 @@ from gptlab.serve.schemas import (ChatCompletionRequest, CompletionRequest, Embe
                                   ModerationRequest, PromoteRequest)
 
 REFUSAL = "I'm sorry, but I can't help with that."
+VOTES_PER_MINUTE = 30   # per key (auth on) or per client address (auth off)
+ADMIN_HEADER = "X-Gptlab-Admin"
+MAX_CHARS_PER_TOKEN = 32  # more characters than this per context token cannot fit: refused untokenized
 MODERATE_MODES = ("none", "input", "output", "both")
 ACTIONS = ("refuse", "flag")
 
@@ -56,6 +59,9 @@ class ServeSettings:
     moderation: str | None = None    # a gptlab.safety Moderator directory
     moderate: str | None = None      # none | input | output | both (default: input with --moderation)
     moderation_action: str = "refuse"  # refuse | flag
+    max_concurrent_per_key: int = 8  # a key's requests in flight at once; more get 429 (auth on)
+    schema_workers: int = 2          # threads that compile response_format schemas, per model
+    schema_timeout_s: float = 10.0   # a schema not compiled by then is a 400
 
     def auth_enabled(self) -> bool:
         if self.auth not in ("auto", "on", "off"):
@@ -123,7 +129,7 @@ def _is_loopback(host: str) -> bool:
 def create_app(settings: ServeSettings) -> FastAPI:
     """Load the models, start their workers, and build the FastAPI app."""
     from gptlab.feedback import FeedbackStore
-    from gptlab.serve.keys import KeyStore, RateLimiter
+    from gptlab.serve.keys import KeyStore, RateLimiter, WindowLimiter
     from gptlab.serve.registry import Registry, parse_model_spec
 
     if not settings.models:
@@ -153,7 +159,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="gptlab", version="1", lifespan=lifespan,
                   description="OpenAI-compatible API for gptlab models (docs/SERVING.md)")
     app.state.settings, app.state.store, app.state.registry = settings, store, registry
-    app.state.keys, app.state.limiter, app.state.metrics = KeyStore(store), RateLimiter(), metrics
+    app.state.keys, app.state.metrics = KeyStore(store), metrics
+    app.state.limiter = RateLimiter(max_active=settings.max_concurrent_per_key)
+    app.state.vote_limiter = WindowLimiter(VOTES_PER_MINUTE)  # the web chat's /api votes
     app.state.auth_on, app.state.moderate = auth_on, mode
     app.state.moderator = moderator  # /v1/moderations works whenever --moderation is given
 
@@ -192,7 +200,8 @@ def _load_entry(spec: str, settings: ServeSettings):
     model, tok = ckpt.model.eval(), ckpt.tokenizer
     model.to(serving_dtype(model, settings.dtype, settings.device))
     stops = stop_token_ids(tok)
-    grammar = GrammarFactory(tok, model.config.vocab_size, stops)
+    grammar = GrammarFactory(tok, model.config.vocab_size, stops, compile_workers=settings.schema_workers,
+                             timeout_s=settings.schema_timeout_s)
     worker = Worker(model, tok, stops, name=name, max_batch=settings.max_batch,
                     max_queue=settings.max_queue, grammar_factory=grammar, threads=settings.threads,
                     prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20)).start()
@@ -221,35 +230,70 @@ def _admin(request: Request) -> dict | None:
     if request.app.state.auth_on and not (record and record["admin"]):
         raise APIError(403, "This endpoint needs an admin key (gptlab keys create --admin).",
                        "permission_error", None, "admin_key_required")
+    if not request.app.state.auth_on:
+        _check_local_admin(request)
     return record
 
 
-def _rate_check(request: Request, key: dict | None, prompt_tokens: int) -> None:
-    if key is None:
-        return
-    wait = request.app.state.limiter.check(key, prompt_tokens)
-    if wait is not None:
-        raise rate_limited(f"Rate limit reached for key {key['prefix']}... "
-                           f"(rpm {key['rpm']}, tpm {key['tpm']}). Try again in {wait:.1f} s.", wait)
+def _admin_refused(message: str) -> APIError:
+    return APIError(403, message, "permission_error", None, "admin_request_refused")
 
 
-_SPECIAL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+def _check_local_admin(request: Request) -> None:
+    """With auth off (loopback), anyone who can reach the port is trusted, but a web page in
+    the user's browser can reach it too. So the admin API answers only what a page cannot
+    send without a CORS preflight (which this server never approves): a custom header
+    (``X-Gptlab-Admin``) and, for a POST, a JSON body; and only for a loopback Host and
+    Origin, so a DNS-rebinding page (Host: evil.example resolving to 127.0.0.1) is refused."""
+    from urllib.parse import urlsplit
+
+    allowed = {request.app.state.settings.host, "localhost"}
+    host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    if not (_is_loopback(host) or host in allowed):
+        raise _admin_refused(f"Admin requests must name this server by a loopback address in Host "
+                             f"(got {host[:80]!r}).")
+    origin = request.headers.get("origin")
+    if origin is not None and not _is_loopback(urlsplit(origin).hostname or ""):
+        raise _admin_refused("Admin requests from a web page of another origin are refused.")
+    if ADMIN_HEADER.lower() not in request.headers:
+        raise _admin_refused(f"Admin requests need the header `{ADMIN_HEADER}: 1` "
+                             "(`gptlab models` sends it).")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "POST" and kind != "application/json":
+        raise _admin_refused("Admin POST requests need Content-Type: application/json.")
 
 
-def _clean(text: str) -> str:
-    """Drop control-token strings from user text: the tokenizer would encode a literal
-    "<|im_end|>" as the real token and let a user forge turns."""
-    for s in _SPECIAL:
-        if s in text:
-            text = text.replace(s, "")
-    return text
+def _tenant(key: dict | None) -> str:
+    """The prefix-cache partition of a request: its API key (one partition with auth off)."""
+    return f"key:{key['id']}" if key else ""
+
+
+def _admit(request: Request, key: dict | None, tokens: int):
+    """Admit the request against the key's limits, holding ``tokens`` (prompt + max_tokens)
+    of its tpm and one of its concurrency slots; the Reservation (None without a key) is
+    settled when the request ends."""
+    from gptlab.serve.keys import LimitExceeded
+
+    try:
+        return request.app.state.limiter.admit(key, tokens)
+    except LimitExceeded as exc:
+        if exc.wait is None:
+            raise invalid(exc.message, "max_tokens", "request_too_large_for_limit")
+        code = "too_many_concurrent_requests" if exc.what == "concurrency" else "rate_limit_exceeded"
+        raise rate_limited(f"{exc.message} Try again in {exc.wait:.1f} s.", exc.wait, code=code)
+
+
+def _settle(hold, used: int | None) -> None:
+    if hold is not None:
+        hold.settle(used)
 
 
 def _chat_prompt(entry, messages) -> list[int]:
+    """The prompt's ids. Control tokens come only from the chat template: message content
+    is tokenized with special-token strings as plain text (gptlab.chat.render_prompt)."""
     from gptlab.chat import render_prompt
 
-    msgs = [{"role": "system" if m.role == "developer" else m.role,
-             "content": _clean(m.text())} for m in messages]
+    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
     try:
         return render_prompt(entry.tokenizer, msgs)
     except Exception as exc:  # a template that rejects the roles (e.g. no system role)
@@ -273,6 +317,32 @@ def _too_long(ctx, prompt, completion, param) -> APIError:
                    f"{prompt + completion} tokens ({prompt} in the {param}, {completion} in the "
                    "completion). Please reduce the length of the messages or completion.",
                    param, "context_length_exceeded")
+
+
+CLAMP_HEADER = "X-Gptlab-Max-Tokens"  # request "clamp": fit max_tokens to the context left
+
+
+def _clamp_opt_in(request: Request, entry, prompt_len: int, requested: int | None) -> int | None:
+    """The web chat's policy, only for a request with `X-Gptlab-Max-Tokens: clamp`: a
+    max_tokens beyond the context left is lowered to what is left (the response says so in
+    `X-Gptlab-Max-Tokens-Clamped: N`) instead of refused. Other clients keep OpenAI's 400."""
+    left = entry.context - prompt_len
+    if requested is None or requested <= left or left < 1 \
+            or request.headers.get(CLAMP_HEADER, "").lower() != "clamp":
+        return requested
+    request.state.max_tokens_clamped = left
+    return left
+
+
+def _clamp_note(request: Request, result):
+    """Add the X-Gptlab-Max-Tokens-Clamped header when _clamp_opt_in lowered max_tokens."""
+    left = getattr(request.state, "max_tokens_clamped", None)
+    if left is None:
+        return result
+    if isinstance(result, dict):
+        result = JSONResponse(result)
+    result.headers[CLAMP_HEADER + "-Clamped"] = str(left)
+    return result
 
 
 def _stops(stop) -> list[str]:
@@ -302,14 +372,14 @@ class Bridge:
 
 
 def _job(entry, prompt_ids, max_tokens, body, bridge, settings, grammar=None, n=1, logprobs=False,
-         top_logprobs=0):
+         top_logprobs=0, tenant=""):
     from gptlab.serve.worker import Job
 
     temperature = 1.0 if body.temperature is None else body.temperature
     return Job(prompt_ids=prompt_ids, max_tokens=max_tokens, emit=bridge.q.put_nowait, loop=bridge.loop, n=n,
                temperature=temperature, top_p=body.top_p, seed=body.seed, stop_strings=_stops(body.stop),
                logprobs=logprobs, top_logprobs=top_logprobs, grammar=grammar,
-               timeout_s=settings.request_timeout_s, ignore_eos=bool(body.ignore_eos))
+               timeout_s=settings.request_timeout_s, ignore_eos=bool(body.ignore_eos), tenant=tenant)
 
 
 def _submit(entry, job) -> None:
@@ -334,9 +404,13 @@ async def _events(request: Request, job, bridge):
     """Yield the worker's events for ``job``; cancel it if the client goes away. Events that
     piled up while the client was busy are coalesced (one delta per choice), so a slow
     reader costs fewer, larger chunks rather than a growing backlog."""
-    finished = 0
+    finished, checked = 0, time.monotonic()
     try:
         while finished < job.n:
+            if time.monotonic() - checked > DISCONNECT_CHECK_S:  # also while tokens keep coming
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    return
             if bridge.q.empty():
                 try:
                     events = await asyncio.wait_for(bridge.q.get(), timeout=1.0)
@@ -360,6 +434,9 @@ async def _events(request: Request, job, bridge):
     finally:
         if finished < job.n:
             job.cancelled = True
+
+
+DISCONNECT_CHECK_S = 0.25  # how often a request whose events keep coming checks its client
 
 
 def _coalesce(events: list) -> list:
@@ -389,6 +466,28 @@ async def _collect(request, job, bridge) -> list[Choice]:
     return choices
 
 
+class Stream(StreamingResponse):
+    """A streamed reply that always lets go of its request: when the response ends -- done,
+    failed, or the client gone -- its generator is closed (running its ``finally`` now, not
+    whenever the garbage collector gets to it; Starlette leaves a generator that was paused
+    at a ``yield`` when the client left unclosed), its jobs are cancelled (the worker drops
+    their rows) and its tpm reservation and concurrency slot are settled (a no-op when the
+    generator settled them with the real usage)."""
+
+    def __init__(self, content, jobs, hold, **kw):
+        super().__init__(content, **kw)
+        self.jobs, self.hold = jobs, hold
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+            for job in self.jobs:
+                job.cancelled = True
+            _settle(self.hold, None)
+
+
 def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -400,13 +499,14 @@ def _moderate(app, texts: list[str]) -> list[dict]:
     return app.state.moderator.moderate(texts)
 
 
-def _input_flag(app, messages) -> dict | None:
-    """The moderation result of the last user message when it is flagged, else None."""
+def _input_flag(app, texts: list[str]) -> dict | None:
+    """The moderation result of the first flagged input text, else None. Every message is
+    read -- system, earlier turns, an assistant prefill -- since any of them steers the
+    reply; the moderator NFKC-normalizes (fullwidth letters read as ASCII)."""
     if app.state.moderate not in ("input", "both"):
         return None
-    texts = [m.text() for m in messages if m.role == "user"]
-    result = _moderate(app, texts[-1:])[0] if texts else None
-    return result if result and result["flagged"] else None
+    texts = [t for t in texts if t and t.strip()]
+    return next((r for r in _moderate(app, texts) if r["flagged"]), None) if texts else None
 
 
 def _output_flags(app, texts: list[str]) -> list[dict | None]:
@@ -431,8 +531,12 @@ def _add_routes(app: FastAPI) -> None:
     reg = app.state.registry
 
     @app.get("/health")
-    def health():
-        return {"status": "ok", "models": {e["name"]: e for e in reg.describe()}}
+    def health(request: Request):
+        # model directories only for a caller with a key when auth is on
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        known = not app.state.auth_on or (token and app.state.keys.verify(token) is not None)
+        return {"status": "ok", "models": {e["name"]: e for e in reg.describe(paths=bool(known))}}
 
     @app.get("/metrics")
     def metrics():
@@ -448,7 +552,7 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request, key=Depends(_auth)):
-        return await _chat(app, body, request, key)
+        return _clamp_note(request, await _chat(app, body, request, key))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request, key=Depends(_auth)):
@@ -512,14 +616,17 @@ def _model_card(reg, e) -> dict:
 # ----------------------------------------------------------------------------- chat
 
 
-def _chat_grammar(entry, body, max_tokens):
+async def _chat_grammar(entry, body, max_tokens):
+    """The compiled response_format, in the model's bounded compile pool, within its timeout."""
     from gptlab.serve.grammar import GrammarError
 
     if body.response_format is None or body.response_format.type == "text":
         return None
     try:
-        compiled = entry.grammar.compile(body.response_format)
-        need = entry.grammar.constraint(compiled).closing_length()
+        future = entry.grammar.submit(body.response_format)
+        compiled, need = await asyncio.wait_for(asyncio.wrap_future(future), entry.grammar.timeout_s)
+    except asyncio.TimeoutError:  # wait_for cancelled the future: dropped if it had not started
+        raise invalid(entry.grammar.timeout_message(), "response_format", "schema_timeout")
     except GrammarError as exc:
         raise invalid(str(exc), "response_format")
     if need is None:
@@ -541,35 +648,59 @@ def _check_chat(body: ChatCompletionRequest, settings) -> None:
 
 
 async def _chat(app, body: ChatCompletionRequest, request: Request, key):
+    """Cheap checks, then admission (rate limits, tpm reserved, a concurrency slot), and only
+    then the costly parts: schema compilation, moderation, generation."""
     settings = app.state.settings
     _check_chat(body, settings)
     entry = app.state.registry.resolve(body.model)
+    chars = sum(len(m.text()) for m in body.messages)
+    if chars > MAX_CHARS_PER_TOKEN * entry.context:  # no tokenizer pass over what cannot fit
+        raise invalid(f"The messages hold {chars} characters, more than this model's context of "
+                      f"{entry.context} tokens can take.", "messages", "context_length_exceeded")
     prompt_ids = await asyncio.to_thread(_chat_prompt, entry, body.messages)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    requested = _clamp_opt_in(request, entry, len(prompt_ids), requested)
     max_tokens = _budget(entry, len(prompt_ids), requested, settings.max_tokens_cap, "messages")
-    grammar = await asyncio.to_thread(_chat_grammar, entry, body, max_tokens)
-    _rate_check(request, key, len(prompt_ids))
     n = body.n or 1
+    if requested is None and key and key.get("tpm"):  # a default max_tokens fits within the key's tpm
+        max_tokens = max(1, min(max_tokens, key["tpm"] // n - len(prompt_ids)))
+    hold = _admit(request, key, len(prompt_ids) + n * max_tokens)
+    try:
+        return await _chat_admitted(app, body, request, key, entry, prompt_ids, max_tokens, hold)
+    except BaseException:
+        _settle(hold, None)  # after a failure or disconnect the tokens stay counted
+        raise
+
+
+async def _chat_admitted(app, body, request, key, entry, prompt_ids, max_tokens, hold):
+    settings, n = app.state.settings, body.n or 1
+    try:
+        grammar = await _chat_grammar(entry, body, max_tokens)
+    except APIError:
+        _settle(hold, 0)  # refused before any work: nothing used
+        raise
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": entry.name,
             "system_fingerprint": _fingerprint(entry)}
     # with --moderation-action flag, what was flagged is reported in X-Gptlab-Moderation
     stages = []
-    flag = await asyncio.to_thread(_input_flag, app, body.messages) if app.state.moderator else None
+    texts = [m.text() for m in body.messages]
+    flag = await asyncio.to_thread(_input_flag, app, texts) if app.state.moderator else None
     if flag is not None:
         app.state.metrics.flagged.labels("input").inc()
         if settings.moderation_action == "refuse":
+            _settle(hold, len(prompt_ids))
             return _refusal(body, meta, n, len(prompt_ids), _refusal_text(flag))
         stages.append("input")
     bridge = Bridge()
     job = _job(entry, prompt_ids, max_tokens, body, bridge, settings, grammar, n, bool(body.logprobs),
-               body.top_logprobs or 0)
+               body.top_logprobs or 0, _tenant(key))
     _submit(entry, job)
     app.state.metrics.prompt_tokens.labels(entry.name).inc(len(prompt_ids))
     if body.stream and app.state.moderate not in ("output", "both"):
-        return StreamingResponse(_chat_stream(app, request, job, bridge, meta, body, key, entry),
-                                 media_type="text/event-stream", headers=_moderation_header(stages))
+        return Stream(_chat_stream(app, request, job, bridge, meta, body, hold, entry), [job], hold,
+                      media_type="text/event-stream", headers=_moderation_header(stages))
     choices = await _collect(request, job, bridge)
-    _account(app, key, entry, job, choices)
+    _account(app, hold, entry, job, choices)
     texts = ["".join(c.text) for c in choices]
     flags = await asyncio.to_thread(_output_flags, app, texts) if app.state.moderator else [None] * n
     out = []
@@ -599,9 +730,10 @@ def _moderation_header(stages: list[str], cache: bool = True) -> dict:
     return headers
 
 
-def _account(app, key, entry, job, choices) -> None:
+def _account(app, hold, entry, job, choices) -> None:
+    """A finished request: its tpm reservation becomes what it used; metrics."""
     completion = sum(c.tokens for c in choices)
-    app.state.limiter.add_tokens(key, len(job.prompt_ids) + completion)
+    _settle(hold, len(job.prompt_ids) + completion)
     app.state.metrics.generated_tokens.labels(entry.name).inc(completion)
     if job.first_token_at is not None:
         app.state.metrics.ttft.labels(entry.name).observe(job.first_token_at - job.enqueued_at)
@@ -640,7 +772,7 @@ async def _replay_stream(result, body):
     yield "data: [DONE]\n\n"
 
 
-async def _chat_stream(app, request, job, bridge, meta, body, key, entry):
+async def _chat_stream(app, request, job, bridge, meta, body, hold, entry):
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     choices = [Choice() for _ in range(job.n)]
     for i in range(job.n):
@@ -660,9 +792,12 @@ async def _chat_stream(app, request, job, bridge, meta, body, key, entry):
     except APIError as exc:
         yield _sse(exc.body())
         return
+    finally:
+        if any(c.finish_reason is None for c in choices):
+            _settle(hold, None)   # an error or the client went away: the reservation stays
     if any(c.finish_reason is None for c in choices):
         return  # the client went away
-    _account(app, key, entry, job, choices)
+    _account(app, hold, entry, job, choices)
     if include_usage:
         usage = _usage(len(job.prompt_ids), sum(c.tokens for c in choices), job.cached_tokens)
         yield _sse({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage})
@@ -715,23 +850,41 @@ async def _completions(app, body: CompletionRequest, request: Request, key):
     if n * len(prompts) > settings.max_batch:
         raise invalid(f"n times the number of prompts must be at most {settings.max_batch}", "n")
     budgets = [_budget(entry, len(p), body.max_tokens, settings.max_tokens_cap, "prompt") for p in prompts]
-    _rate_check(request, key, sum(len(p) for p in prompts))
+    prompt_tokens = sum(len(p) for p in prompts)
+    hold = _admit(request, key, prompt_tokens + n * sum(budgets))
+    try:
+        return await _completions_admitted(app, body, request, key, entry, prompts, budgets, hold)
+    except BaseException:
+        _settle(hold, None)
+        raise
+
+
+async def _completions_admitted(app, body, request, key, entry, prompts, budgets, hold):
+    settings, n = app.state.settings, body.n or 1
+    meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": entry.name,
+            "system_fingerprint": _fingerprint(entry)}
+    flag = await asyncio.to_thread(_input_flag, app, _prompt_texts(entry, body.prompt, prompts)) \
+        if app.state.moderator else None
+    if flag is not None:
+        app.state.metrics.flagged.labels("input").inc()
+        if settings.moderation_action == "refuse":
+            _settle(hold, sum(len(p) for p in prompts))
+            return _completion_refusal(meta, n, prompts, _refusal_text(flag))
     want_lp = body.logprobs is not None
     jobs = []
     for p, m in zip(prompts, budgets):
         bridge = Bridge()
-        job = _job(entry, p, m, body, bridge, settings, None, n, want_lp, body.logprobs or 0)
+        job = _job(entry, p, m, body, bridge, settings, None, n, want_lp, body.logprobs or 0, _tenant(key))
         _submit(entry, job)
         jobs.append((job, bridge))
-    meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": entry.name,
-            "system_fingerprint": _fingerprint(entry)}
     if body.stream:
-        return StreamingResponse(_completion_stream(app, request, jobs, meta, body, key, entry, n),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return Stream(_completion_stream(app, request, jobs, meta, body, hold, entry, n), [j for j, _ in jobs],
+                      hold, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     results = await asyncio.gather(*[_collect(request, j, b) for j, b in jobs])
+    _settle(hold, sum(len(j.prompt_ids) for j, _ in jobs) + sum(c.tokens for cs in results for c in cs))
     out, total = [], 0
     for k, ((job, _), choices) in enumerate(zip(jobs, results)):
-        _account(app, key, entry, job, choices)
+        _account(app, None, entry, job, choices)
         for c_idx, c in enumerate(choices):
             total += c.tokens
             out.append({"index": k * n + c_idx, "text": "".join(c.text), "finish_reason": c.finish_reason,
@@ -740,7 +893,23 @@ async def _completions(app, body: CompletionRequest, request: Request, key):
             "usage": _usage(sum(len(j.prompt_ids) for j, _ in jobs), total, sum(j.cached_tokens for j, _ in jobs))}
 
 
-async def _completion_stream(app, request, jobs, meta, body, key, entry, n):
+def _prompt_texts(entry, raw, prompts) -> list[str]:
+    """The text of /v1/completions prompts for moderation (token-id prompts decoded)."""
+    if isinstance(raw, str):
+        return [raw]
+    if all(isinstance(p, str) for p in raw):
+        return list(raw)
+    return [entry.tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
+
+
+def _completion_refusal(meta, n, prompts, text) -> dict:
+    return {**meta, "object": "text_completion",
+            "choices": [{"index": k * n + i, "text": text, "finish_reason": "content_filter", "logprobs": None}
+                        for k in range(len(prompts)) for i in range(n)],
+            "usage": _usage(sum(len(p) for p in prompts), 0)}
+
+
+async def _completion_stream(app, request, jobs, meta, body, hold, entry, n):
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     merged: asyncio.Queue = asyncio.Queue()
 
@@ -776,9 +945,11 @@ async def _completion_stream(app, request, jobs, meta, body, key, entry, n):
     finally:
         for t in tasks:
             t.cancel()
+        if finished < n * len(jobs):
+            _settle(hold, None)
     if finished < n * len(jobs):
         return
-    app.state.limiter.add_tokens(key, tokens + sum(len(j.prompt_ids) for j, _ in jobs))
+    _settle(hold, tokens + sum(len(j.prompt_ids) for j, _ in jobs))
     app.state.metrics.generated_tokens.labels(entry.name).inc(tokens)
     if include_usage:
         yield _sse({**meta, "object": "text_completion", "choices": [],
@@ -801,11 +972,13 @@ async def _embeddings(app, body: EmbeddingRequest, request: Request, key):
     hidden = entry.model.config.hidden_size
     if body.dimensions is not None and body.dimensions > hidden:
         raise invalid(f"dimensions must be at most {hidden} for this model", "dimensions")
-    _rate_check(request, key, sum(len(p) for p in prompts))
-    vectors = await asyncio.to_thread(embed, entry.model, prompts)
+    hold = _admit(request, key, sum(len(p) for p in prompts))
+    try:
+        vectors = await asyncio.to_thread(embed, entry.model, prompts)
+    finally:
+        _settle(hold, sum(len(p) for p in prompts))
     if body.dimensions is not None:  # Matryoshka-style truncation, renormalized
         vectors = torch.nn.functional.normalize(vectors[:, :body.dimensions], dim=-1)
-    app.state.limiter.add_tokens(key, sum(len(p) for p in prompts))
     data = []
     for i, v in enumerate(vectors):
         if body.encoding_format == "base64":

@@ -4,8 +4,10 @@ A key is ``sk-gl-`` + 32 random URL-safe characters, shown once at creation; the
 keeps only its sha256 and its first 12 characters (the prefix ``gptlab keys list``
 shows). The table lives in the feedback store's database (``Base`` of gptlab.feedback).
 
-Limits are per key, requests per minute and tokens per minute (prompt + completion), over
-a sliding 60-second window kept in memory by ``RateLimiter`` (a restart forgets it).
+Limits are per key: requests per minute and tokens per minute (prompt + completion), over
+a sliding 60-second window kept in memory by ``RateLimiter`` (a restart forgets it), and
+requests in flight at once (``--max-concurrent-per-key``). A request's tokens are reserved
+when it is admitted (prompt + max_tokens) and refunded to its real usage when it ends.
 """
 
 from __future__ import annotations
@@ -98,38 +100,110 @@ class KeyStore:
             return key_record(row)
 
 
+class LimitExceeded(Exception):
+    """A request the key's limits do not admit now (``wait`` seconds) or ever (``wait`` None)."""
+
+    def __init__(self, what: str, message: str, wait: float | None):
+        super().__init__(message)
+        self.what, self.message, self.wait = what, message, wait
+
+
+class Reservation:
+    """What one admitted request holds until it ends: its tokens in the key's tpm window
+    (reserved as prompt + max_tokens) and one of the key's concurrency slots."""
+
+    def __init__(self, limiter: "RateLimiter", key_id, entry: list | None):
+        self.limiter, self.key_id, self.entry, self.done = limiter, key_id, entry, False
+
+    def settle(self, used: int | None = None) -> None:
+        """The request ended having used ``used`` tokens (None: keep the reservation, for a
+        request whose usage is unknown). Frees its slot; later calls do nothing."""
+        if self.done:
+            return
+        self.done = True
+        with self.limiter._lock:
+            if self.entry is not None and used is not None:
+                self.entry[1] = min(self.entry[1], max(0, used))
+            self.limiter._active[self.key_id] -= 1
+
+    def __del__(self):  # a response that was never run (client gone before it started)
+        self.settle()
+
+
 class RateLimiter:
-    """Sliding-window requests/minute and tokens/minute per key id (thread-safe)."""
+    """Per key id (thread-safe): requests/minute and tokens/minute over a sliding window, and
+    requests in flight at once. Tokens are reserved when a request is admitted -- prompt
+    plus max_tokens -- and refunded to what it used when it ends, so concurrent requests
+    cannot together exceed the tpm: they would if tokens were counted only at the end."""
 
     WINDOW_S = 60.0
 
-    def __init__(self):
-        self._lock = threading.Lock()
+    def __init__(self, max_active: int | None = None):
+        self.max_active = max_active
+        # reentrant: a Reservation collected by the garbage collector settles itself, and the
+        # collector can run in a thread that holds this lock
+        self._lock = threading.RLock()
         self._requests: dict[int, deque] = {}
-        self._tokens: dict[int, deque] = {}
+        self._tokens: dict[int, deque] = {}   # [time, tokens] lists, so a reservation can be settled
+        self._active: dict[int, int] = {}
 
     def _trim(self, q: deque, now: float) -> None:
         while q and q[0][0] <= now - self.WINDOW_S:
             q.popleft()
 
-    def check(self, key: dict, prompt_tokens: int = 0) -> float | None:
-        """Admit one request now (and count it), or return the seconds to wait."""
-        now = time.monotonic()
+    def admit(self, key: dict | None, tokens: int) -> Reservation | None:
+        """Admit one request that may use up to ``tokens`` tokens, or raise LimitExceeded.
+        None for a request without a key (auth off: no limits)."""
+        if key is None:
+            return None
+        now, kid, tpm = time.monotonic(), key["id"], key.get("tpm")
+        if tpm and tokens > tpm:
+            raise LimitExceeded("tpm", f"This request may use {tokens} tokens (prompt + max_tokens), "
+                                f"more than key {key['prefix']}...'s limit of {tpm} tokens per "
+                                "minute: lower max_tokens.", None)
         with self._lock:
-            reqs = self._requests.setdefault(key["id"], deque())
-            toks = self._tokens.setdefault(key["id"], deque())
+            reqs = self._requests.setdefault(kid, deque())
+            toks = self._tokens.setdefault(kid, deque())
             self._trim(reqs, now)
             self._trim(toks, now)
+            if self.max_active and self._active.get(kid, 0) >= self.max_active:
+                raise LimitExceeded("concurrency", f"Key {key['prefix']}... already has {self.max_active} "
+                                    "requests in flight, this server's limit per key.", 1.0)
             if key.get("rpm") and len(reqs) >= key["rpm"]:
-                return reqs[0][0] + self.WINDOW_S - now
-            used = sum(n for _, n in toks)
-            if key.get("tpm") and toks and used + prompt_tokens > key["tpm"]:
-                return toks[0][0] + self.WINDOW_S - now
+                raise LimitExceeded("rpm", self._message(key), reqs[0][0] + self.WINDOW_S - now)
+            if tpm and sum(n for _, n in toks) + tokens > tpm:
+                raise LimitExceeded("tpm", self._message(key), toks[0][0] + self.WINDOW_S - now)
             reqs.append((now, 1))
-            return None
+            entry = [now, tokens]
+            toks.append(entry)
+            self._active[kid] = self._active.get(kid, 0) + 1
+            return Reservation(self, kid, entry)
 
-    def add_tokens(self, key: dict | None, n: int) -> None:
-        if key is None or n <= 0:
-            return
+    @staticmethod
+    def _message(key: dict) -> str:
+        return f"Rate limit reached for key {key['prefix']}... (rpm {key['rpm']}, tpm {key['tpm']})."
+
+    def active(self, key: dict) -> int:
         with self._lock:
-            self._tokens.setdefault(key["id"], deque()).append((time.monotonic(), n))
+            return self._active.get(key["id"], 0)
+
+
+class WindowLimiter:
+    """At most ``limit`` events per ``window_s`` seconds per name (thread-safe)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0):
+        self.limit, self.window_s = limit, window_s
+        self._lock = threading.Lock()
+        self._events: dict[str, deque] = {}
+
+    def hit(self, name: str) -> float | None:
+        """Count one event now; None if allowed, else the seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            q = self._events.setdefault(name, deque())
+            while q and q[0] <= now - self.window_s:
+                q.popleft()
+            if len(q) >= self.limit:
+                return q[0] + self.window_s - now
+            q.append(now)
+            return None

@@ -12,7 +12,13 @@ copied values are exactly what the prompt pass would compute (up to float roundi
 llama.cpp's server (``cache_prompt``) and vLLM (automatic prefix caching) do the same; the
 OpenAI API reports the reuse as ``usage.prompt_tokens_details.cached_tokens``.
 
-Entries are evicted least recently used first, within a byte budget (``--prefix-cache-mb``).
+Entries are partitioned by *tenant* (the API key; one partition when auth is off): a prompt
+is matched only against sequences of its own tenant, since ``cached_tokens`` (and the time to
+first token) would otherwise tell a caller how much of its prompt matches what another key
+sent, which lets it guess another key's prompt token by token. The price: a system message
+shared by many keys is cached once per key. Entries are evicted least recently used first,
+within one byte budget for all tenants (``--prefix-cache-mb``), so one key's traffic can
+evict another's entries: that reveals how much others send, not what.
 A plain list scan finds the match: a server keeps tens to hundreds of entries, and comparing
 token lists is microseconds next to a prompt pass.
 """
@@ -30,11 +36,12 @@ MIN_TOKENS = 8  # shorter matches save less than the copy costs
 class PrefixCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
+        # (tenant, token ids) -> (keys, values)
         self.entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.bytes = 0
         self.hits = self.lookups = self.tokens_saved = 0
 
-    def put(self, ids: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
+    def put(self, ids: list[int], k: torch.Tensor, v: torch.Tensor, tenant: str = "") -> None:
         """Store one sequence's keys/values, (layers, kv_heads, len(ids), head_dim) each."""
         key = tuple(ids)
         if len(key) < MIN_TOKENS or self.max_bytes <= 0:
@@ -42,24 +49,28 @@ class PrefixCache:
         size = 2 * k.numel() * k.element_size()
         if size > self.max_bytes:
             return
-        for old in list(self.entries):
+        for who, old in list(self.entries):
+            if who != tenant:
+                continue
             if key[:len(old)] == old:  # a stored sequence this one extends: superseded
-                self._drop(old)
+                self._drop((who, old))
             elif old[:len(key)] == key:  # already covered by a longer one
-                self.entries.move_to_end(old)
+                self.entries.move_to_end((who, old))
                 return
-        self.entries[key] = (k, v)
+        self.entries[(tenant, key)] = (k, v)
         self.bytes += size
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self.entries)))
 
-    def lookup(self, prompt: list[int]) -> tuple[int, torch.Tensor, torch.Tensor] | None:
-        """(n, keys, values) of the longest stored prefix of ``prompt`` that leaves at least
-        one prompt token to compute, or None."""
+    def lookup(self, prompt: list[int], tenant: str = "") -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        """(n, keys, values) of the longest prefix of ``prompt`` stored by ``tenant`` that
+        leaves at least one prompt token to compute, or None."""
         self.lookups += 1
         best, best_key, prompt = 0, None, tuple(prompt)
         for key in self.entries:
-            n = len(os.path.commonprefix([key, prompt]))
+            if key[0] != tenant:
+                continue
+            n = len(os.path.commonprefix([key[1], prompt]))
             if n > best:
                 best, best_key = n, key
         best = min(best, len(prompt) - 1)
@@ -76,5 +87,5 @@ class PrefixCache:
         self.bytes -= 2 * k.numel() * k.element_size()
 
     def stats(self) -> dict:
-        return {"entries": len(self.entries), "bytes": self.bytes, "lookups": self.lookups,
+        return {"entries": len(self.entries), "tenants": len({t for t, _ in self.entries}), "bytes": self.bytes, "lookups": self.lookups,
                 "hits": self.hits, "tokens_saved": self.tokens_saved}

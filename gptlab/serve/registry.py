@@ -5,7 +5,7 @@ directory ending in ``final`` is named after its parent). An *alias* (``default`
 ``candidate``, or any other name) points at one version; requests may name either. The
 first version is ``default`` and the second ``candidate`` unless the database says
 otherwise. ``disable`` takes a version off the API at once (new requests get 404
-``model_not_found``, requests in flight end with that error); ``enable`` puts it back.
+``model_disabled``, requests in flight end with that error); ``enable`` puts it back.
 Aliases and the enabled flag are kept in the server's database (tables
 ``serve_models`` and ``serve_aliases``), so they survive a restart.
 """
@@ -21,7 +21,7 @@ from sqlalchemy import Boolean, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gptlab.feedback import Base, FeedbackStore
-from gptlab.serve.errors import invalid, model_not_found
+from gptlab.serve.errors import APIError, invalid, model_not_found
 
 DEFAULT_ALIASES = ("default", "candidate")
 
@@ -68,6 +68,13 @@ class Entry:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
+def model_disabled(name: str, version: str) -> APIError:
+    via = f" (alias of `{version}`)" if name != version else ""
+    return APIError(404, f"The model `{name}`{via} is disabled on this server: an operator took it "
+                    f"off the API (`gptlab models enable {version}` puts it back).",
+                    "invalid_request_error", "model", "model_disabled")
+
+
 class Registry:
     def __init__(self, store: FeedbackStore):
         self.store = store
@@ -104,15 +111,18 @@ class Registry:
     def resolve(self, name: str) -> Entry:
         """The enabled version a request's ``model`` names (a version or an alias)."""
         e = self.entries.get(self.aliases.get(name, name))
-        if e is None or not e.enabled:
+        if e is None:
             raise model_not_found(name)
+        if not e.enabled:
+            raise model_disabled(name, e.name)
         return e
 
     def aliases_of(self, name: str) -> list[str]:
         return sorted(a for a, n in self.aliases.items() if n == name)
 
-    def describe(self) -> list[dict]:
-        return [{"name": e.name, "path": str(e.path), "enabled": e.enabled,
+    def describe(self, paths: bool = True) -> list[dict]:
+        """Each version's state; ``paths``: include its directory (not for anonymous callers)."""
+        return [{"name": e.name, **({"path": str(e.path)} if paths else {}), "enabled": e.enabled,
                  "aliases": self.aliases_of(e.name), "context_length": e.context,
                  **e.worker.load()} for e in self.entries.values()]
 

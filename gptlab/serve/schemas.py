@@ -9,10 +9,12 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Seed = Annotated[int, Field(ge=-(2 ** 63), le=2 ** 63 - 1)]
+# Numbers are strict: `max_tokens: true` or `"5"` is a 400, not 1 or 5 (pydantic's lax mode
+# would coerce them); a float field still takes an integer.
+Seed = Annotated[int, Field(strict=True, ge=-(2 ** 63), le=2 ** 63 - 1)]
 Stop = Union[Annotated[str, Field(max_length=256)],
              Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=4)], None]
-TokenCount = Annotated[int, Field(ge=1, le=2 ** 31)]
+TokenCount = Annotated[int, Field(strict=True, ge=1, le=2 ** 31)]
 
 
 class _Body(BaseModel):
@@ -55,17 +57,17 @@ class ResponseFormat(_Body):
 
 class _Sampling(_Body):
     model: str = Field(max_length=256)
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    temperature: Annotated[float, Field(strict=True, ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(strict=True, gt=0, le=1)] | None = None
+    n: Annotated[int, Field(strict=True, ge=1, le=128)] | None = None
     stop: Stop = None
     seed: Seed | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
     # accepted for compatibility, not implemented (documented in docs/SERVING.md)
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[float, Field(strict=True, ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(strict=True, ge=-2, le=2)] | None = None
     # vLLM's extension, for benchmarks: do not stop at the end-of-turn token
     ignore_eos: bool | None = False
 
@@ -75,7 +77,7 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: TokenCount | None = None
     max_completion_tokens: TokenCount | None = None
     logprobs: bool | None = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, Field(strict=True, ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
     tools: list | None = None
 
@@ -90,8 +92,8 @@ class CompletionRequest(_Sampling):
     prompt: PromptType
     max_tokens: TokenCount | None = 16
     echo: bool | None = False
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+    logprobs: Annotated[int, Field(strict=True, ge=0, le=5)] | None = None
+    best_of: Annotated[int, Field(strict=True, ge=1, le=1)] | None = None
     suffix: str | None = None
 
 
@@ -105,7 +107,7 @@ class EmbeddingRequest(_Body):
     model: str = Field(max_length=256)
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] | None = "float"
-    dimensions: Annotated[int, Field(ge=1)] | None = None
+    dimensions: Annotated[int, Field(strict=True, ge=1)] | None = None
     user: str | None = None
 
 

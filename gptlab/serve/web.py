@@ -11,7 +11,9 @@ for everything it must remember:
 - ``/api/rate``: thumbs up/down -> prompt + response + a ``Rating`` of +1/-1 in the feedback
   store;
 - ``/api/compare``: the A/B vote -> prompt + both responses + a ``Comparison``
-  (``kind="human"``, ``rater=user``) -- the pairs the reward model and DPO train on.
+  (``kind="human"``, ``rater`` = the API key or the client's address) -- the pairs the reward model and DPO train on;
+- ``/api/fit``: how many of the oldest turns to leave out so a chat fits the model's
+  context with room for the reply (counted with the model's own chat template).
 
 Who is asking: the name the user typed once (header ``X-Gptlab-User``, percent-encoded since
 header values are latin-1; plain ASCII names need no encoding), scoped by the API key
@@ -106,6 +108,12 @@ class Answer(BaseModel):
     text: str
     model: str = ""
     sampling: dict[str, Any] = {}
+
+
+class FitIn(BaseModel):
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1)   # an optional system message, then the turns
+    reply_tokens: int = Field(1, ge=1, le=2 ** 31)   # room to leave for the reply when possible
 
 
 class CompareIn(BaseModel):
@@ -221,6 +229,7 @@ def add_web_routes(app: FastAPI) -> None:
     _add_conversation_routes(app)
     _add_settings_routes(app)
     _add_feedback_routes(app)
+    _add_fit_route(app)
 
 
 def _add_conversation_routes(app: FastAPI) -> None:
@@ -292,10 +301,36 @@ def _add_settings_routes(app: FastAPI) -> None:
         return {"user": _rater(who), **body.model_dump()}
 
 
+MAX_VOTE_BYTES = 64_000   # a vote's prompt + answers, as JSON
+
+
+def _voter(request: Request, body) -> str:
+    """Who a vote is attributed to -- the API key (auth on) or the client's address (auth
+    off), never the name the page sends -- after its size and the voter's rate are checked
+    (a vote trains the reward model: no 500 KB "human" votes, no floods)."""
+    import json
+
+    from gptlab.serve.errors import rate_limited
+
+    size = len(json.dumps(body.model_dump(), ensure_ascii=False).encode())
+    if size > MAX_VOTE_BYTES:
+        raise invalid(f"a vote may hold at most {MAX_VOTE_BYTES} bytes of text, got {size}",
+                      code="request_too_large")
+    record = request.app.state.authenticate(request)
+    voter = f"key:{_key_id(record)}" if record else f"addr:{request.client.host if request.client else '?'}"
+    limiter = getattr(request.app.state, "vote_limiter", None)
+    wait = limiter.hit(voter) if limiter else None
+    if wait is not None:
+        raise rate_limited(f"Too many votes from {voter}: at most {limiter.limit} a minute. "
+                           f"Try again in {wait:.0f} s.", wait)
+    return voter
+
+
 def _add_feedback_routes(app: FastAPI) -> None:
     @app.post("/api/rate", tags=["web"])
     def rate(body: RateIn, who: Owner, request: Request):
         """Thumbs: store the prompt and the response (once), then a Rating."""
+        voter = _voter(request, body)
         _check_storable(body.model_dump())
         prompt = _prompt(body.messages)
         with _store(request).Session.begin() as s:   # one transaction: no half-stored votes
@@ -308,8 +343,7 @@ def _add_feedback_routes(app: FastAPI) -> None:
                 if response is None or response.text != body.response:
                     raise invalid(f"response_id {body.response_id} is not this response",
                                   "response_id")
-            rating = Rating(response_id=response.id, value=body.value, rater=_rater(who),
-                            kind="human")
+            rating = Rating(response_id=response.id, value=body.value, rater=voter, kind="human")
             s.add(rating)
             s.flush()
             return {"response_id": response.id, "rating_id": rating.id}
@@ -317,6 +351,7 @@ def _add_feedback_routes(app: FastAPI) -> None:
     @app.post("/api/compare", tags=["web"])
     def compare(body: CompareIn, who: Owner, request: Request):
         """The A/B vote: prompt + both answers + a human Comparison (none for a tie)."""
+        voter = _voter(request, body)
         _check_storable(body.model_dump())
         prompt = _prompt(body.messages)
         if body.a.text == body.b.text and body.winner != "tie":
@@ -328,7 +363,7 @@ def _add_feedback_routes(app: FastAPI) -> None:
             if body.winner != "tie":   # a tie says nothing about which is better: no pair to learn
                 loser = "b" if body.winner == "a" else "a"
                 vote = Comparison(prompt_id=pid, chosen_id=ids[body.winner], rejected_id=ids[loser],
-                                  rater=_rater(who), kind="human")
+                                  rater=voter, kind="human")
                 s.add(vote)
                 s.flush()
                 cid = vote.id
@@ -347,3 +382,52 @@ def _add_answer(s, prompt_id: int, answer: Answer) -> Response:
     s.add(row)
     s.flush()
     return row
+
+
+def _add_fit_route(app: FastAPI) -> None:
+    @app.post("/api/fit", tags=["web"])
+    def fit(body: FitIn, who: Owner, request: Request):
+        """Which of the oldest turns to leave out so that the prompt plus ``reply_tokens`` fits
+        the model's context: ``{dropped, prompt_tokens, context_length}``, where ``dropped``
+        counts the messages after the system message (which is always kept) to leave out.
+        It cuts at user turns only, and drops nothing when everything fits. When even the
+        last user turn leaves less room than ``reply_tokens``, that turn alone is the prompt;
+        400 context_length_exceeded when it leaves no room at all."""
+        _check_storable(body.model_dump())
+        entry = request.app.state.registry.resolve(body.model)
+        dropped, tokens = fit_turns(entry, body.messages, body.reply_tokens)
+        return {"model": entry.name, "context_length": entry.context, "dropped": dropped,
+                "prompt_tokens": tokens}
+
+
+def fit_turns(entry, messages: list[Message], reply_tokens: int) -> tuple[int, int]:
+    """(messages after the system message to drop, prompt tokens of what is kept)."""
+    from gptlab.serve.app import _chat_prompt   # the chat route's own count: template + cleaning
+    from gptlab.serve.schemas import ChatMessage
+
+    system = [ChatMessage(role="system", content=m.content) for m in messages[:1] if m.role == "system"]
+    turns = [ChatMessage(role=m.role, content=m.content) for m in messages[len(system):]]
+    cuts = sorted({0} | {i for i, m in enumerate(turns) if m.role == "user"})
+
+    def count(k: int) -> int:
+        return len(_chat_prompt(entry, system + turns[cuts[k]:]))
+
+    room = entry.context - reply_tokens
+    whole = count(0)
+    if whole <= room:
+        return 0, whole
+    lo, hi = 0, len(cuts) - 1       # binary search: fewer turns never take more tokens
+    best = count(hi)
+    if best <= room:
+        while hi - lo > 1:          # invariant: count(lo) > room >= count(hi)
+            mid = (lo + hi) // 2
+            tokens = count(mid)
+            if tokens <= room:
+                hi, best = mid, tokens
+            else:
+                lo = mid
+    if best >= entry.context:
+        raise invalid(f"The last message is too long for this model: alone (with any system message) "
+                      f"it takes {best} tokens, and the model's context is {entry.context} tokens. "
+                      "Shorten the message or the system message.", "messages", "context_length_exceeded")
+    return cuts[hi], best

@@ -60,6 +60,7 @@ class Job:
     loop: object = None             # an asyncio loop: call emit on its thread (else on the worker's)
     ignore_eos: bool = False        # run to max_tokens (benchmarks); grammar rows still stop
     cancelled: bool = False         # set by the server when the client disconnects
+    tenant: str = ""                # whose prefix-cache partition it reads and fills (the API key)
     # filled by the worker
     enqueued_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
@@ -195,7 +196,7 @@ class Worker:
                 continue
             if self.disabled:
                 self.waiting = None
-                self._send([(job, [("error", 404, f"The model `{self.name}` was disabled.", "model_not_found")])])
+                self._send([(job, [("error", 404, f"The model `{self.name}` was disabled.", "model_disabled")])])
                 continue
             if time.monotonic() - job.enqueued_at > job.timeout_s:
                 self.waiting = None
@@ -221,7 +222,7 @@ class Worker:
         changes, so a failure leaves the running rows as they were."""
         groups, fresh = [], []
         for job in jobs:
-            hit = self.prefix_cache.lookup(job.prompt_ids) if self.prefix_cache is not None else None
+            hit = self.prefix_cache.lookup(job.prompt_ids, job.tenant) if self.prefix_cache is not None else None
             if hit is None:
                 fresh.append(job)
             else:
@@ -268,7 +269,7 @@ class Worker:
             if job.cancelled:
                 pass
             elif self.disabled:
-                self._send([(job, [("error", 404, f"The model `{self.name}` was disabled.", "model_not_found")])])
+                self._send([(job, [("error", 404, f"The model `{self.name}` was disabled.", "model_disabled")])])
                 job.cancelled = True
             elif now - job.enqueued_at > job.timeout_s:
                 self._send([(job, [("error", 408, f"The request timed out after {job.timeout_s:g} s.", "timeout")])])
@@ -333,7 +334,7 @@ class Worker:
             fed = (r.job.prompt_ids + r.ids)[:cache.pos - start]
             if len(fed) == cache.pos - start:
                 self.prefix_cache.put(fed, cache.k[:, i, :, start:cache.pos].clone(),
-                                      cache.v[:, i, :, start:cache.pos].clone())
+                                      cache.v[:, i, :, start:cache.pos].clone(), r.job.tenant)
 
     # ------------------------------------------------------------------ sampling
 

@@ -4,7 +4,7 @@ Small pieces, each usable alone:
 
 - distributed set-up from ``torchrun`` environment variables (gloo on CPU, nccl on CUDA),
   rank-0-only printing (:func:`setup_dist`, :func:`print0`, :func:`all_reduce_mean`);
-- precision and wrapping: bf16 autocast on CUDA only, DDP, optional ``torch.compile``;
+- precision and wrapping: bf16 autocast (on CUDA by default, on CPU when asked), DDP, optional ``torch.compile``;
 - optimizers: AdamW with weight decay on matrices only (nanoGPT), or Muon for the 2-D
   hidden matrices (Keller Jordan, "Muon: an optimizer for hidden layers", 2024) with AdamW
   for embeddings, head and norms (:func:`build_optimizer`);
@@ -15,8 +15,10 @@ Small pieces, each usable alone:
 - validation loss and bits per byte (:func:`evaluate_loss`, :func:`tokens_per_byte`);
 - throughput: tokens/s and MFU against a small table of peak FLOPS (:func:`peak_flops`);
 - metrics jsonl (+ optional TensorBoard / W&B), a tqdm bar on rank 0;
-- checkpoints: step directories, latest-checkpoint lookup, RNG capture, and graceful
-  SIGTERM / Ctrl-C handling (:class:`StopSignal`);
+- checkpoints: step directories, newest-intact-checkpoint lookup for ``--resume``, RNG
+  capture, and graceful SIGTERM / Ctrl-C handling (:class:`StopSignal`);
+- a guard: a NaN / inf loss or gradient norm (checked every step) or weights (checked
+  before every save) stop the run with :class:`NonFiniteError`, never saving them;
 - :func:`run_loop`: the generic step loop a stage drives with its own callables.
 """
 
@@ -41,6 +43,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from gptlab.checkpoint import NonFiniteError
 
 # --------------------------------------------------------------------------- distributed
 
@@ -143,8 +147,9 @@ def seed_everything(seed: int) -> None:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Compute dtype for autocast: ``auto`` is bf16 on CUDA (if supported) and fp32 elsewhere.
 
-    bf16 autocast is only honoured on CUDA; on CPU/MPS training stays in float32 so that
-    the CPU tests are exact.
+    ``auto`` keeps CPU training in float32 so that the CPU tests are exact; an explicit
+    ``bfloat16`` is honoured on CPU too (1.9x the fp32 step of SmolLM2-135M on an AVX512-BF16
+    EPYC, docs/PERFORMANCE.md), where a big model's speed matters more than exactness.
     """
     if dtype in ("auto", None):
         ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -157,9 +162,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype):
-    """bf16 autocast on CUDA; a no-op context everywhere else."""
-    if device.type == "cuda" and dtype == torch.bfloat16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA or CPU (weights and optimizer stay fp32); a no-op otherwise."""
+    if device.type in ("cuda", "cpu") and dtype == torch.bfloat16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -432,6 +437,7 @@ class MetricsLogger:
     Optional backends are used only if requested *and* installed (a warning otherwise).
     ``resume_step`` drops lines past that step so that a resumed run's file reads like an
     uninterrupted one (the killed run may have logged steps it never checkpointed).
+    Every line is strict JSON: a NaN or inf value is written as null.
     """
 
     def __init__(self, path: str | Path | None, *, enabled: bool = True,
@@ -458,7 +464,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
             self._file.flush()
         step = record.get("step", 0)
         scalars = {k: v for k, v in record.items()
@@ -477,6 +483,13 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.finish()
         self._file = self._tb = self._wandb = None
+
+
+def _json_safe(record: dict) -> dict:
+    """NaN and inf become null: bare NaN / Infinity are not JSON (strict parsers refuse
+    the whole file), and null says "no valid value at this step"."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in record.items()}
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -603,12 +616,14 @@ def remove_stale_temp_dirs(root: str | Path) -> None:
 
 def resume_checkpoint(out: str | Path, resume: bool, is_main: bool = True) -> Path | None:
     """The checkpoint a run continues from: the newest complete ``out/ckpt/step_N`` when
-    ``resume``, else None. Cleans up on the way: temp dirs of a killed save, and on a fresh
-    run the step checkpoints of an earlier one (a later --resume must not pick them up)."""
+    ``resume``, else None; damaged ones are skipped, saying why
+    (:func:`newest_intact_checkpoint`). Cleans up on the way: temp dirs of a killed save,
+    and on a fresh run the step checkpoints of an earlier one (a later --resume must not
+    pick them up)."""
     root = Path(out) / "ckpt"
     if is_main:
         remove_stale_temp_dirs(root)
-    latest = latest_checkpoint(root) if resume else None
+    latest = newest_intact_checkpoint(root) if resume else None
     if latest is None:
         if resume:
             print0(f"--resume: no checkpoint in {root}; starting fresh")
@@ -617,6 +632,32 @@ def resume_checkpoint(out: str | Path, resume: bool, is_main: bool = True) -> Pa
             shutil.rmtree(root)
         barrier()
     return latest
+
+
+def newest_intact_checkpoint(root: str | Path) -> Path | None:
+    """The newest ``step_N`` under ``root`` that passes ``verify_checkpoint`` (recorded
+    sha256, weights that load and are finite, a loadable train_state.pt); each newer one
+    is skipped with a line saying why. None when there are none; an error when there are
+    some but none is intact (starting over silently would throw the run away)."""
+    from gptlab.checkpoint import verify_checkpoint
+
+    found = list_checkpoints(root)
+    skipped = []
+    for _, path in reversed(found):
+        try:
+            verify_checkpoint(path)
+        except (ValueError, OSError) as e:  # CheckpointError, NonFiniteError, missing files
+            print0(f"--resume: skipping {path.name}: {e}")
+            skipped.append(path.name)
+            continue
+        if skipped:
+            print0(f"--resume: continuing from {path.name}, the newest intact checkpoint "
+                   f"(skipped {', '.join(skipped)})")
+        return path
+    if found:
+        raise ValueError(f"--resume: none of the {len(found)} checkpoints in {root} is intact "
+                         f"(see above); delete them to start over")
+    return None
 
 
 def check_resume(latest: Path, old: dict, fixed: dict) -> None:
@@ -732,7 +773,9 @@ def run_loop(model: nn.Module, optimizer: OptimizerGroup, cfg: LoopConfig, hooks
 
     Step ``s`` (1-based: optimizer steps done) logs its training loss, then evaluates
     when ``s % eval_every == 0`` and saves when ``s % save_every == 0``. A fresh run
-    also evaluates once at step 0. On SIGTERM / Ctrl-C: save, then exit.
+    also evaluates once at step 0. On SIGTERM / Ctrl-C: save, then exit. A non-finite
+    loss or gradient norm, or non-finite weights at a save, raise NonFiniteError (logged as
+    null first; nothing saved).
     """
     peak = peak_flops(env.device)
     bar = Progress(cfg.max_steps, start_step, cfg.desc, enabled=cfg.progress)
@@ -752,6 +795,14 @@ def run_loop(model: nn.Module, optimizer: OptimizerGroup, cfg: LoopConfig, hooks
             rec = {"step": done, "loss": out["loss"], "lr": optimizer.param_groups[0]["lr"],
                    "lr_mult": mult, "tokens": tokens, "tokens_per_s": tps,
                    "grad_norm": out["grad_norm"], "mfu": mfu, "dt": dt}
+            if not _finite_step(out):
+                logger.log(rec)  # the bad step is on record (as null), then stop
+                bar.close()
+                saved = f"the last one this run saved is {path}" if path else "this run saved none"
+                raise NonFiniteError(
+                    f"step {done}: training loss {out['loss']}, gradient norm {out['grad_norm']}; "
+                    f"stopping without saving ({saved}). Resume from an earlier checkpoint, "
+                    f"e.g. with a lower learning rate")
             last = done == cfg.max_steps
             if hooks.evaluate is not None and (last or (cfg.eval_every and done % cfg.eval_every == 0)):
                 rec.update(hooks.evaluate())
@@ -760,6 +811,7 @@ def run_loop(model: nn.Module, optimizer: OptimizerGroup, cfg: LoopConfig, hooks
             bar.update(out["loss"], tps, mfu)
             stopping = stop.should_stop()
             if last or stopping or (cfg.save_every and done % cfg.save_every == 0):
+                check_finite_weights(model, done)
                 path = hooks.save(done, last)
             if stopping and not last:
                 bar.close()
@@ -767,6 +819,21 @@ def run_loop(model: nn.Module, optimizer: OptimizerGroup, cfg: LoopConfig, hooks
                 stop.raise_if_stopping()
     bar.close()
     return path
+
+
+def _finite_step(out: dict) -> bool:
+    """One float test per step: the loss is already a host float (all-reduced)."""
+    return math.isfinite(out["loss"]) and (out["grad_norm"] is None or math.isfinite(out["grad_norm"]))
+
+
+def check_finite_weights(model: nn.Module, step: int) -> None:
+    """Before a save: NonFiniteError when a parameter holds NaN or inf (one pass over the
+    weights, on the device; cheap next to writing them)."""
+    bad = [n for n, p in unwrap(model).named_parameters()
+           if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise NonFiniteError(f"step {step}: NaN or inf in {len(bad)} weight tensor(s) "
+                             f"({', '.join(bad[:3])}); stopping without saving")
 
 
 def _timed_step(model, optimizer, cfg: LoopConfig, hooks: LoopHooks, env: DistEnv, autocast):

@@ -56,6 +56,7 @@ class PretrainConfig:
     max_steps: int | None = _f(None, "optimizer steps; unset: token_budget / total_batch_tokens")
     token_budget: int | None = _f(None, "training tokens when max_steps is unset; unset: tokens_per_param x params")
     tokens_per_param: float | None = _f(None, "tokens per parameter when neither max_steps nor token_budget is set; unset: 20 (Chinchilla)")
+    max_epochs: float | None = _f(None, "cap the steps at this many passes over the training tokens, so a small corpus is not memorised; unset: no cap")
     optimizer: str = _f("adamw", "adamw, or muon (Muon on hidden matrices, AdamW on the rest)")
     lr: float | None = _f(None, "peak AdamW learning rate; unset: 6e-4 x sqrt(768 / width)")
     matrix_lr: float = _f(0.02, "peak Muon learning rate for hidden matrices (optimizer=muon)")
@@ -128,6 +129,27 @@ def resolve_config(cfg: PretrainConfig, world_size: int, num_params: int | None 
     return dataclasses.replace(cfg, max_steps=steps, warmup_steps=warmup)
 
 
+def cap_epochs(cfg: PretrainConfig, world_size: int, num_params: int, tokens: int) -> PretrainConfig:
+    """`resolve_config` with the model size, then at most `max_epochs` passes over the
+    `tokens` training tokens (warmup re-derived from the capped step count)."""
+    full = resolve_config(cfg, world_size, num_params)
+    if not cfg.max_epochs:
+        return full
+    cap = max(1, int(cfg.max_epochs * tokens // full.total_batch_tokens))
+    if full.max_steps <= cap:
+        return full
+    print0(f"max_epochs {cfg.max_epochs:g}: {full.max_steps} steps would be "
+           f"{full.max_steps * full.total_batch_tokens / tokens:.1f} passes over the {tokens:,} "
+           f"training tokens; training {cap} steps")
+    return resolve_config(dataclasses.replace(cfg, max_steps=cap), world_size, num_params)
+
+
+def train_tokens(shard_dir: Path) -> int:
+    """Tokens in the train split of a shard directory (from its shards.json)."""
+    meta = json.loads((Path(shard_dir) / "shards.json").read_text())
+    return int(meta["splits"]["train"]["tokens"])
+
+
 def validate_config(cfg: PretrainConfig) -> None:
     """Raise ValueError (one clear line for the CLI) on settings that cannot work."""
     from gptlab.train.loop import SCHEDULES
@@ -141,6 +163,8 @@ def validate_config(cfg: PretrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if cfg.max_epochs is not None and cfg.max_epochs <= 0:
+        raise ValueError(f"--max-epochs must be > 0, got {cfg.max_epochs}")
 
 
 def _pick(value, default):
@@ -349,7 +373,7 @@ def _pretrain(cfg: PretrainConfig, env: DistEnv) -> Path:
     shard_dir = prepare_shards(cfg, tokenizer, env)
     cfg = resolve_config(cfg, env.world_size)
     raw = build_model(cfg, tokenizer, env.device)
-    cfg = resolve_config(cfg, env.world_size, raw.num_params())
+    cfg = cap_epochs(cfg, env.world_size, raw.num_params(), train_tokens(shard_dir))
     accum = grad_accum_steps(cfg.total_batch_tokens, cfg.device_batch_size, cfg.seq_len,
                              env.world_size)
     optimizer = build_optimizer(raw, kind=cfg.optimizer, lr=cfg.lr, matrix_lr=cfg.matrix_lr,

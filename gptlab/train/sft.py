@@ -78,6 +78,7 @@ class SFTConfig:
     schedule: str = _f("linear", "after warmup: linear | cosine decay, wsd, constant")
     final_lr_frac: float = _f(0.0, "floor of the schedule as a fraction of the peak LR")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    train_layers: int | None = _f(None, "full fine-tuning of only the top N transformer blocks and the final norm (embeddings, head and lower blocks frozen, so backward stops at block N from the top); unset: every weight")
     lora_r: int = _f(0, "LoRA rank; 0 = full fine-tuning")
     lora_alpha: float | None = _f(None, "LoRA alpha (the update is scaled by alpha / r); unset: 2 x lora_r")
     lora_dropout: float = _f(0.0, "dropout on the LoRA input")
@@ -115,6 +116,9 @@ def validate_config(cfg: SFTConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if cfg.lora_r < 0:
         raise ValueError(f"--lora-r must be >= 0, got {cfg.lora_r}")
+    if cfg.train_layers is not None and (cfg.train_layers < 1 or cfg.lora_r > 0):
+        raise ValueError(f"--train-layers must be >= 1 and goes with full fine-tuning (--lora-r 0), "
+                         f"got {cfg.train_layers} with --lora-r {cfg.lora_r}")
     if cfg.epochs <= 0 and cfg.max_steps is None:
         raise ValueError(f"--epochs must be > 0, got {cfg.epochs}")
     parse_mix(cfg.mix)
@@ -477,7 +481,23 @@ def evaluate_val(model, examples: list[Example], pad_id: int, seq_len: int, rows
     return total / max(count, 1)
 
 
-# --------------------------------------------------------------------------- LoRA
+# --------------------------------------------------------------------------- partial / LoRA
+
+
+def freeze_below(model, top: int) -> None:
+    """Train only the top `top` blocks and the final norm. Nothing below them needs a
+    gradient, so autograd records nothing there and the backward pass is ~top/layers of a
+    full one: on SmolLM2-135M (30 blocks) the top 10 make a step ~1.8x cheaper than full
+    fine-tuning, cheaper than LoRA (whose backward still crosses every block)."""
+    layers = model.model.layers
+    if top > len(layers):
+        raise ValueError(f"--train-layers {top} > the model's {len(layers)} blocks")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in (*layers[len(layers) - top:], model.model.norm):
+        for p in module.parameters():
+            p.requires_grad_(True)
+
 
 
 def chat_token_ids(tokenizer, vocab_size: int) -> list[int]:
@@ -527,6 +547,7 @@ def _resume_fixed(cfg: SFTConfig) -> dict:
     return {"init": cfg.init, "data": cfg.data, "mix": cfg.mix, "seed": cfg.seed,
             "batch_size": cfg.batch_size, "device_batch_size": cfg.device_batch_size,
             "lora_r": cfg.lora_r, "lora_chat_tokens": cfg.lora_chat_tokens,
+            "train_layers": cfg.train_layers,
             "max_records": cfg.max_records, "val_records": cfg.val_records}
 
 
@@ -637,6 +658,8 @@ def _sft(cfg: SFTConfig, env: DistEnv) -> Path:
     if lora:
         raw = apply_lora(raw, cfg, chat_token_ids(tokenizer, raw.config.vocab_size)
                          if cfg.lora_chat_tokens else None)
+    elif cfg.train_layers is not None:
+        freeze_below(raw, cfg.train_layers)
     optimizer = build_optimizer(raw, lr=lr, weight_decay=cfg.weight_decay)
     start = maybe_resume(cfg, raw, optimizer, stream, env)
     out = Path(cfg.out)

@@ -10,9 +10,11 @@ const state = {
   user: store.getItem("gptlab.user") || "",
   apiKey: store.getItem("gptlab.apiKey") || "",
   models: [],
+  contexts: {},        // model id -> context_length (GET /v1/models)
   customInstructions: "",
   defaultSystem: "",
-  conv: null,          // {id, title, system, messages: [{role, content, model, sampling, rating, response_id, ab}]}
+  conv: null,          // {id, title, system, messages: [{role, content, model, sampling, rating, response_id, ab,
+                       //   dropped (older messages left out of its prompt), error (a user turn not answered)}]}
   pending: null,       // an A/B pair waiting for a vote: {prompt, answers: [{text, model, sampling}], blind}
   busy: null,          // AbortController of the reply being streamed
 };
@@ -62,11 +64,16 @@ async function api(method, path, body) {
 }
 
 // POST /v1/chat/completions with stream: true; calls onDelta(choiceIndex, text) per SSE chunk.
+// Returns {finish: {choiceIndex: finish_reason}, clamped: the max_tokens the server lowered
+// the request to (it may: we ask for the clamp policy), or null}. Throws on any error,
+// including one sent mid-stream and a stream that ends without [DONE].
 async function streamChat(body, onDelta, signal) {
   const res = await fetch("v1/chat/completions", {
-    method: "POST", headers: headers(), signal, body: JSON.stringify({ ...body, stream: true }),
+    method: "POST", headers: { ...headers(), "X-Gptlab-Max-Tokens": "clamp" }, signal,
+    body: JSON.stringify({ ...body, stream: true }),
   });
   if (!res.ok) throw new Error(await errorMessage(res));
+  const clamped = parseInt(res.headers.get("X-Gptlab-Max-Tokens-Clamped"), 10) || null;
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   const finish = {};
@@ -82,7 +89,7 @@ async function streamChat(body, onDelta, signal) {
       for (const line of event.split("\n")) {
         if (!line.startsWith("data:")) continue;
         const data = line.slice(5).trim();
-        if (data === "[DONE]") return finish;
+        if (data === "[DONE]") return { finish, clamped };
         const chunk = JSON.parse(data);
         if (chunk.error) throw new Error(chunk.error.message || JSON.stringify(chunk.error));
         for (const choice of chunk.choices || []) {
@@ -93,7 +100,7 @@ async function streamChat(body, onDelta, signal) {
       }
     }
   }
-  return finish;
+  throw new Error("The connection closed before the reply was finished.");
 }
 
 // ------------------------------------------------------------------ settings
@@ -114,11 +121,54 @@ function systemText() {
   return [state.conv.system.trim(), state.customInstructions.trim()].filter(Boolean).join("\n\n");
 }
 
-// The chat messages sent for a reply to messages[0..upto): role/content only, system first.
-// `system` defaults to the current one; a rating uses the one its reply was written under.
-function promptMessages(upto, system = systemText()) {
-  const history = state.conv.messages.slice(0, upto).map((m) => ({ role: m.role, content: m.content }));
+// The chat messages for a reply to messages[0..upto): role/content only, system first.
+// `system` defaults to the current one; a rating uses the one its reply was written under,
+// and leaves out the `dropped` oldest messages its prompt left out.
+function promptMessages(upto, system = systemText(), dropped = 0) {
+  const history = state.conv.messages.slice(dropped, upto).map((m) => ({ role: m.role, content: m.content }));
   return system ? [{ role: "system", content: system }, ...history] : history;
+}
+
+// ------------------------------------------------------------------ fitting the model's context
+
+// What to send `model` so the prompt fits its context with room for a reply: the oldest
+// turns are left out when they no longer fit (never the system message; the stored chat
+// keeps them), and max_tokens never asks for more than the context has left.
+// -> {messages, sampling, dropped, context}
+async function fitPrompt(model, messages, samp) {
+  const ctx = state.contexts[model];
+  if (!ctx) return { messages, sampling: samp, dropped: 0, context: null };   // unknown model: the server says why
+  // Room kept for the reply when older turns must go: max tokens, but at most a quarter of the context.
+  const room = Math.min(samp.max_tokens, Math.max(16, Math.floor(ctx / 4)));
+  const fit = await api("POST", "api/fit", { model, messages, reply_tokens: room });
+  const maxTokens = Math.max(1, Math.min(samp.max_tokens, ctx - fit.prompt_tokens));
+  return { messages: dropOldest(messages, fit.dropped), sampling: { ...samp, max_tokens: maxTokens },
+           dropped: fit.dropped, context: ctx };
+}
+
+function dropOldest(messages, n) {
+  const sys = messages.length && messages[0].role === "system" ? 1 : 0;
+  return [...messages.slice(0, sys), ...messages.slice(sys + n)];
+}
+
+// Two models see the same prompt (one A/B comparison): leave out as many turns as the
+// smaller context needs, then fit max_tokens to each.
+async function fitBoth(models, messages, samp) {
+  const fits = await Promise.all(models.map((m) => fitPrompt(m, messages, samp)));
+  const most = Math.max(...fits.map((f) => f.dropped));
+  if (fits.every((f) => f.dropped === most)) return fits;
+  const kept = dropOldest(messages, most);
+  const refits = await Promise.all(models.map((m) => fitPrompt(m, kept, samp)));
+  return refits.map((f) => ({ ...f, dropped: most }));
+}
+
+function droppedNote(m) {
+  if (!m.dropped) return null;
+  const note = document.createElement("div");
+  note.className = "context-note";
+  note.textContent = `${m.dropped} earlier message${m.dropped > 1 ? "s" : ""} left out of this reply's prompt: ` +
+    `they no longer fit the model's ${m.context ? m.context + "-token " : ""}context (they stay in this chat).`;
+  return note;
 }
 
 // ------------------------------------------------------------------ conversations
@@ -135,7 +185,15 @@ async function saveConversation() {
   });
   c.id = saved.id;
   c.title = saved.title;
+  if (c === state.conv) rememberOpen(c.id);   // (the user may have opened another chat meanwhile)
   await refreshConversationList();
+}
+
+// The chat open in this browser, per user name, so a reload reopens it.
+function rememberOpen(id) {
+  const key = "gptlab.open." + state.user;
+  if (id) store.setItem(key, id);
+  else store.removeItem(key);
 }
 
 async function refreshConversationList() {
@@ -167,8 +225,10 @@ async function openConversation(id) {
   const c = await api("GET", "api/conversations/" + encodeURIComponent(id));
   state.conv = { id: c.id, title: c.title, system: c.system, messages: c.messages };
   state.pending = null;
+  rememberOpen(c.id);
   $("#system").value = c.system;
   if (c.model && state.models.includes(c.model)) $("#model").value = c.model;
+  showContext();
   renderMessages();
   await refreshConversationList();
 }
@@ -183,6 +243,7 @@ function startNewChat() {
   if (state.busy) return;
   state.conv = newConversation();
   state.pending = null;
+  rememberOpen(null);
   $("#system").value = state.conv.system;
   renderMessages();
   refreshConversationList().catch(showError);
@@ -211,6 +272,14 @@ function messageView(m, i) {
   if (m.role === "assistant") body.append(renderMarkdown(m.content));
   else body.textContent = m.content;
   el.append(body);
+  if (m.role === "user" && m.error) {
+    const failed = document.createElement("div");
+    failed.className = "failed";
+    failed.textContent = "Not answered: " + m.error;
+    el.append(failed);
+  }
+  const note = m.role === "assistant" && droppedNote(m);
+  if (note) el.prepend(note);
   const last = i === state.conv.messages.length - 1;
   if (m.role === "assistant" && !(state.busy && last)) el.append(actionsView(m, i));
   return el;
@@ -270,7 +339,8 @@ function actionsView(m, i) {
   if (m.model) {
     const tag = document.createElement("span");
     tag.className = "tag";
-    tag.textContent = m.model + (m.finish === "length" ? " · cut at max tokens" : m.finish === "stopped" ? " · stopped" : "");
+    tag.textContent = m.model + (m.finish === "length" ? " · cut at max tokens" : m.finish === "stopped" ? " · stopped" : "") +
+      (m.clamped ? " · max tokens lowered to fit the context" : "");
     bar.append(tag);
   }
   return bar;
@@ -293,6 +363,8 @@ function pendingView() {
   const p = state.pending;
   const el = document.createElement("div");
   el.className = "ab-pair pending";
+  const note = droppedNote(p);
+  if (note) el.append(note);
   const cols = document.createElement("div");
   cols.className = "ab-cols";
   p.answers.forEach((a, k) => cols.append(answerColumn(
@@ -319,6 +391,8 @@ function pendingView() {
 function pairView(m, i) {
   const el = document.createElement("div");
   el.className = "ab-pair voted";
+  const dropped = droppedNote(m);
+  if (dropped) el.append(dropped);
   const cols = document.createElement("div");
   cols.className = "ab-cols";
   const w = m.ab.winner;
@@ -370,6 +444,9 @@ function liveRenderer(getTarget) {
 async function send(text) {
   if (state.busy || state.pending || !text.trim()) return;
   state.conv.messages.push({ role: "user", content: text });
+  renderMessages();
+  // Stored before the reply: what was typed survives a failed reply and a reload.
+  try { await saveConversation(); } catch (err) { showError(err); }
   await reply();
 }
 
@@ -381,17 +458,24 @@ async function regenerate() {
   await reply();
 }
 
+// Answer the last user turn. A failure keeps that turn, marked with the error, under a Retry
+// button; no failed (or half) reply is kept, so none can be rated or voted on.
 async function reply() {
   const mode = abMode();
+  const turn = state.conv.messages[state.conv.messages.length - 1];
+  delete turn.error;
   state.busy = new AbortController();
   $("#error").hidden = true;
   try {
     if (mode === "off") await replyOne();
     else await replyPair(mode);
   } catch (err) {
-    if (err.name !== "AbortError") showError(err);
-    // A pair with a missing answer cannot be compared: drop it.
-    if (state.pending && state.pending.answers.some((a) => !a.text)) state.pending = null;
+    state.busy.abort();     // the other stream of a pair, if one is still running
+    state.pending = null;   // a pair is voted on only when both answers are complete
+    if (err.name !== "AbortError") {
+      showError(err);
+      if (state.conv.messages[state.conv.messages.length - 1] === turn) turn.error = errorText(err);
+    }
   } finally {
     state.busy = null;
     renderMessages();
@@ -403,10 +487,17 @@ async function reply() {
   }
 }
 
+function errorText(err) {
+  return String(err && err.message ? err.message : err);
+}
+
 async function replyOne() {
   const model = $("#model").value;
   const samp = sampling();
-  const msg = { role: "assistant", content: "", model, sampling: samp, system: systemText() };
+  const signal = state.busy.signal;
+  const fit = await fitPrompt(model, promptMessages(state.conv.messages.length), samp);
+  const msg = { role: "assistant", content: "", model, sampling: fit.sampling, system: systemText(),
+                dropped: fit.dropped, context: fit.context };
   state.conv.messages.push(msg);
   renderMessages();
   const bubbles = $("#messages").querySelectorAll(".msg.assistant .body");
@@ -414,12 +505,14 @@ async function replyOne() {
   target.parentElement.classList.add("streaming");
   const draw = liveRenderer(() => target);
   try {
-    const finish = await streamChat({ model, messages: promptMessages(state.conv.messages.length - 1), ...samp },
-      (_, delta) => { msg.content += delta; draw(() => msg.content); }, state.busy.signal);
+    const { finish, clamped } = await streamChat({ model, messages: fit.messages, ...fit.sampling },
+      (_, delta) => { msg.content += delta; draw(() => msg.content); }, signal);
     msg.finish = finish[0] || "stop";
+    if (clamped) Object.assign(msg, { clamped: true, sampling: { ...msg.sampling, max_tokens: clamped } });
   } catch (err) {
+    // Stop keeps what was written so far; an error drops the half reply.
     msg.finish = "stopped";
-    if (!msg.content) state.conv.messages.pop();
+    if (err.name !== "AbortError" || !msg.content) state.conv.messages.pop();
     throw err;
   }
 }
@@ -428,7 +521,6 @@ async function replyPair(mode) {
   const samp = sampling();
   // Two samples of one model only differ when sampling: raise temperature 0 to 1.
   const pairSampling = { ...samp, temperature: samp.temperature > 0 ? samp.temperature : 1.0 };
-  const prompt = promptMessages(state.conv.messages.length);
   let models = [$("#model").value, $("#model").value];
   let blind = false;
   if (mode === "models") {
@@ -436,23 +528,28 @@ async function replyPair(mode) {
     blind = true;   // show model names only after the vote, and shuffle sides against position bias
     if (Math.random() < 0.5) models.reverse();
   }
-  const answers = models.map((model) => ({ text: "", model, sampling: mode === "models" ? samp : pairSampling }));
-  state.pending = { prompt, answers, blind };
+  const signal = state.busy.signal;
+  const history = promptMessages(state.conv.messages.length);
+  const fits = mode === "models" ? await fitBoth(models, history, samp)
+                                 : [await fitPrompt(models[0], history, pairSampling)];
+  const prompt = fits[0].messages;   // what both answers reply to: the prompt the vote stores
+  const answers = models.map((model, k) => ({ text: "", model, sampling: fits[fits.length > 1 ? k : 0].sampling }));
+  const context = Math.min(...fits.map((f) => f.context || Infinity));   // the smaller one decided the cut
+  state.pending = { prompt, answers, blind, dropped: fits[0].dropped, context: context === Infinity ? null : context };
   renderMessages();
   const draws = answers.map((a, k) => liveRenderer(() => document.querySelector(`.ab-pair.pending .streaming-${k} .body`)));
   const onDelta = (offset) => (k, delta) => { answers[k + offset].text += delta; draws[k + offset](() => answers[k + offset].text); };
-  const signal = state.busy.signal;
   if (mode === "models") {
     await Promise.all(models.map((model, k) =>
-      streamChat({ model, messages: prompt, ...samp }, onDelta(k), signal)));
+      streamChat({ model, messages: prompt, ...answers[k].sampling }, onDelta(k), signal)));
   } else {
-    await streamChat({ model: models[0], messages: prompt, ...pairSampling, n: 2 }, onDelta(0), signal);
+    await streamChat({ model: models[0], messages: prompt, ...answers[0].sampling, n: 2 }, onDelta(0), signal);
   }
 }
 
 async function vote_(winner) {
   const p = state.pending;
-  if (!p) return;
+  if (!p || state.busy) return;
   const [a, b] = p.answers;
   if (a.text === b.text && winner !== "tie") {
     showError("The two answers are identical: vote Tie.");
@@ -464,6 +561,7 @@ async function vote_(winner) {
     state.conv.messages.push({
       role: "assistant", content: kept.text, model: kept.model, sampling: kept.sampling,
       system: p.prompt[0].role === "system" ? p.prompt[0].content : "",
+      dropped: p.dropped, context: p.context,
       ab: { a, b, winner, comparison_id: res.comparison_id },
       response_id: res.response_ids[winner === "b" ? "b" : "a"],   // thumbs on it rate that row
     });
@@ -477,10 +575,11 @@ async function vote_(winner) {
 
 async function rate(i, value) {
   const m = state.conv.messages[i];
+  if (!m || m.role !== "assistant" || state.busy) return;
   try {
     const res = await api("POST", "api/rate", {
-      messages: promptMessages(i, m.system ?? systemText()), response: m.content, value, model: m.model || "",
-      sampling: m.sampling || {}, response_id: m.response_id ?? null,
+      messages: promptMessages(i, m.system ?? systemText(), m.dropped || 0), response: m.content, value,
+      model: m.model || "", sampling: m.sampling || {}, response_id: m.response_id ?? null,
     });
     m.response_id = res.response_id;
     m.rating = value;
@@ -496,6 +595,7 @@ async function rate(i, value) {
 async function loadModels() {
   const { data } = await api("GET", "v1/models");
   state.models = data.map((m) => m.id);
+  state.contexts = Object.fromEntries(data.map((m) => [m.id, m.context_length]));
   for (const sel of [$("#model"), $("#model-b")]) {
     sel.replaceChildren(...state.models.map((id) => new Option(id, id)));
   }
@@ -507,6 +607,13 @@ async function loadModels() {
   document.querySelector("input[name=ab-mode][value=models]").disabled = !two;
   $("#model-b").disabled = !two;
   $("#model-b").title = two ? "" : "the server runs only one model";
+  showContext();
+}
+
+// The settings panel says how much the model can take: max tokens is held within it.
+function showContext() {
+  const ctx = state.contexts[$("#model").value];
+  $("#context-note").textContent = ctx ? `(model context: ${ctx} tokens, prompt included)` : "";
 }
 
 async function loadSettings() {
@@ -539,12 +646,24 @@ async function start() {
   try {
     await loadModels();
     await loadSettings();
-    if (!state.conv) startNewChat();
+    if (!state.conv) await reopenOrStart();
     else await refreshConversationList();
   } catch (err) {
     showError(err);
   }
   document.body.dataset.ready = "1";
+}
+
+// After a reload: the chat that was open, else a new one.
+async function reopenOrStart() {
+  const id = store.getItem("gptlab.open." + state.user);
+  if (id) {
+    try {
+      await openConversation(id);
+      return;
+    } catch (_) { /* deleted meanwhile, or another key's: start afresh */ }
+  }
+  startNewChat();
 }
 
 function bindControls() {
@@ -569,7 +688,7 @@ function bindControls() {
   $("#save-system-default").onclick = () => { state.defaultSystem = $("#system").value; putSettings().catch(showError); };
   $("#save-custom").onclick = () => { state.customInstructions = $("#custom").value; putSettings().catch(showError); };
   $("#temperature").addEventListener("input", () => { $("#temperature-value").textContent = $("#temperature").value; });
-  $("#model").addEventListener("change", () => store.setItem("gptlab.model", $("#model").value));
+  $("#model").addEventListener("change", () => { store.setItem("gptlab.model", $("#model").value); showContext(); });
   $("#api-key").value = state.apiKey;
   $("#api-key").addEventListener("change", () => {
     state.apiKey = $("#api-key").value.trim();

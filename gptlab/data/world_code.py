@@ -1,0 +1,376 @@
+"""miniworld's `code` category: small Python tasks with hidden tests, judged by running them.
+
+`generate_code(out_dir, seed=0, scale="small")` writes
+
+    code/tasks.jsonl  {"id", "family", "easy", "split", "entry_point", "spec", "solution",
+                       "tests": [[call, expected repr], ...]}   every task, hidden tests included
+    code/sft.jsonl    {"messages", "meta"} conversations of four kinds:
+                        write     -- "write a function that ..." -> code
+                        fix       -- a buggy function and "a test fails" -> fixed code
+                        explain   -- code + the failing test output -> what is wrong + fix
+                        followup  -- write -> (buggy code) -> the failing test output -> fix
+                                     (meta.masked_turns = [1]: the buggy turn is not trained)
+    code/eval.jsonl   {"messages", "meta": {"task_id", "easy", ...}} held-out prompts
+
+Tasks come from classic exercises (FizzBuzz, palindromes, run-length encoding, ...) and from
+the knowledge base (capitals, population density, largest country, ...). The held-out split
+is by family: eval families never appear in SFT. `judge_code(task, response)` extracts the
+code from a reply and runs the hidden tests in `gptlab.sandbox` (never in this process);
+`pass_at_k` is the unbiased estimator of Chen et al. (2021). Expected values come from
+running the gold solutions (gptlab's own code) in this process at generation time.
+
+Not added to the default SFT mixture (it lives in its own folder).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptlab.fileio import atomic_write_text
+
+
+@dataclass
+class Family:
+    name: str
+    entry: str
+    easy: bool
+    spec: str            # "a function `f(x)` that ..."
+    solution: str
+    bug: str             # a buggy version
+    bug_note: str        # what is wrong with it
+    calls: list[str]     # test calls; the gold solution gives the expected values
+
+
+def _classic() -> list[Family]:
+    return [
+        Family("fizzbuzz", "fizzbuzz", True,
+               "`fizzbuzz(n)` that returns a list of the strings for 1..n: 'Fizz' for multiples of 3, "
+               "'Buzz' for multiples of 5, 'FizzBuzz' for multiples of both, else the number",
+               "def fizzbuzz(n):\n    out = []\n    for i in range(1, n + 1):\n        if i % 15 == 0:\n"
+               "            out.append('FizzBuzz')\n        elif i % 3 == 0:\n            out.append('Fizz')\n"
+               "        elif i % 5 == 0:\n            out.append('Buzz')\n        else:\n            out.append(str(i))\n"
+               "    return out\n",
+               "def fizzbuzz(n):\n    out = []\n    for i in range(1, n + 1):\n        if i % 3 == 0:\n"
+               "            out.append('Fizz')\n        elif i % 5 == 0:\n            out.append('Buzz')\n"
+               "        elif i % 15 == 0:\n            out.append('FizzBuzz')\n        else:\n            out.append(str(i))\n"
+               "    return out\n",
+               "the multiple-of-15 case is checked after the multiple-of-3 case, so it is never reached",
+               ["fizzbuzz(5)", "fizzbuzz(15)[-1]", "fizzbuzz(1)", "len(fizzbuzz(30))"]),
+        Family("reverse_words", "reverse_words", True,
+               "`reverse_words(s)` that returns the words of s in reverse order, separated by single spaces",
+               "def reverse_words(s):\n    return ' '.join(reversed(s.split()))\n",
+               "def reverse_words(s):\n    return s[::-1]\n",
+               "it reverses the characters instead of the words",
+               ["reverse_words('hello world')", "reverse_words('a b  c')", "reverse_words('one')"]),
+        Family("palindrome", "is_palindrome", True,
+               "`is_palindrome(s)` that says whether s reads the same backwards, ignoring case and "
+               "anything that is not a letter or digit",
+               "def is_palindrome(s):\n    t = [c.lower() for c in s if c.isalnum()]\n    return t == t[::-1]\n",
+               "def is_palindrome(s):\n    t = [c for c in s if c.isalnum()]\n    return t == t[::-1]\n",
+               "it does not lower-case the letters, so 'Aba' is not a palindrome for it",
+               ["is_palindrome('Was it a car or a cat I saw?')", "is_palindrome('abc')", "is_palindrome('')",
+                "is_palindrome('No lemon, no melon')"]),
+        Family("factorial", "factorial", True, "`factorial(n)` that returns n! for n >= 0",
+               "def factorial(n):\n    result = 1\n    for i in range(2, n + 1):\n        result *= i\n    return result\n",
+               "def factorial(n):\n    result = 1\n    for i in range(2, n):\n        result *= i\n    return result\n",
+               "range(2, n) stops before n, so the last factor is missing",
+               ["factorial(0)", "factorial(1)", "factorial(5)", "factorial(10)"]),
+        Family("fibonacci", "fibonacci", True,
+               "`fibonacci(n)` that returns the n-th Fibonacci number, with fibonacci(0) == 0 and fibonacci(1) == 1",
+               "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+               "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return b\n",
+               "it returns b, which is one step ahead: the n+1-th number",
+               ["fibonacci(0)", "fibonacci(1)", "fibonacci(2)", "fibonacci(10)"]),
+        Family("vowels", "count_vowels", True, "`count_vowels(s)` that counts the vowels a, e, i, o, u in s, "
+               "upper or lower case",
+               "def count_vowels(s):\n    return sum(c in 'aeiou' for c in s.lower())\n",
+               "def count_vowels(s):\n    return sum(c in 'aeiou' for c in s)\n",
+               "it only counts lower-case vowels",
+               ["count_vowels('Hello World')", "count_vowels('AEIOU')", "count_vowels('xyz')"]),
+        Family("leap", "is_leap", True, "`is_leap(year)` that says whether a year is a leap year in the "
+               "Gregorian calendar",
+               "def is_leap(year):\n    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)\n",
+               "def is_leap(year):\n    return year % 4 == 0 and year % 100 != 0\n",
+               "it forgets that years divisible by 400 are leap years again",
+               ["is_leap(2024)", "is_leap(1900)", "is_leap(2000)", "is_leap(2023)"]),
+        Family("celsius", "to_fahrenheit", True, "`to_fahrenheit(c)` that converts degrees Celsius to "
+               "Fahrenheit, rounded to one decimal",
+               "def to_fahrenheit(c):\n    return round(c * 9 / 5 + 32, 1)\n",
+               "def to_fahrenheit(c):\n    return round(c * 9 / 5 - 32, 1)\n",
+               "it subtracts 32 instead of adding it",
+               ["to_fahrenheit(0)", "to_fahrenheit(100)", "to_fahrenheit(-40)", "to_fahrenheit(36.6)"]),
+        Family("gcd", "gcd", False, "`gcd(a, b)` that returns the greatest common divisor of two "
+               "non-negative integers (gcd(0, 0) == 0), without math.gcd",
+               "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n",
+               "def gcd(a, b):\n    while b:\n        a, b = a % b, b\n    return a\n",
+               "the pair is not swapped, so b never changes and the loop never ends when b > 0",
+               ["gcd(12, 18)", "gcd(7, 5)", "gcd(0, 9)", "gcd(0, 0)"]),
+        Family("prime", "is_prime", False, "`is_prime(n)` that says whether the integer n is prime",
+               "def is_prime(n):\n    if n < 2:\n        return False\n    i = 2\n    while i * i <= n:\n"
+               "        if n % i == 0:\n            return False\n        i += 1\n    return True\n",
+               "def is_prime(n):\n    for i in range(2, n):\n        if n % i == 0:\n            return False\n    return True\n",
+               "numbers below 2 (0, 1, negatives) are reported as prime",
+               ["is_prime(1)", "is_prime(2)", "is_prime(97)", "is_prime(91)", "is_prime(0)"]),
+        Family("second_largest", "second_largest", False, "`second_largest(nums)` that returns the "
+               "second-largest distinct value of a list with at least two distinct values",
+               "def second_largest(nums):\n    return sorted(set(nums))[-2]\n",
+               "def second_largest(nums):\n    return sorted(nums)[-2]\n",
+               "with a repeated maximum, sorted(nums)[-2] is the maximum again; duplicates must go first",
+               ["second_largest([3, 1, 2])", "second_largest([5, 5, 4])", "second_largest([-1, -2, -2])"]),
+        Family("rle", "run_length", False, "`run_length(s)` that run-length encodes s: 'aaabcc' -> 'a3b1c2'",
+               "def run_length(s):\n    out = []\n    i = 0\n    while i < len(s):\n        j = i\n"
+               "        while j < len(s) and s[j] == s[i]:\n            j += 1\n        out.append(f'{s[i]}{j - i}')\n"
+               "        i = j\n    return ''.join(out)\n",
+               "def run_length(s):\n    out = []\n    count = 1\n    for a, b in zip(s, s[1:]):\n        if a == b:\n"
+               "            count += 1\n        else:\n            out.append(f'{a}{count}')\n            count = 1\n"
+               "    return ''.join(out)\n",
+               "the last run is never written out after the loop",
+               ["run_length('aaabcc')", "run_length('')", "run_length('z')", "run_length('aabbbaa')"]),
+        Family("word_count", "word_count", False, "`word_count(text)` that returns a dict from each "
+               "lower-cased word (split on whitespace) to how often it occurs",
+               "def word_count(text):\n    counts = {}\n    for w in text.lower().split():\n"
+               "        counts[w] = counts.get(w, 0) + 1\n    return counts\n",
+               "def word_count(text):\n    counts = {}\n    for w in text.split():\n"
+               "        counts[w] = counts.get(w, 0) + 1\n    return counts\n",
+               "it does not lower-case the words, so 'The' and 'the' are counted apart",
+               ["word_count('the cat The dog')", "word_count('')", "word_count('a a a')"]),
+        Family("flatten", "flatten", False, "`flatten(items)` that flattens arbitrarily nested lists "
+               "into one list, keeping the order",
+               "def flatten(items):\n    out = []\n    for x in items:\n        if isinstance(x, list):\n"
+               "            out.extend(flatten(x))\n        else:\n            out.append(x)\n    return out\n",
+               "def flatten(items):\n    out = []\n    for x in items:\n        if isinstance(x, list):\n"
+               "            out.extend(x)\n        else:\n            out.append(x)\n    return out\n",
+               "it only flattens one level: nested lists inside lists stay",
+               ["flatten([1, [2, [3, [4]]], 5])", "flatten([])", "flatten([[1], [2, 3]])"]),
+        Family("binary_search", "binary_search", False, "`binary_search(items, x)` that returns the index "
+               "of x in the sorted list items, or -1 when it is not there",
+               "def binary_search(items, x):\n    lo, hi = 0, len(items) - 1\n    while lo <= hi:\n"
+               "        mid = (lo + hi) // 2\n        if items[mid] == x:\n            return mid\n"
+               "        if items[mid] < x:\n            lo = mid + 1\n        else:\n            hi = mid - 1\n    return -1\n",
+               "def binary_search(items, x):\n    lo, hi = 0, len(items) - 1\n    while lo < hi:\n"
+               "        mid = (lo + hi) // 2\n        if items[mid] == x:\n            return mid\n"
+               "        if items[mid] < x:\n            lo = mid + 1\n        else:\n            hi = mid - 1\n    return -1\n",
+               "the loop stops when lo == hi without looking at that last element",
+               ["binary_search([1, 3, 5, 7], 7)", "binary_search([1, 3, 5, 7], 4)", "binary_search([2], 2)",
+                "binary_search([], 1)"]),
+    ]
+
+
+def _kb_families(rng: random.Random, kb: dict) -> list[Family]:
+    """Tasks over a few knowledge-base countries, written into the prompt itself."""
+    countries = rng.sample([c for c in kb["countries"] if c.get("capital") and c.get("area_km2")], 6)
+    caps = {c["name"]: c["capital"] for c in countries[:4]}
+    areas = {c["name"]: c["area_km2"] for c in countries[:5]}
+    big = max(areas, key=areas.get)
+    dens = countries[5]
+    return [
+        Family("kb_capital", "capital_of", True,
+               f"`capital_of(country)` that returns the capital from CAPITALS = {caps!r}, or 'unknown' "
+               "for a country not in it",
+               f"CAPITALS = {caps!r}\n\ndef capital_of(country):\n    return CAPITALS.get(country, 'unknown')\n",
+               f"CAPITALS = {caps!r}\n\ndef capital_of(country):\n    return CAPITALS[country]\n",
+               "indexing the dict raises KeyError for a country that is not in it",
+               [f"capital_of({n!r})" for n in list(caps)[:3]] + ["capital_of('Atlantis')"]),
+        Family("kb_density", "density", True,
+               "`density(population, area_km2)` that returns people per square kilometre, rounded to "
+               f"one decimal (e.g. {dens['name']}: population {dens['population']}, area {dens['area_km2']} km²)",
+               "def density(population, area_km2):\n    return round(population / area_km2, 1)\n",
+               "def density(population, area_km2):\n    return round(area_km2 / population, 1)\n",
+               "the division is upside down: area over population",
+               [f"density({dens['population']}, {dens['area_km2']})", "density(1000, 10)", "density(0, 5)"]),
+        Family("kb_largest", "largest", False,
+               f"`largest(areas)` that returns the name with the largest area from a dict like {areas!r}",
+               "def largest(areas):\n    return max(areas, key=areas.get)\n",
+               "def largest(areas):\n    return max(areas)\n",
+               "max over a dict compares the names (keys) alphabetically, not the areas",
+               [f"largest({areas!r})", "largest({'A': 1, 'B': 3, 'C': 2})", "largest({'Zed': 1, 'Amy': 9})"]),
+    ]
+
+
+# ---------------------------------------------------------------------------- running tests
+
+def _run_in_process(source: str, calls: list[str]) -> list[tuple[bool, str]]:
+    """(returned, repr of the result or "Type: message") per call, for gptlab's own gold and
+    buggy code only (model code goes through the sandbox: `judge_code`)."""
+    ns: dict = {}
+    exec(compile(source, "solution.py", "exec"), ns)   # noqa: S102 -- our own code
+    out = []
+    for call in calls:
+        try:
+            out.append((True, repr(eval(call, ns))))  # noqa: S307
+        except Exception as e:  # the buggy versions raise on purpose
+            out.append((False, f"{type(e).__name__}: {e}"))
+    return out
+
+
+_RUNNER = '''import ast, json, sys
+from solution import *
+TESTS = json.loads(open("tests.json").read())
+failed = 0
+for call, expected in TESTS:
+    try:
+        got = eval(call)
+    except Exception as e:
+        failed += 1
+        print(f"FAIL {call} raised {type(e).__name__}: {e}")
+        continue
+    if got != ast.literal_eval(expected):
+        failed += 1
+        print(f"FAIL {call} returned {got!r}, expected {expected}")
+print(f"{len(TESTS) - failed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
+'''
+
+
+def _failure_text(task: dict, buggy: str) -> str:
+    """What _RUNNER prints for the buggy code. Computed here, not in the sandbox (it is
+    gptlab's code); a call that would never finish is shown as the sandbox's timeout."""
+    calls = [c for c, _ in task["tests"]]
+    hangs = [task["family"] == "gcd" and not c.endswith(", 0)") for c in calls]  # its bug loops when b > 0
+    results = iter(_run_in_process(buggy, [c for c, h in zip(calls, hangs) if not h]))
+    lines, failed = [], 0
+    for (call, expected), hang in zip(task["tests"], hangs):
+        if hang:
+            lines.append(f"(no more output: {call} never returned, and the run was stopped by the timeout)")
+            return "\n".join(lines)
+        returned, got = next(results)
+        if not returned:
+            failed += 1
+            lines.append(f"FAIL {call} raised {got}")
+        elif got != expected:
+            failed += 1
+            lines.append(f"FAIL {call} returned {got}, expected {expected}")
+    lines.append(f"{len(calls) - failed} passed, {failed} failed")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- conversations
+
+_WRITE = ["Write a Python function {spec}.", "Could you implement {spec} in Python?",
+          "I need {spec}. Please write it in Python."]
+_FIX = ["This function should be {spec}, but a test fails. Can you fix it?\n\n```python\n{code}```",
+        "My {entry} is wrong somewhere. It is meant to be {spec}.\n\n```python\n{code}```"]
+_EXPLAIN = ["I ran the tests for this code and got the output below. What is wrong?\n\n```python\n{code}```\n\n```\n{out}\n```"]
+_FOLLOW = ["I ran the tests and got:\n\n```\n{out}\n```", "It fails:\n\n```\n{out}\n```\nPlease fix it."]
+
+
+def _code(src: str) -> str:
+    return f"```python\n{src}```"
+
+
+def _conversations(rng: random.Random, task: dict, fam: Family) -> list[dict]:
+    spec = fam.spec
+    out_text = _failure_text(task, fam.bug)
+    meta = {"category": "code", "task_id": task["id"], "family": fam.name.split("#")[0], "easy": fam.easy}
+    write = rng.choice(_WRITE).format(spec=spec)
+    return [
+        {"messages": [{"role": "user", "content": write},
+                      {"role": "assistant", "content": _code(fam.solution)}], "meta": {**meta, "kind": "write"}},
+        {"messages": [{"role": "user", "content": rng.choice(_FIX).format(spec=spec, code=fam.bug, entry=fam.entry)},
+                      {"role": "assistant", "content": f"The problem: {fam.bug_note}. Fixed:\n\n{_code(fam.solution)}"}],
+         "meta": {**meta, "kind": "fix"}},
+        {"messages": [{"role": "user", "content": rng.choice(_EXPLAIN).format(code=fam.bug, out=out_text)},
+                      {"role": "assistant", "content": f"The failing test shows it: {fam.bug_note}. A fixed version:\n\n{_code(fam.solution)}"}],
+         "meta": {**meta, "kind": "explain"}},
+        {"messages": [{"role": "user", "content": write},
+                      {"role": "assistant", "content": _code(fam.bug)},
+                      {"role": "user", "content": rng.choice(_FOLLOW).format(out=out_text)},
+                      {"role": "assistant", "content": f"You're right: {fam.bug_note}. Fixed:\n\n{_code(fam.solution)}"}],
+         "meta": {**meta, "kind": "followup", "masked_turns": [1]}},
+    ]
+
+
+def build_code(seed: int, kb: dict, eval_every: int = 4, kb_variants: int = 4) -> dict:
+    """{"tasks", "sft", "eval"}: a task per classic family and `kb_variants` per knowledge-base
+    family (other countries each time); every `eval_every`-th family (easy and hard alike) is
+    held out for evals only, with all its variants."""
+    rng = random.Random(seed)
+    families = _classic()
+    for v in range(kb_variants):
+        for fam in _kb_families(rng, kb):
+            fam.name = f"{fam.name}#{v}"
+            families.append(fam)
+    base = list(dict.fromkeys((f.name.split("#")[0], f.easy) for f in families))
+    easy = [name for name, e in base if e]
+    hard = [name for name, e in base if not e]
+    held = {name for group in (easy, hard) for i, name in enumerate(group) if i % eval_every == eval_every - 1}
+    tasks, sft, evals = [], [], []
+    for fam in families:
+        expected = [text for _, text in _run_in_process(fam.solution, fam.calls)]
+        task = {"id": f"code.{fam.name}", "family": fam.name, "easy": fam.easy,
+                "split": "heldout" if fam.name.split("#")[0] in held else "train", "entry_point": fam.entry,
+                "spec": fam.spec, "solution": fam.solution,
+                "tests": [[c, e] for c, e in zip(fam.calls, expected)]}
+        tasks.append(task)
+        if task["split"] == "heldout":
+            evals.append({"messages": [{"role": "user", "content": rng.choice(_WRITE).format(spec=fam.spec)}],
+                          "meta": {"category": "code", "task_id": task["id"], "easy": fam.easy,
+                                   "kind": "write", "split": "heldout"}})
+        else:
+            sft += _conversations(rng, task, fam)
+    return {"tasks": tasks, "sft": sft, "eval": evals}
+
+
+def generate_code(out_dir, seed: int = 0, kb: dict | None = None) -> dict:
+    """Write code/tasks.jsonl, code/sft.jsonl, code/eval.jsonl under out_dir (a miniworld
+    directory: its kb.json is read unless `kb` is given); returns the counts."""
+    out = Path(out_dir)
+    kb = kb if kb is not None else json.loads((out / "kb.json").read_text(encoding="utf-8"))
+    data = build_code(seed, kb)
+    for name, recs in data.items():
+        atomic_write_text(out / "code" / f"{name}.jsonl",
+                          "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in recs))
+    return {k: len(v) for k, v in data.items()}
+
+
+# ---------------------------------------------------------------------------- judging
+
+_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
+
+
+def extract_code(response: str) -> str:
+    """The last fenced code block of a reply (the whole reply when it has none)."""
+    blocks = _BLOCK.findall(response)
+    return blocks[-1] if blocks else response
+
+
+def judge_code(task: dict, response: str, *, timeout: float = 5.0) -> dict:
+    """Run the task's hidden tests against the code in `response`, in the sandbox.
+    Returns {"passed", "tests", "failed", "output", "style": {...}, "score"}: score is 1.0
+    for passing code, less 0.1 per style problem (no `def entry_point`, lines over 100
+    characters, print() in the solution), 0.0 when a test fails."""
+    from gptlab.sandbox import run_python
+
+    code = extract_code(response)
+    result = run_python(_RUNNER, files={"solution.py": code, "tests.json": json.dumps(task["tests"])},
+                        timeout=timeout)
+    m = re.search(r"(\d+) passed, (\d+) failed", result.stdout)
+    failed = int(m.group(2)) if m else len(task["tests"])
+    style = {"defines_entry_point": bool(re.search(rf"^def {re.escape(task['entry_point'])}\(", code, re.M)),
+             "long_lines": sum(len(line) > 100 for line in code.splitlines()),
+             "prints": _calls_print(code)}
+    passed = result.ok and failed == 0
+    penalty = 0.1 * ((not style["defines_entry_point"]) + bool(style["long_lines"]) + style["prints"])
+    return {"passed": passed, "tests": len(task["tests"]), "failed": failed,
+            "timed_out": result.timed_out, "output": (result.stdout + result.stderr)[-2000:],
+            "style": style, "score": max(0.0, 1.0 - penalty) if passed else 0.0}
+
+
+def _calls_print(code: str) -> bool:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return False
+    return any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print" for n in ast.walk(tree))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c passed: 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
