@@ -2,9 +2,11 @@
 
 Each stage writes into its own folder under the run directory and is skipped when its
 output already exists, so a killed speedrun resumes where it stopped (the training stages
-themselves resume from their last checkpoint). Stages so far: miniworld data ->
-tokenizer -> pretrain -> SFT -> evals of base and SFT -> REPORT.md. Alignment (feedback,
-reward model, RL/DPO) and the red team join as they land.
+themselves resume from their last checkpoint). The from-scratch track: miniworld data ->
+curate -> tokenizer -> pretrain -> SFT -> feedback -> reward model -> PPO, DPO -> evals ->
+win rates -> moderation; then the assistant track (`gptlab.speedrun_assistant`: a real
+pretrained chat model through SFT, feedback, DPO and evals); then the red team and
+OUT/final on the best chat model of both, and REPORT.md.
 """
 from __future__ import annotations
 
@@ -401,13 +403,15 @@ def headline_table(out: Path) -> str:
     return "\n".join(lines)
 
 
-# Stage wall times of a whole `make demo` on 2 quiet cores (2026-11-28, docs/RESULTS.md),
-# for the ETA printed when a stage starts.
+# Stage wall times of a whole `make demo` (2026-12-04, docs/RESULTS.md: a loaded machine, so
+# these are on the long side), for the ETA printed when a stage starts.
 STAGE_SECONDS = {"cpu-tiny": {
-    "miniworld data": 2, "tokenizer": 1, "pretrain": 425, "SFT": 181, "feedback": 6,
-    "reward model": 6, "PPO": 45, "DPO": 10, "eval base": 2, "eval SFT": 14,
-    "eval PPO": 13, "eval DPO": 14, "win rates": 11, "moderation": 74, "red team": 29,
-    "final": 1, "report": 1}}
+    "miniworld data": 3, "curate": 1, "tokenizer": 1, "pretrain": 415, "SFT": 173,
+    "feedback": 10, "reward model": 9, "PPO": 60, "DPO": 18, "eval base": 3, "eval SFT": 24,
+    "eval PPO": 25, "eval DPO": 21, "win rates": 15, "moderation": 102, "assistant SFT": 836,
+    "eval unchanged init": 82, "eval assistant SFT": 157, "assistant feedback": 107,
+    "assistant DPO": 225, "eval assistant DPO": 241, "assistant win rate": 66, "red team": 288,
+    "final": 1, "report": 2}}
 
 
 def _eta(preset: str, stage: str) -> str:

@@ -3,6 +3,13 @@ limits, a model registry with aliases and an off switch, constrained JSON decodi
 moderation hooks. ``create_app(ServeSettings(models=[...]))`` builds the FastAPI app;
 ``gptlab serve`` runs it with uvicorn (docs/SERVING.md)."""
 
-from gptlab.serve.app import ServeSettings, create_app
-
 __all__ = ["ServeSettings", "create_app"]
+
+
+def __getattr__(name):
+    # lazy: gptlab.serve.worker (continuous batching) must import without fastapi
+    # (bench/gpu_check.sh runs it on a machine that has no fastapi)
+    if name in __all__:
+        import importlib
+        return getattr(importlib.import_module("gptlab.serve.app"), name)
+    raise AttributeError(f"module 'gptlab.serve' has no attribute {name!r}")
