@@ -110,7 +110,7 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
 
 def winrate_over_sft(root: Path, world: Path, a: dict) -> dict:
     """Gold-judge win rate of the DPO model over its own SFT (greedy, held-out prompts),
-    with wins / ties / losses and the rate with ties left out."""
+    with wins / ties / losses and the rate with ties left out (`win_rate`)."""
     from gptlab.align.common import generate_answers, heldout_records, win_rate
     from gptlab.chat import load_chat_model
     from gptlab.data.judge import Judge
@@ -123,10 +123,8 @@ def winrate_over_sft(root: Path, world: Path, a: dict) -> dict:
         ck = load_chat_model(root / name / "final", dtype=resolve_dtype(a["dtype"], torch.device("cpu")))
         answers[name] = generate_answers(ck.model, ck.tokenizer, records,
                                          max_new_tokens=a["max_new_tokens"])
-    r = win_rate(answers["dpo"], answers["sft"], records, judge)
-    decided = r["wins"] + r["losses"]
-    r["win_rate_no_ties"] = r["wins"] / decided if decided else None
-    return {"reference": "assistant SFT, greedy", "n_prompts": len(records), "DPO": r}
+    return {"reference": "assistant SFT, greedy", "n_prompts": len(records),
+            "DPO": win_rate(answers["dpo"], answers["sft"], records, judge)}
 
 
 def assistant_models(out: Path) -> list[tuple[str, Path]]:

@@ -63,8 +63,10 @@ def test_win_rate_counts_ties_as_half(world, judge):
     assert flipped["win_rate"] == 0.0 and flipped["losses"] == r["n"]
     same = C.win_rate(good, good, recs, judge)
     assert same["ties"] == same["n"] and same["win_rate"] == 0.5
+    assert same["win_rate_no_ties"] is None and r["win_rate_no_ties"] == 1.0
     mixed = C.win_rate(good[:2] + bad[2:], good, recs, judge)   # 2 ties, the rest lost
     assert mixed["win_rate"] == pytest.approx(1.0 / len(recs))
+    assert mixed["win_rate_no_ties"] == 0.0
     with pytest.raises(ValueError):
         C.win_rate(good[:-1], bad, recs, judge)
 

@@ -21,30 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from test_web import CHROMIUM, CHROMIUM_ARGS, _sign_in
+from test_web import _sign_in, browser  # noqa: F401 (browser: a fixture)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CONTEXT = 256
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matmuls on one thread
 
 
 @pytest.fixture(scope="module")

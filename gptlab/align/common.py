@@ -99,7 +99,8 @@ def generate_answers(model, tok, records: Sequence, max_new_tokens: int = 96,
 def win_rate(policy_answers: Sequence[str], ref_answers: Sequence[str],
              records: Sequence[dict], judge) -> dict:
     """Gold-judge win rate of policy over reference answers, record by record.
-    A tie (equal judge scores) counts one half."""
+    A tie (equal judge scores) counts one half; ``win_rate_no_ties`` leaves ties out
+    (None when every record is a tie)."""
     n = len(records)
     if not (len(policy_answers) == len(ref_answers) == n):
         raise ValueError(f"win_rate needs one policy and one reference answer per record: "
@@ -115,8 +116,10 @@ def win_rate(policy_answers: Sequence[str], ref_answers: Sequence[str],
             ties += 1
         elif sp > sr:
             wins += 1
+    decided = n - ties
     return {"win_rate": (wins + 0.5 * ties) / n, "wins": wins, "ties": ties,
-            "losses": n - wins - ties, "n": n, "mean_policy": sp_sum / n, "mean_ref": sr_sum / n}
+            "losses": n - wins - ties, "n": n, "mean_policy": sp_sum / n, "mean_ref": sr_sum / n,
+            "win_rate_no_ties": wins / decided if decided else None}
 
 
 def _as_record(item) -> dict:
