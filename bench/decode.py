@@ -22,7 +22,12 @@ for llama-cpp-python when it is importable (the checkpoint exported to an f32 GG
 same precision, and the original Q4_1 GGUF; f32 KV cache: ``type_k=type_v=0``), plus
 each implementation's weight memory (tensor bytes; the GGUF size for llama.cpp), its peak
 RSS growth during one call (Linux), the process peak RSS, and greedy agreement with
-gptlab float32.
+gptlab float32. Last, the read bandwidth is measured and each implementation's decode speed
+is printed as a share of its limit (bandwidth / the weight bytes it reads a token), with the
+targets of issue 19: gptlab f32 / llama.cpp f32 and gptlab int4 / llama.cpp Q4_1.
+llama-cpp-python is not a project dependency: its default pip build uses -march=native,
+which emits AMX instructions on CPUs that advertise AMX, and VMs that do not allow them
+crash at the first decode; the bench prints the build command that avoids it.
 
     python bench/decode.py --model smollm2 --threads 2     # 128-token prompt, 64 new tokens
 """
@@ -49,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--new-tokens", type=int, default=None, help="default 128 (64 with --model)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per implementation (default 5, 3 with --model)")
     p.add_argument("--model", default=None, help="a checkpoint directory or alias (smollm2) instead of the preset")
-    p.add_argument("--weights", default="int4,int8,bf16",
+    p.add_argument("--weights", default="int4,int4+int8,int8,bf16",
                    help="with --model: comma-separated gptlab weight modes to time besides float32 ('' for none)")
     p.add_argument("--no-llama-cpp", action="store_true", help="with --model: skip llama-cpp-python")
     p.add_argument("--warmup", type=int, default=1)
@@ -183,10 +188,16 @@ def bench_model(args):
     ck_dir = ensure_model(args.model)
     mem, impls = {}, {}
 
-    def loaded(name, module):  # MB of distinct weight tensors the implementation holds
-        seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for t in [*module.parameters(), *module.buffers()]}
-        mem[name] = {"load_mb": sum(seen.values()) / 2**20}
+    def loaded(name, module):  # MB of distinct weight tensors the implementation holds and reads a token
+        def storages(m):
+            return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in [*m.parameters(), *m.buffers()]}
+        seen = storages(module)
+        # a decode step reads every weight once, except the input embedding: one row is looked
+        # up, unless the head multiplies by that same table (tied, as in SmolLM2)
+        emb = module.model.embed_tokens.weight.untyped_storage().data_ptr()
+        looked_up = seen[emb] if emb not in storages(module.lm_head) else 0
+        mem[name] = {"load_mb": sum(seen.values()) / 2**20, "read_mb": (sum(seen.values()) - looked_up) / 2**20}
 
     ck = load_checkpoint(ck_dir)
     model, tok = ck.model.eval(), ck.tokenizer
@@ -258,7 +269,47 @@ def bench_model(args):
         if name != "hf f32":
             print(f"  ratio {name} / hf f32: decode {res[name]['decode'] / base['decode']:.2f}x, "
                   f"prefill {res[name]['prefill'] / base['prefill']:.2f}x")
+    _print_limits(res, mem, args.threads)
     return res
+
+
+def read_bandwidth_gbs(threads: int, mb: int = 256, repeats: int = 7) -> float:
+    """GB/s of reading a 256 MB tensor once (``sum``: one add per 4 bytes, so memory-bound),
+    the best of ``repeats``: a decode step only reads its weights, and on a shared machine
+    the best pass is the closest to what the memory can give."""
+    a = torch.ones(mb * 2**18)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        a.sum()
+        times.append(time.perf_counter() - t0)
+    return a.nbytes / min(times[1:]) / 1e9
+
+
+def _print_limits(res, mem, threads):
+    """Each implementation's decode speed against the memory-bandwidth limit (read bandwidth
+    measured now / the weight bytes it reads a token: ``read_mb``), and the targets' ratios."""
+    read = read_bandwidth_gbs(threads)
+    # no implementation can beat the memory: if one streamed its weights faster than the
+    # read pass, its rate is the better lower bound on the bandwidth
+    reached = {n: r["decode"] * mem[n]["read_mb"] * 2**20 / 1e9 for n, r in res.items() if n in mem}
+    best = max(reached, key=reached.get)
+    gbs = max(read, reached[best])
+    print(f"bandwidth: a 256 MB read pass {read:.1f} GB/s ({threads} threads, best of 7); {best} streamed "
+          f"{reached[best]:.1f} GB/s; limit = {gbs:.1f} GB/s / weight bytes read per token")
+    for name, r in res.items():
+        if name in mem:
+            limit = gbs * 1e9 / (mem[name]["read_mb"] * 2**20)
+            print(f"  {name:>16}: {r['decode']:6.1f} tok/s = {r['decode'] / limit:4.0%} of its limit {limit:.0f} tok/s")
+    for ours, theirs in (("gptlab f32", "llama.cpp f32"), ("gptlab int4", "llama.cpp Q4_1"),
+                         ("gptlab int4+int8", "llama.cpp Q4_1")):
+        if ours in res and theirs in res:
+            print(f"  target {ours} / {theirs}: decode {res[ours]['decode'] / res[theirs]['decode']:.2f}x")
+
+
+LLAMA_CPP_BUILD = ('CMAKE_ARGS="-DLLAVA_BUILD=OFF" CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" '
+                   'CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" '
+                   'nice -n 19 pip install --no-binary llama-cpp-python llama-cpp-python')
 
 
 def _llama_cpp_runners(args, ck_dir, aliases, ids, n, tmpdir, mem):
@@ -268,7 +319,9 @@ def _llama_cpp_runners(args, ck_dir, aliases, ids, n, tmpdir, mem):
         import numpy as np
         from llama_cpp import Llama
     except ImportError as e:
-        print(f"llama-cpp-python not importable ({e}); skipped")
+        print(f"llama-cpp-python not importable ({e}); skipped. Build it without AMX (pip's default "
+              "-march=native build emits AMX on CPUs that advertise it, and VMs that do not allow "
+              "AMX segfault at the first decode):\n  " + LLAMA_CPP_BUILD)
         return {}
     from gptlab.interop import export_model, resolve_source
 
@@ -280,7 +333,8 @@ def _llama_cpp_runners(args, ck_dir, aliases, ids, n, tmpdir, mem):
     for name, path in ggufs.items():
         llm = Llama(model_path=str(path), n_threads=args.threads, n_threads_batch=args.threads,
                     n_ctx=len(ids) + n + 8, n_batch=max(512, len(ids)), type_k=0, type_v=0, verbose=False)
-        mem[name] = {"load_mb": Path(path).stat().st_size / 2**20}  # mmapped file
+        mb = Path(path).stat().st_size / 2**20
+        mem[name] = {"load_mb": mb, "read_mb": mb}  # mmapped file; SmolLM2's head is the tied embedding
 
         def run(llm=llm, vocab=llm.n_vocab()):
             llm.reset()

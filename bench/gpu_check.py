@@ -65,7 +65,8 @@ def cmd_mfu(a) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from gptlab.model import GPT, preset
-    from gptlab.train.loop import peak_flops, resolve_device
+    from gptlab.train.dist import resolve_device
+    from gptlab.train.metrics import peak_flops
 
     dev = resolve_device(a.device)
     cfg = preset(a.depth, a.vocab_size, max_seq_len=a.seq_len)
@@ -103,7 +104,7 @@ def cmd_generate(a) -> dict:
     from gptlab.chat import load_chat_model
     from gptlab.engine import Engine
     from gptlab.serve.worker import Job, Worker
-    from gptlab.train.loop import resolve_device
+    from gptlab.train.dist import resolve_device
 
     dev = resolve_device(a.device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

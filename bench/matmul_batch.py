@@ -1,6 +1,6 @@
 """What batching buys on this CPU: the time of one decode step's projections for a batch of
-M rows against one row, in float32 and bfloat16 (the choice `gptlab serve --dtype auto`
-makes for big models).
+M rows against one row, in float32 and bfloat16 (the two dtypes `gptlab serve --dtype auto`
+chooses between by timing them: gptlab.serve.dtype_auto).
 
 Each measurement multiplies (M, K) activations by every weight matrix of a model's blocks
 (q/k/v/o, gate/up/down; shapes from the model's config), so the weights stream from memory

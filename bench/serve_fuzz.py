@@ -231,7 +231,8 @@ def main(argv=None) -> None:
             ctx = mp.get_context("spawn")
             on, out = ctx.Value("i", 0), ctx.Queue()
             attacker = ctx.Process(target=attacker_process, args=(
-                base, tokens, on, args.attackers, [a for a in args.only.split(",") if a], out))
+                base, tokens, on, args.attackers, [a for a in args.only.split(",") if a], out),
+                daemon=True)  # ended with this process, also when it fails
             attacker.start()
             idle, loaded, per = [], [], max(1, args.samples // args.rounds)
             for _ in range(args.rounds):

@@ -14,6 +14,13 @@ drifts); tokens/s is the median over rounds, the latency percentiles pool all ro
 the per-round ratios (each level against the first, run back to back) are reported with
 their median, which is the figure to trust on a busy machine.
 
+The reference: after each round, a child process times the engine's own decode step
+(``gptlab.engine.Engine``, the model in the dtype the server reports, the same torch
+threads as the server's worker, one prompt, ``--max-tokens`` tokens; what
+bench/decode.py times) while the server sits idle, and the one-client ITL is reported
+against it ("ITL / engine step", median of the per-round ratios). ``--no-engine-ref``
+skips it.
+
     python bench/serve_load.py                          # SmolLM2-135M-Instruct, 1 and 8 clients
     python bench/serve_load.py --model runs/demo/final --clients 1,4,8,16 --max-tokens 64
 """
@@ -53,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", help="the server's --dtype (default: auto)")
     p.add_argument("--port", type=int, default=8791)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--no-engine-ref", action="store_true", help="skip the engine-step reference")
+    p.add_argument("--engine-step", nargs=3, metavar=("MODEL", "DTYPE", "THREADS"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -160,21 +169,57 @@ def _pct(values, q) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if len(values) > 1 else values[0]
 
 
+def engine_step_ms(model: str, dtype: str, threads: int, new_tokens: int) -> float:
+    """(In the child process) median ms per decode step of the engine over 3 greedy runs."""
+    import torch
+
+    from gptlab.chat import load_chat_model
+    from gptlab.engine import Engine
+    from gptlab.interop import ensure_model
+    from gptlab.serve.worker import Worker
+
+    ck = load_chat_model(ensure_model(model), dtype=getattr(torch, dtype))
+    # the worker's own thread choice when the server was given none (threads == 0)
+    worker = Worker(ck.model.eval(), ck.tokenizer, [], threads=threads or None)
+    if worker.threads:
+        torch.set_num_threads(worker.threads)
+    engine = Engine(ck.model, ck.tokenizer, fuse=worker.fused is not None)
+    ids = ck.tokenizer.encode(PROMPTS[0])
+    steps = []
+    for _ in range(4):  # the first one warms up
+        engine.generate([ids], max_new_tokens=new_tokens, stop_token_ids=[])
+        steps.append(1e3 * engine.last_decode_s / (new_tokens - 1))
+    return statistics.median(steps[1:])
+
+
+def run_engine_ref(args, dtype: str) -> float:
+    cmd = [sys.executable, __file__, "--engine-step", args.model, dtype, str(args.threads or 0),
+           "--max-tokens", str(args.max_tokens)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.engine_step:
+        model, dtype, threads = args.engine_step
+        print(f"{engine_step_ms(model, dtype, int(threads), args.max_tokens):.3f}")
+        return
     levels = [int(x) for x in args.clients.split(",")]
     db = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve_load_{os.getpid()}.db"
     proc = start_server(args, db)
     served = httpx.get(f"http://127.0.0.1:{args.port}/v1/models", timeout=10).json()["data"][0]
     try:
         asyncio.run(run_level(args, 1))  # warm-up
-        runs = {n: [] for n in levels}
+        runs, engine_ms = {n: [] for n in levels}, []
         for k in range(args.rounds):
             for n in (levels if k % 2 == 0 else levels[::-1]):
                 cpu0 = _cpu_seconds(proc.pid)
                 run = asyncio.run(run_level(args, n))
                 run["server_cpu_s"] = _cpu_seconds(proc.pid) - cpu0
                 runs[n].append(run)
+            if not args.no_engine_ref:
+                engine_ms.append(run_engine_ref(args, served.get("dtype", "float32")))
         rows = [summarize(n, runs[n]) for n in levels]
     finally:
         proc.terminate()
@@ -201,6 +246,14 @@ def main(argv=None) -> None:
         r["paired_ratio_median"] = statistics.median(paired)
         print(f"{r['clients']} vs {rows[0]['clients']} clients, per-round ratios "
               f"{[round(x, 2) for x in paired]}, median {r['paired_ratio_median']:.2f}x")
+    if engine_ms and 1 in levels:
+        itl = [1e3 * statistics.median(r["itl"] for r in run["results"] if "error" not in r)
+               for run in runs[1]]
+        ratios = [a / b for a, b in zip(itl, engine_ms)]
+        rows[levels.index(1)]["itl_vs_engine_step"] = statistics.median(ratios)
+        print(f"1 client: ITL per round {[round(x, 1) for x in itl]} ms, engine step per round "
+              f"{[round(x, 1) for x in engine_ms]} ms; ITL / engine step {[round(x, 2) for x in ratios]}, "
+              f"median {statistics.median(ratios):.2f}x")
     if args.out:
         tmp = Path(args.out).with_suffix(".tmp")
         tmp.write_text(json.dumps({"args": vars(args), "levels": rows}, indent=2))

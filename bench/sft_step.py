@@ -55,7 +55,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from gptlab.chat import load_chat_model
     from gptlab.interop import ensure_model
-    from gptlab.train.sft import SFTConfig, apply_lora, freeze_below
+    from gptlab.train.lora import apply_lora, freeze_below
+    from gptlab.train.sft import SFTConfig
 
     ck = load_chat_model(ensure_model("smollm2"))
     base = ck.model.float().train()

@@ -1,7 +1,10 @@
 """Chat rendering for SFT and generation: template text -> token ids + loss mask -> batches.
 
-A conversation is a list of ``{"role": "system" | "user" | "assistant", "content": str}``
-messages. It is rendered with the tokenizer's own chat template -- ChatML for gptlab's
+A conversation is a list of ``{"role": "system" | "user" | "assistant" | "tool",
+"content": str}`` messages, in OpenAI's shapes: an assistant message may carry ``tool_calls`` and tool
+definitions may come with it (``tools=``); gptlab.tool_format renders them as text first
+(definitions in the system turn, calls in the assistant turn, results as ``tool`` turns), so
+the loss mask covers the calls and never the tool results. It is rendered with the tokenizer's own chat template -- ChatML for gptlab's
 native tokenizers, ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message -- and cut
 into *segments*: consecutive pieces of the rendered text, each either trained on or not.
 The trained pieces are exactly each assistant turn's content plus its end-of-turn token
@@ -45,9 +48,10 @@ import numpy as np
 import torch
 
 from gptlab.tokenizer import CHATML_TEMPLATE
+from gptlab.tool_format import has_tool_parts, to_template_messages
 
 IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 # --------------------------------------------------------------------------- rendering
 
@@ -64,16 +68,59 @@ def is_native_chatml(tokenizer) -> bool:
             and tokenizer.im_start_id is not None and tokenizer.im_end_id is not None)
 
 
+def template_messages(tokenizer, messages: Sequence[dict], tools: list[dict] | None = None,
+                      masked_turns: Iterable[int] = ()) -> tuple[list[dict], set[int]]:
+    """Plain ``{"role", "content"}`` messages for the chat template (tool definitions, calls
+    and results rendered as text by gptlab.tool_format) and ``masked_turns`` renumbered
+    (a system turn put first for the tools shifts them by one)."""
+    skip = set(masked_turns or ())
+    if not has_tool_parts(messages, tools):
+        return list(messages), skip
+    needs_system = bool(tools) and not (messages and messages[0].get("role") == "system")
+    plain = to_template_messages(list(messages), tools,
+                                 default_system_text(tokenizer) if needs_system else "")
+    shift = len(plain) - len(messages)
+    return plain, {i + shift for i in skip}
+
+
+_DEFAULT_SYSTEM: dict[str, str] = {}
+
+
+def default_system_text(tokenizer) -> str:
+    """The system text the chat template adds when a conversation has no system message
+    (SmolLM2's "You are a helpful AI assistant named SmolLM, ..."), or "". Found by rendering
+    a user turn with and without a system message of our own."""
+    key = tokenizer.chat_template
+    if key not in _DEFAULT_SYSTEM:
+        user = [{"role": "user", "content": "\x00user\x00"}]
+        try:
+            alone = tokenizer.apply_chat_template(user)
+            pre, post = tokenizer.apply_chat_template([{"role": "system", "content": "\x00sys\x00"}]
+                                                      + user).split("\x00sys\x00")
+        except Exception:  # a template without a system role
+            alone, pre, post = "", "\x00", ""
+        fits = alone.startswith(pre) and alone.endswith(post) and len(alone) >= len(pre) + len(post)
+        _DEFAULT_SYSTEM[key] = alone[len(pre):len(alone) - len(post)] if fits else ""
+    return _DEFAULT_SYSTEM[key]
+
+
 def chat_segments(tokenizer, messages: Sequence[dict], *, masked_turns: Iterable[int] = (),
-                  add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+                  add_generation_prompt: bool = False, tools: list[dict] | None = None
+                  ) -> list[tuple[str, bool]]:
     """The rendered conversation as consecutive ``(text, trained)`` pieces.
 
-    Joined, the texts equal ``tokenizer.apply_chat_template(messages, add_generation_prompt)``;
-    ``trained`` is True exactly for each assistant turn's content and end-of-turn token,
-    except turns whose index is in ``masked_turns``.
+    Joined, the texts equal ``tokenizer.apply_chat_template(messages, add_generation_prompt)``
+    (of the messages with their tool parts rendered: ``template_messages``); ``trained`` is
+    True exactly for each assistant turn's content (tool calls included) and end-of-turn
+    token, except turns whose index is in ``masked_turns``.
     """
+    plain, skip = template_messages(tokenizer, messages, tools, masked_turns)
+    return _segments(tokenizer, plain, skip, add_generation_prompt)
+
+
+def _segments(tokenizer, messages, skip: set[int], add_generation_prompt: bool) -> list[tuple[str, bool]]:
+    """chat_segments of plain messages (their tool parts already rendered)."""
     _check_messages(messages)
-    skip = set(masked_turns or ())
     if is_native_chatml(tokenizer):
         return _chatml_segments(messages, skip, add_generation_prompt)
     return _template_segments(tokenizer, messages, skip, add_generation_prompt)
@@ -151,18 +198,19 @@ def _leading_special(tokenizer, text: str) -> str:
 
 
 def render_chat(tokenizer, messages: Sequence[dict], *, masked_turns: Iterable[int] = (),
-                add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+                add_generation_prompt: bool = False, tools: list[dict] | None = None
+                ) -> tuple[list[int], list[int]]:
     """Token ids of a conversation and its loss mask (1 = a token the model learns to say)."""
-    segs = chat_segments(tokenizer, messages, masked_turns=masked_turns,
-                         add_generation_prompt=add_generation_prompt)
-    pieces = content_pieces(tokenizer, messages, segs, add_generation_prompt)
+    plain, skip = template_messages(tokenizer, messages, tools, masked_turns)
+    segs = _segments(tokenizer, plain, skip, add_generation_prompt)
+    pieces = content_pieces(tokenizer, plain, segs, add_generation_prompt)
     return _assemble(tokenizer, pieces, _encode_pieces(tokenizer, [pieces]))
 
 
-def render_prompt(tokenizer, messages: Sequence[dict]) -> list[int]:
-    """Ids of a conversation (ending with a user turn) plus the assistant header: the
-    prompt a model completes to reply, tokenized exactly as in training."""
-    return render_chat(tokenizer, messages, add_generation_prompt=True)[0]
+def render_prompt(tokenizer, messages: Sequence[dict], tools: list[dict] | None = None) -> list[int]:
+    """Ids of a conversation (ending with a user or tool turn) plus the assistant header:
+    the prompt a model completes to reply, tokenized exactly as in training."""
+    return render_chat(tokenizer, messages, add_generation_prompt=True, tools=tools)[0]
 
 
 # Control tokens come only from the template: the rendered text is cut at the special-token
@@ -174,7 +222,8 @@ def render_prompt(tokenizer, messages: Sequence[dict]) -> list[int]:
 
 def content_pieces(tokenizer, messages: Sequence[dict], segs: list[tuple[str, bool]],
                    add_generation_prompt: bool = False) -> list[tuple[str, bool, bool]]:
-    """``segs`` cut at the template's special tokens: ``(text, trained, is_special)``."""
+    """``segs`` cut at the template's special tokens: ``(text, trained, is_special)``
+    (``messages`` as the template renders them: ``template_messages``)."""
     specials = _template_specials(tokenizer, messages, add_generation_prompt,
                                   "".join(t for t, _ in segs))
     out, pos = [], 0
@@ -257,12 +306,13 @@ def _assemble(tokenizer, pieces: list[tuple[str, bool, bool]], texts) -> tuple[l
 
 
 def render_records(tokenizer, records: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
-    """``render_chat`` for many ``{"messages", "meta"?}`` records (``meta.masked_turns``
-    honoured), with one batched tokenizer call."""
-    all_pieces = [content_pieces(tokenizer, r["messages"],
-                                 chat_segments(tokenizer, r["messages"],
-                                               masked_turns=(r.get("meta") or {}).get("masked_turns") or ()))
-                  for r in records]
+    """``render_chat`` for many ``{"messages", "tools"?, "meta"?}`` records
+    (``meta.masked_turns`` honoured), with one batched tokenizer call."""
+    all_pieces = []
+    for r in records:
+        plain, skip = template_messages(tokenizer, r["messages"], r.get("tools"),
+                                        (r.get("meta") or {}).get("masked_turns") or ())
+        all_pieces.append(content_pieces(tokenizer, plain, _segments(tokenizer, plain, skip, False)))
     texts = _encode_pieces(tokenizer, all_pieces)
     return [_assemble(tokenizer, pieces, texts) for pieces in all_pieces]
 

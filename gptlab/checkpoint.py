@@ -23,24 +23,18 @@ is still a one-line error naming it.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
-import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 import gptlab
+from gptlab.fileio import atomic_dir, recover_dir  # noqa: F401  (atomic_dir: re-exported for callers)
 from gptlab.tokenizer import Tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
@@ -65,87 +59,6 @@ class Checkpoint:
     tokenizer: Tokenizer | None
     meta: dict = field(default_factory=dict)
     path: Path | None = None
-
-
-# ---------------------------------------------------------------------------------------
-# atomic directories (also used by gptlab.data.loaders.build_shards)
-# ---------------------------------------------------------------------------------------
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; best effort
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out is renamed away first and removed afterwards."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    _fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | Path, markers: tuple[str, ...] = ()) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces `out_dir` when the block succeeds.
-
-    If the block raises, the temporary directory is deleted and `out_dir` is untouched.
-    An existing non-empty `out_dir` is only replaced when it holds one of `markers`
-    (when given), so a wrong path cannot wipe an unrelated directory.
-    """
-    out = Path(out_dir).absolute()
-    if markers and out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
-        raise FileExistsError(f"{out} exists and does not look like a gptlab output "
-                              f"(none of {', '.join(markers)}); refusing to replace it")
-    recover_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        yield tmp
-        _fsync_tree(tmp)
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def recover_dir(path: str | Path) -> bool:
-    """If `path` is missing but a backup from an interrupted swap exists, restore it."""
-    path = Path(path).absolute()
-    if path.exists() or not path.parent.is_dir():
-        return False
-    backups = sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"), key=lambda p: p.stat().st_mtime)
-    if not backups:
-        return False
-    os.rename(backups[-1], path)
-    warnings.warn(f"restored {path} from {backups[-1].name} (an earlier save was interrupted)",
-                  stacklevel=2)
-    return True
 
 
 # ---------------------------------------------------------------------------------------

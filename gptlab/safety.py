@@ -58,7 +58,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gptlab.train.loop import cli_field as _f
+from gptlab.attacks import ATTACKS, PHRASINGS, attack_turns, base_request, build_cases
+from gptlab.fileio import atomic_dir, read_jsonl
+from gptlab.settings import cli_field as _f
 
 CATEGORIES = ["violence", "cyber", "self-harm", "hate", "sexual/minors", "fraud"]
 HEADS = CATEGORIES + ["any"]
@@ -326,7 +328,6 @@ def _user_turns(record: dict) -> list[str]:
 def world_examples(world_dir, splits=("sft", "prompts")) -> list[Example]:
     """User turns of a miniworld: the last one of a harmful record is positive, everything
     else negative (assistant turns too, so output moderation does not flag refusals)."""
-    from gptlab.redteam import read_jsonl
     seen: dict[str, Example] = {}
     for split in splits:
         for path in sorted((Path(world_dir) / split).glob("*.jsonl")):
@@ -354,7 +355,6 @@ def _record_examples(rec: dict) -> list[Example]:
 def augmented_examples(world_dir, rng: random.Random) -> list[Example]:
     """The redteam TRAIN phrasings of every attack on the train split's harmful and
     benign_edgy requests (one example per request, attack and phrasing)."""
-    from gptlab.redteam import ATTACKS, PHRASINGS, attack_turns, base_request, read_jsonl
     out = []
     for fname in ("harmful.jsonl", "benign_edgy.jsonl"):
         path = Path(world_dir) / "sft" / fname
@@ -609,7 +609,6 @@ def evaluate_world(mod: Moderator, world_dir) -> dict:
     """Held-out measures on the world's eval/ set: plain requests (harmful vs every other eval
     request), the benign-edgy false-positive rate, category accuracy, and the same requests
     wrapped in the red team's EVAL attack phrasings."""
-    from gptlab.redteam import ATTACKS, build_cases, read_jsonl
     examples = []
     for path in sorted((Path(world_dir) / "eval").glob("*.jsonl")):
         for rec in read_jsonl(path):
@@ -641,7 +640,6 @@ def train_moderator(cfg: ModeratorConfig) -> Path:
     """Train on cfg.data, measure on the held-out world requests, write cfg.out; returns it."""
     from safetensors.torch import save_file
 
-    from gptlab.checkpoint import atomic_dir
     sources = [s.strip() for s in cfg.data.split(",") if s.strip()]
     if not sources:
         raise ValueError("--data is empty")

@@ -325,10 +325,11 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
 def win_rates(out: Path, world: Path, a: dict) -> dict:
     """Gold-judge win rate of PPO, DPO and best-of-N over the SFT model's greedy answers on
     held-out prompts (the same prompts for all)."""
-    from gptlab.align.common import generate_answers, heldout_records, load_reward, win_rate
+    from gptlab.align.common import generate_answers, heldout_records, win_rate
+    from gptlab.align.reward import load_reward
     from gptlab.align.reward import best_of_n
     from gptlab.chat import load_chat_model
-    from gptlab.data.judge import Judge
+    from gptlab.judge import Judge
 
     judge = Judge.from_dir(world)
     records = heldout_records(world, n_per_category=a["winrate_per_category"], seed=1)

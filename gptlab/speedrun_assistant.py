@@ -32,11 +32,11 @@ ASSISTANT_PRESETS = {
                      sft_lr=3e-4, train_layers=16, eval_limit=100, baseline_limit=30,
                      eval_batch=32, k=4, prompts=120, noise=0.0, max_new_tokens=64,
                      dpo_pairs=400, dpo_epochs=1.0, dpo_beta=0.1, dpo_lr=1e-5,
-                     winrate_per_category=20),
+                     winrate_per_category=20, tiebreak_samples=4),
     "test": dict(init=None, dtype="float32", sft_steps=2, sft_batch=4, sft_lr=1e-3,
                  train_layers=None, eval_limit=2, baseline_limit=1, eval_batch=8, k=2,
                  prompts=6, noise=0.25, max_new_tokens=8, dpo_pairs=8, dpo_epochs=1.0,
-                 dpo_beta=0.1, dpo_lr=1e-4, winrate_per_category=1),
+                 dpo_beta=0.1, dpo_lr=1e-4, winrate_per_category=1, tiebreak_samples=1),
 }
 
 # (label, folder under OUT/assistant) of the models this track trains, in order
@@ -109,22 +109,22 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
 
 
 def winrate_over_sft(root: Path, world: Path, a: dict) -> dict:
-    """Gold-judge win rate of the DPO model over its own SFT (greedy, held-out prompts),
-    with wins / ties / losses and the rate with ties left out (`win_rate`)."""
-    from gptlab.align.common import generate_answers, heldout_records, win_rate
+    """Gold-judge win rate of the DPO model over its own SFT on held-out prompts: greedy
+    against greedy, each greedy tie decided by `tiebreak_samples` sampled answers of both
+    (`common.win_rate_tiebroken`); wins / ties / losses, with and without ties."""
+    from gptlab.align.common import heldout_records, win_rate_tiebroken
     from gptlab.chat import load_chat_model
-    from gptlab.data.judge import Judge
-    from gptlab.train.loop import resolve_dtype
+    from gptlab.judge import Judge
+    from gptlab.train.dist import resolve_dtype
 
     judge = Judge.from_dir(world)
     records = heldout_records(world, n_per_category=a["winrate_per_category"], seed=1)
-    answers = {}
-    for name in ("sft", "dpo"):
-        ck = load_chat_model(root / name / "final", dtype=resolve_dtype(a["dtype"], torch.device("cpu")))
-        answers[name] = generate_answers(ck.model, ck.tokenizer, records,
-                                         max_new_tokens=a["max_new_tokens"])
-    return {"reference": "assistant SFT, greedy", "n_prompts": len(records),
-            "DPO": win_rate(answers["dpo"], answers["sft"], records, judge)}
+    dtype = resolve_dtype(a["dtype"], torch.device("cpu"))
+    sft, dpo = (load_chat_model(root / name / "final", dtype=dtype) for name in ("sft", "dpo"))
+    result = win_rate_tiebroken(dpo, sft, records, judge, samples=a["tiebreak_samples"],
+                                max_new_tokens=a["max_new_tokens"], batch_size=a["eval_batch"])
+    return {"reference": "assistant SFT (greedy; greedy ties decided by sampling)",
+            "n_prompts": len(records), "DPO": result}
 
 
 def assistant_models(out: Path) -> list[tuple[str, Path]]:
@@ -152,6 +152,15 @@ TARGETS = [
       for r in ("capital", "continent", "currency", "languages", "neighbours", "population", "area",
                 "city_country", "city_population")],
 ]
+
+
+def _greedy_note(r: dict) -> str:
+    """How many of the counts came from greedy answers alone (before sampling broke ties)."""
+    g, tb = r.get("greedy"), r.get("tiebreak")
+    if not g or not tb:
+        return ""
+    return (f"; greedy alone {g['wins']} / {g['ties']} / {g['losses']}, then each greedy tie "
+            f"decided by {tb['samples']} sampled answers at T={tb['temperature']}")
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -200,5 +209,6 @@ def tracks_table(out: Path) -> str:
         no_ties = "-" if r.get("win_rate_no_ties") is None else f"{r['win_rate_no_ties']:.3f}"
         lines.append(f"\nDPO over its own SFT (gold judge, {r['n']} held-out prompts): win rate "
                      f"{r['win_rate']:.3f} with ties as 1/2, {no_ties} without ties "
-                     f"({r['wins']} wins / {r['ties']} ties / {r['losses']} losses); target >= 0.65")
+                     f"({r['wins']} wins / {r['ties']} ties / {r['losses']} losses"
+                     f"{_greedy_note(r)}); target >= 0.65")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gptlab.align import common as C
+from gptlab.align.reward import load_reward
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,7 +20,7 @@ def world(tiny_world):
 
 @pytest.fixture(scope="module")
 def judge(world):
-    from gptlab.data.judge import Judge
+    from gptlab.judge import Judge
     return Judge.from_dir(world)
 
 
@@ -74,15 +75,15 @@ def test_win_rate_counts_ties_as_half(world, judge):
 def test_load_reward_judge_and_verifiable(world):
     recs = C.heldout_records(world, n_per_category=2, categories=["qa"])
     good, bad = recs[0]["reference"], "banana banana banana banana"
-    judge_r = C.load_reward("judge", world)
-    ver = C.load_reward("verifiable", world)
+    judge_r = load_reward("judge", world)
+    ver = load_reward("verifiable", world)
     assert ver.score(recs[:1] * 2, [good, bad]) == [1.0, 0.0]
     s = judge_r.score(recs[:1] * 2, [good, bad])
     assert 0.0 <= s[1] < 0.4 <= s[0] <= 1.0   # a hard failure scores below 0.4
     # a bare message list works too (the judge infers the meta)
     assert len(judge_r.score([recs[0]["messages"]], [good])) == 1
     with pytest.raises(ValueError):
-        C.load_reward("judge")
+        load_reward("judge")
 
 
 def test_render_response_masks_the_reply_only(tok):
@@ -128,3 +129,32 @@ def test_generate_answers_batched_equals_one_by_one(world, model, tok):
     a = C.generate_answers(model, tok, recs, max_new_tokens=6, temperature=1.0, seed=3)
     b = C.generate_answers(model, tok, recs, max_new_tokens=6, temperature=1.0, seed=3)
     assert a == b
+
+
+def test_win_rate_tiebroken_decides_only_greedy_ties(world, judge, model, tok):
+    from types import SimpleNamespace
+    from gptlab.model import GPT
+    recs = C.heldout_records(world, n_per_category=2, categories=["qa", "system", "benign_edgy"])
+    ref = SimpleNamespace(model=model, tokenizer=tok)
+    same = C.win_rate_tiebroken(ref, ref, recs, judge, samples=2, max_new_tokens=6)
+    # one model against itself: same greedy answers, same seeded samples -> nothing decided
+    assert same["ties"] == same["n"] == len(recs) and same["tiebreak"]["greedy_ties_decided"] == 0
+    torch.manual_seed(1)
+    other = SimpleNamespace(model=GPT(model.config).eval(), tokenizer=tok)
+    r = C.win_rate_tiebroken(other, ref, recs, judge, samples=3, max_new_tokens=6)
+    g = r["greedy"]
+    assert r["wins"] + r["ties"] + r["losses"] == r["n"] == g["n"]
+    # sampling only ever turns greedy ties into decisions: greedy wins and losses stay
+    assert r["wins"] >= g["wins"] and r["losses"] >= g["losses"] and r["ties"] <= g["ties"]
+    assert r["tiebreak"]["greedy_ties_decided"] == g["ties"] - r["ties"]
+    assert r["win_rate"] == pytest.approx((r["wins"] + 0.5 * r["ties"]) / r["n"])
+
+
+def test_merge_tiebreak_turns_ties_into_decisions_by_sign():
+    greedy = {"wins": 3, "ties": 4, "losses": 1, "n": 8}
+    r = C.merge_tiebreak(greedy, [0.5, -0.2, 0.0, 1e-12], samples=2, temperature=0.8)
+    assert (r["wins"], r["ties"], r["losses"]) == (4, 2, 2)
+    assert r["win_rate"] == pytest.approx(5 / 8) and r["win_rate_no_ties"] == pytest.approx(4 / 6)
+    assert r["tiebreak"]["greedy_ties_decided"] == 2 and r["greedy"] is greedy
+    with pytest.raises(ValueError, match="one score difference per greedy tie"):
+        C.merge_tiebreak(greedy, [0.1], samples=2, temperature=0.8)

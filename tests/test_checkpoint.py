@@ -110,7 +110,7 @@ def test_crash_mid_save_keeps_previous(tok, tmp_path, monkeypatch, target):
             if len(calls) == 2:
                 raise OSError("rename failed (simulated)")
             return real_rename(src, dst)
-        monkeypatch.setattr(ckpt_mod.os, "rename", flaky)
+        monkeypatch.setattr(os, "rename", flaky)   # the swap lives in gptlab.fileio
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(out, tiny_model(tok, seed=1), tok, meta={"stage": "v2"}, train_state={"step": 2})
     monkeypatch.undo()

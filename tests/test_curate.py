@@ -3,13 +3,15 @@ PII and leaked eval items: recall and precision per rule, the clean documents it
 its files, and its errors."""
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 
 import pytest
 
 from gptlab.cli import main
-from gptlab.data.curate import (REASONS, CurateConfig, curate, planted_corpus, score_planted,
-                                scrub_pii)
+from gptlab.data.curate import (_PII, REASONS, CurateConfig, _junk, _near, curate, planted_corpus,
+                                score_planted, scrub_pii)
 from gptlab.data.loaders import DataError, iter_texts
 from gptlab.data.world import generate_world
 
@@ -91,3 +93,92 @@ def test_pii_patterns():
     assert text == "Mail [EMAIL] or call [PHONE]; host [IP]." and counts == {"email": 1, "phone": 1, "ip": 1}
     plain = "In 2019-2020 about 29495962 people lived there; at 10:30 the ratio was 3.5 (v1.2.3)."
     assert scrub_pii(plain) == (plain, {})
+
+
+# ---------------------------------------------------------------------------- output is frozen
+
+_SUBJECTS = ["The river", "Our town council", "The old mill", "A small museum", "The northern railway",
+             "Every market stall", "The harbour", "The city library", "A local farmer", "The mountain pass"]
+_VERBS = ["opened", "closed", "was rebuilt", "welcomed visitors", "changed its name", "grew quickly",
+          "flooded", "was painted", "sold its land", "hosted a festival"]
+_TAILS = ["in the spring of {y}.", "after the long winter of {y}.", "when the new bridge opened in {y}.",
+          "because the harvest failed in {y}.", "with help from neighbours in {y}.", "before {y}, people say."]
+_PLACES = ["Kuala Lumpur", "Ouagadougou", "Reykjavik", "Asuncion", "Tegucigalpa", "Antananarivo", "Ulaanbaatar"]
+_ZH = ["河流穿过城市，夏天有很多游客。", "图书馆每天早上八点开门。", "这个小镇以手工艺品闻名。", "火车站在市中心附近。"]
+_ODD = ["", "   ", "short", "tab\tand\x0bvertical\x0cfeed control \x01\x02 chars here ok",
+        "emoji 🙂🙂 and accents: café naïve résumé über straße, five words at least",
+        "ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ ｈｅｒｅ ａｎｄ ｍｏｒｅ ｗｏｒｄｓ",
+        "IPv6 loopback ::1 and fe80::1ff:fe23:4567:890a and 2001:db8::ff00:42:8329 in one line of text"]
+
+
+def _sentence(rng) -> str:
+    return f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_TAILS).format(y=rng.randint(1800, 2020))}"
+
+
+def golden_corpus(inp, evals, seed: int = 0) -> None:
+    """A fixed input that reaches every rule and path of curate, built without miniworld (so
+    a change of the world generator does not move it): clean prose, CJK, place-name lists
+    (CLD2's territory), planted exact/near duplicates, junk of each kind, PII of each kind,
+    odd characters, a long document, and eval items, some leaked."""
+    rng = random.Random(seed)
+    clean = [" ".join(_sentence(rng) for _ in range(rng.randint(2, 14))) for _ in range(500)]
+    clean += ["".join(rng.sample(_ZH, 3)) + " " + _sentence(rng) for _ in range(20)]
+    clean += [", ".join(rng.sample(_PLACES, 5)) + "." for _ in range(10)]
+    clean += ["\n".join(_sentence(rng) for _ in range(300))]                    # ~15 KB
+    items = [" ".join(_sentence(rng) for _ in range(3)) for _ in range(30)]      # eval items
+    items += ["Where is the mill?", "图书馆每天早上八点开门吗？请回答这个问题并说明理由，谢谢你的帮助。" * 2]
+    docs = list(clean)
+    docs += [t if rng.random() < 0.5 else "  " + t.upper() + " " for t in rng.sample(clean, 30)]
+    docs += [_near(rng, t) for t in rng.sample(clean[:500], 60)]
+    for kind in ("symbols", "digits", "repetition", "too_short", "language"):
+        docs += [_junk(rng, kind) for _ in range(8)]
+    for i in range(24):
+        _, template, values = _PII[i % 3]
+        docs.append(rng.choice(clean[:500]) + " " + template.format(values[(i // 3) % len(values)]))
+    docs += [rng.choice(clean[:500]) + "\n\n" + item for item in rng.sample(items, 15)]
+    docs += _ODD
+    rng.shuffle(docs)
+    inp.write_text("".join(json.dumps({"text": t, "id": i}, ensure_ascii=False) + "\n" for i, t in enumerate(docs)),
+                   encoding="utf-8")
+    evals.write_text("".join(json.dumps({"question": q, "meta": {"n": i}}, ensure_ascii=False) + "\n"
+                             for i, q in enumerate(items)), encoding="utf-8")
+
+
+def _digests(out) -> dict:
+    """sha256 of every output file but the report, and the report's counts."""
+    files = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+             for p in sorted(out.rglob("*.jsonl"))}
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    counts = {k: rep[k] for k in ("total", "kept", "pii")}
+    counts["removed"] = {r: [s["docs"], s["bytes"]] for r, s in rep["removed"].items()}
+    counts["eval"] = {k: v for k, v in rep["eval_sets"].items() if k != "paths"}
+    return {"files": files, "counts": counts}
+
+
+# written by the code before the speed-ups of issue 20 (tests/test_curate.py: golden_corpus);
+# any change to what curate keeps, removes, scrubs or reports shows up here
+GOLDEN = {
+    "files": {"corpus/part_000.jsonl": "2f52b5b6ef3d9579", "removed/contamination.jsonl": "c2ebd70544dff879",
+              "removed/digits.jsonl": "f0102884af4acd89", "removed/exact_dup.jsonl": "930988fa8579474a",
+              "removed/language.jsonl": "c53df344d8d841df", "removed/near_dup.jsonl": "ab9f540097058941",
+              "removed/repetition.jsonl": "335790b4cf7fbad5", "removed/symbols.jsonl": "59306f509facd5ce",
+              "removed/too_short.jsonl": "9a3be39f74ea3341"},
+    "counts": {"total": {"docs": 706, "bytes": 338765}, "kept": {"docs": 525, "bytes": 240629},
+               "pii": {"docs": 27, "email": 8, "phone": 11, "ip": 10},
+               "removed": {"exact_dup": [30, 12660], "too_short": [10, 153], "symbols": [8, 2329],
+                           "digits": [8, 3043], "repetition": [9, 23151], "language": [15, 1972],
+                           "contamination": [15, 10281], "near_dup": [86, 44336]},
+               "eval": {"files": 1, "items_checked": 31, "items_too_short": 1, "ngrams": 591, "ngram": 13,
+                        "min_eval_words": 13}},
+}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_output_is_byte_identical_to_the_golden(tmp_path, workers):
+    (tmp_path / "heldout").mkdir()       # removal details name the eval file by its folder
+    golden_corpus(tmp_path / "in.jsonl", tmp_path / "heldout" / "ev.jsonl")
+    curate(CurateConfig(input=str(tmp_path / "in.jsonl"), out=str(tmp_path / "out"),
+                        evals=(str(tmp_path / "heldout"),), workers=workers, batch_docs=64, progress=False))
+    got = _digests(tmp_path / "out")
+    assert got["counts"] == GOLDEN["counts"]
+    assert got["files"] == GOLDEN["files"]

@@ -17,7 +17,7 @@ from gptlab.align.dpo import (
     DPOConfig, answer_example, dpo_loss, pair_batch, reference_logprobs, run_dpo,
     sequence_logprobs,
 )
-from gptlab.train.loop import read_metrics
+from gptlab.train.metrics import read_metrics
 
 NAMES = ["alice", "bruno", "chen", "dara", "emil", "fatou", "goran", "hana", "ivan", "julia"]
 CITIES = ["paris", "lima", "oslo", "cairo", "delhi", "quito", "tokyo", "rome", "paris", "lima"]

@@ -248,13 +248,15 @@ def test_int4_linear_is_exact_on_q4_1_weights_up_to_bf16():
     assert (y - ref).abs().max() <= 2e-2 * ref.abs().max()  # bf16 activations and scales only
 
 
-@pytest.mark.parametrize("weights", ["int4", "int8", "bf16"])
+@pytest.mark.parametrize("weights", ["int4", "int4+int8", "int8", "bf16"])
 def test_quantized_decode_is_close_and_leaves_the_model_alone(weights):
     model = q4_1_representable(tiny_gpt(seed=2))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     engine = Engine(model, ByteTokenizer(), weights=weights)
     assert engine.model is not model
     assert engine.model.model.embed_tokens.weight is model.model.embed_tokens.weight  # shared, not copied
+    head = type(engine.model.lm_head).__name__
+    assert head == {"int4": "Linear", "int4+int8": "Int8Linear", "int8": "Int8Linear", "bf16": "BF16Linear"}[weights]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     ids = torch.tensor([PROMPTS[0] * 3])
     with torch.inference_mode():

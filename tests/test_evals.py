@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptlab.data.judge import Verdict
+from gptlab.judge import Verdict
 from gptlab.evals import metrics as M
 from gptlab.evals import runner as R
 from gptlab.evals import tasks as T

@@ -72,7 +72,7 @@ def _simulate(chat_model, world, db, n, *extra):
 
 
 def test_simulate_writes_k_answers_and_a_ranking_and_resumes(chat_model, world, tmp_path, capsys):
-    from gptlab.data.judge import Judge
+    from gptlab.judge import Judge
     db, clean = tmp_path / "fb.db", tmp_path / "clean.db"
     assert _simulate(chat_model, world, db, 4, "--clean-db", str(clean)) == 0
     assert "4 prompts ranked (12 pairs), 0 already" in capsys.readouterr().out

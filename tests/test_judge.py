@@ -1,11 +1,11 @@
-"""Tests for the gold judge (gptlab/data/judge.py): every check tells a hand-written good
+"""Tests for the gold judge (gptlab/judge.py): every check tells a hand-written good
 response from a bad one, near misses included; compare / rank agree with score."""
 import json
 import random
 
 import pytest
 
-from gptlab.data.judge import Judge, Verdict, judge_file
+from gptlab.judge import Judge, Verdict, judge_file
 
 
 def _country(code, name, zh, capital, continent, pop, area, cur, cur_code, langs, nbrs,

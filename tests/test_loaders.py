@@ -280,13 +280,13 @@ def test_build_refuses_unrelated_dir(tok, tmp_path):
 
 
 def test_hf_spec_parsing():
-    from gptlab.data.loaders import _parse_hf
+    from gptlab.data.loaders import parse_hf_spec
 
-    assert _parse_hf("org/name") == ("org/name", None, "train")
-    assert _parse_hf("org/name:validation") == ("org/name", None, "validation")
-    assert _parse_hf("org/name:sample-10BT:train") == ("org/name", "sample-10BT", "train")
+    assert parse_hf_spec("org/name") == ("org/name", None, "train")
+    assert parse_hf_spec("org/name:validation") == ("org/name", None, "validation")
+    assert parse_hf_spec("org/name:sample-10BT:train") == ("org/name", "sample-10BT", "train")
     with pytest.raises(DataError):
-        _parse_hf("a:b:c:d")
+        parse_hf_spec("a:b:c:d")
 
 
 def test_max_tokens_stops_reading_early(tok, tmp_path):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gptlab.speedrun import GPU_PRESETS, HUB_DATA, offline_settings
-from gptlab.train.loop import read_metrics
+from gptlab.train.metrics import read_metrics
 from gptlab.train.pretrain import PretrainConfig, cap_epochs, pretrain, train_tokens, validate_config
 
 

@@ -170,7 +170,7 @@ def test_cli_generate_best_of(trained, init_ckpt, capsys):
 
 def test_judge_agreement_and_ceiling(tmp_path):
     from gptlab.align.common import heldout_records
-    from gptlab.data.judge import Judge
+    from gptlab.judge import Judge
     from gptlab.data.world import generate_world
     generate_world(tmp_path, seed=0, scale="tiny")
     judge = Judge.from_dir(tmp_path)

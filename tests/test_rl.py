@@ -19,7 +19,7 @@ import torch
 from gptlab.align.rl import (
     RLConfig, gae, group_advantages, kl_k3, ppo_advantages, rollout, run_rl, score_tokens,
 )
-from gptlab.train.loop import read_metrics
+from gptlab.train.metrics import read_metrics
 
 
 @pytest.fixture(autouse=True)

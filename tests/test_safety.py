@@ -33,7 +33,7 @@ def test_views_undo_obfuscation():
 
 
 def test_contract_and_training(moderator_dir, world):
-    from gptlab.redteam import read_jsonl
+    from gptlab.fileio import read_jsonl
     mod = Moderator.load(moderator_dir)
     harmful = [r["messages"][-2]["content"] for r in read_jsonl(world / "sft" / "harmful.jsonl")]
     benign = [r["messages"][-2]["content"] for r in read_jsonl(world / "sft" / "benign_edgy.jsonl")]

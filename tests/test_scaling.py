@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gptlab import scaling
-from gptlab.scaling import (
-    SweepConfig, capability, chinchilla_loss, fit, fit_capability, fit_chinchilla,
-    fit_power_law, power_law, read_rows,
+from gptlab.scaling import SweepConfig, read_rows
+from gptlab.scaling_fit import (
+    capability, chinchilla_loss, fit, fit_capability, fit_chinchilla, fit_power_law, power_law,
 )
 
 TRUE = {"E": 1.3, "A": 220.0, "alpha": 0.38, "B": 410.0, "beta": 0.31}

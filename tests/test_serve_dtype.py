@@ -1,8 +1,11 @@
-"""The dtype a model is served in: `--dtype auto` keeps small models in float32 and moves big
-ones to bfloat16 only where the hardware multiplies bf16 natively; explicit names (long or
-`gptlab import`'s short ones) are obeyed; a bf16 server answers through the official client."""
+"""The dtype a model is served in: `--dtype auto` on a CPU with native bf16 times both dtypes
+once, serves the faster and caches the calibration; without native bf16 it keeps the loaded
+dtype; explicit names (long or `gptlab import`'s short ones) are obeyed; a bf16 server answers
+through the official client."""
 
 from __future__ import annotations
+
+import json
 
 import openai
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from gptlab.model import GPT, preset
 from gptlab.serve import app as serve_app
+from gptlab.serve import dtype_auto
 from gptlab.serve.app import serving_dtype
 from serve_fixtures import save_tiny_chat_model, start_server
 
@@ -32,14 +36,31 @@ def test_unknown_dtype_is_a_clear_error(tiny):
         serving_dtype(tiny, "fp8", "cpu")
 
 
-def test_auto_moves_only_big_models_on_bf16_hardware(tiny, monkeypatch):
-    monkeypatch.setattr(serve_app, "fast_bf16", lambda device: True)
-    assert serving_dtype(tiny, "auto", "cpu") == torch.float32  # small: per-op bound, stays float32
-    size = 4 * sum(p.numel() for p in tiny.parameters())
-    monkeypatch.setattr(serve_app, "BF16_AUTO_MIN_BYTES", size - 1)  # now it counts as big
-    assert serving_dtype(tiny, "auto", "cpu") == torch.bfloat16
+def test_auto_on_a_bf16_cpu_serves_the_faster_measured_dtype_and_caches_it(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GPTLAB_HOME", str(tmp_path))
+    monkeypatch.setattr(serve_app, "fast_bf16", lambda device: True)  # bf16 is a candidate here
+    chosen = serving_dtype(tiny, "auto", "cpu", threads=1)
+    cache = json.loads(dtype_auto.cache_path().read_text())
+    (key, ms), = cache.items()
+    assert dtype_auto.cpu_model() in key and "1 threads" in key
+    assert set(ms) == {"float32", "bfloat16"} and all(v > 0 for v in ms.values())
+    faster = min(ms, key=lambda d: (ms[d], d != "float32"))
+    assert chosen == getattr(torch, faster)
+    line = capsys.readouterr().err
+    assert f"dtype auto -> {faster} (" in line and "measured at start-up" in line
+    # the second start reads the file: rewrite it so that the other dtype wins
+    other = "bfloat16" if faster == "float32" else "float32"
+    cache[key] = {faster: 2.0, other: 1.0}
+    dtype_auto.cache_path().write_text(json.dumps(cache))
+    assert serving_dtype(tiny, "auto", "cpu", threads=1) == getattr(torch, other)
+    assert "cached calibration" in capsys.readouterr().err
+
+
+def test_auto_keeps_the_loaded_dtype_without_native_bf16(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTLAB_HOME", str(tmp_path))
     monkeypatch.setattr(serve_app, "fast_bf16", lambda device: False)
-    assert serving_dtype(tiny, "auto", "cpu") == torch.float32  # no native bf16: keep float32
+    assert serving_dtype(tiny, "auto", "cpu") == torch.float32
+    assert not dtype_auto.cache_path().exists()  # nothing to measure
 
 
 def test_fast_bf16_reads_the_cpu_flags():

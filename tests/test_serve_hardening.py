@@ -11,6 +11,7 @@ servers on loopback, the official `openai` client, tiny random-weight models."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -24,7 +25,9 @@ from hypothesis import strategies as st
 from serve_fixtures import save_tiny_chat_model, start_server
 
 from gptlab.chat import render_chat, render_prompt
+from gptlab.cli import build_parser
 from gptlab.feedback import FeedbackStore
+from gptlab.serve import ServeSettings
 from gptlab.serve.keys import KeyStore, LimitExceeded, RateLimiter
 from gptlab.tokenizer import Tokenizer
 
@@ -379,3 +382,49 @@ def test_moderation_reads_completions_prompts(mod_server):
     assert r.choices[0].finish_reason == "content_filter"
     benign = c.completions.create(model="default", prompt="please help me plan a picnic", max_tokens=4)
     assert benign.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_flooding_key_does_not_put_another_key_behind_its_queue(models, tmp_path):
+    """Fair queue: with one decode slot, key "flood" has 1 request running and 5 queued when
+    key "innocent" sends one. First-come would serve the innocent request last; round-robin
+    serves it after the flood request already picked for the next free slot and one more,
+    so at least 3 of the 6 flood requests finish after it.
+    Order, not time: it holds however slow the machine is."""
+    keys = KeyStore(FeedbackStore(tmp_path / "serve.db"))
+    tokens = {name: keys.create(name)[0] for name in ("flood", "innocent")}
+    url, stop = start_server(tmp_path, models=[str(models["long"])], auth="on", max_batch=1,
+                             max_concurrent_per_key=8)
+    done: list[str] = []
+
+    def send(who: str) -> None:
+        n = 400 if who == "flood" else 4   # the flood's requests hold the slot long enough to queue
+        r = httpx.post(url + "/v1/chat/completions", timeout=300,
+                       headers={"Authorization": f"Bearer {tokens[who]}"},
+                       json={"model": "default", "max_tokens": n, "temperature": 0,
+                             "messages": [{"role": "user", "content": f"count for {who}"}]})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == n, r.text[:300]
+        done.append(who)
+
+    try:
+        flood = [threading.Thread(target=send, args=("flood",)) for _ in range(6)]
+        for t in flood:
+            t.start()
+        deadline = time.time() + 120
+        while next(iter(httpx.get(url + "/health").json()["models"].values()))["queued"] < 5:
+            assert time.time() < deadline and "innocent" not in done, "the flood did not queue"
+            time.sleep(0.01)
+        send("innocent")
+        for t in flood:
+            t.join()
+    finally:
+        stop()
+    assert len(done) == 7 and done.count("flood") == 6
+    assert done[done.index("innocent") + 1:].count("flood") >= 3, done
+
+
+def test_serve_flags_set_the_hardening_limits():
+    args = build_parser().parse_args(["serve", "--model", "m", "--max-concurrent-per-key", "3",
+                                      "--schema-workers", "1", "--schema-timeout-s", "2.5"])
+    names = {f.name for f in dataclasses.fields(ServeSettings)}
+    s = ServeSettings(**{k: v for k, v in vars(args).items() if k in names})
+    assert (s.max_concurrent_per_key, s.schema_workers, s.schema_timeout_s) == (3, 1, 2.5)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from gptlab.chat import render_prompt, stop_token_ids
-from gptlab.train.loop import read_metrics
+from gptlab.train.metrics import read_metrics
+from gptlab.train.lora import apply_lora, plain_model
 from gptlab.train.sft import (
-    SFTBatches, SFTConfig, apply_lora, load_chat_records, make_loss_fn, parse_mix, plain_model,
-    prepare_data, sft,
+    SFTBatches, SFTConfig, load_chat_records, make_loss_fn, parse_mix, prepare_data, sft,
 )
 
 NAMES = ["alice", "bruno", "chen", "dara", "emil", "fatou", "goran", "hana", "ivan",
@@ -204,7 +204,8 @@ def test_lora_trains_only_adapters_and_merge_matches(base_ckpt, chat_file, tmp_p
 @pytest.mark.parametrize("token_ids", [None, [1, 2]])
 def test_lora_gradients_reach_adapters_only(base_ckpt, token_ids):
     from gptlab.checkpoint import load_checkpoint
-    from gptlab.train.loop import build_optimizer, train_step
+    from gptlab.train.loop import train_step
+    from gptlab.train.optim import build_optimizer
 
     model = load_checkpoint(base_ckpt).model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -231,7 +232,7 @@ def test_lora_gradients_reach_adapters_only(base_ckpt, token_ids):
 @pytest.mark.parametrize("lora_r", [0, 4])
 def test_resume_reproduces_the_uninterrupted_run(base_ckpt, chat_file, tiny_corpus, tmp_path,
                                                  monkeypatch, lora_r):
-    from gptlab.train import loop
+    from gptlab.train import checkpoints
 
     kw = dict(max_steps=6, save_every=2, eval_every=3, lora_r=lora_r, mix=f"{tiny_corpus}:0.2")
     full = sft(_cfg(base_ckpt, chat_file, tmp_path / "full", **kw))
@@ -242,7 +243,7 @@ def test_resume_reproduces_the_uninterrupted_run(base_ckpt, chat_file, tiny_corp
         calls["n"] += 1
         return calls["n"] == 3
 
-    monkeypatch.setattr(loop.StopSignal, "should_stop", stop_at_three)
+    monkeypatch.setattr(checkpoints.StopSignal, "should_stop", stop_at_three)
     with pytest.raises(SystemExit):
         sft(_cfg(base_ckpt, chat_file, tmp_path / "cut", **kw))
     monkeypatch.undo()

@@ -75,7 +75,7 @@ def test_speedrun_refuses_an_assistant_track_without_a_model(tmp_path):
 
 def test_train_layers_trains_only_the_top_blocks(tiny_chat_ckpt):
     from gptlab.model import GPT, preset
-    from gptlab.train.sft import freeze_below
+    from gptlab.train.lora import freeze_below
 
     torch.manual_seed(0)
     model = GPT(preset(3, 300, 32))
@@ -93,7 +93,7 @@ def test_train_layers_trains_only_the_top_blocks(tiny_chat_ckpt):
 
 
 def test_bf16_autocast_on_cpu_only_when_asked():
-    from gptlab.train.loop import autocast_context, resolve_dtype
+    from gptlab.train.dist import autocast_context, resolve_dtype
 
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu) == torch.float32          # the tests stay exact

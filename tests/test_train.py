@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from gptlab.train import loop
-from gptlab.train.loop import (
-    MetricsLogger, build_optimizer, grad_accum_steps, lr_multiplier, read_metrics,
-    train_step,
-)
+from gptlab.train import checkpoints, dist, loop, metrics, optim
+from gptlab.train.loop import grad_accum_steps, train_step
+from gptlab.train.metrics import MetricsLogger, read_metrics
+from gptlab.train.optim import build_optimizer, lr_multiplier
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_train_child.py")
@@ -167,7 +166,7 @@ def test_grad_accumulation_matches_big_batch():
     results = []
     for accum in (1, 2, 4):
         model = _tiny_model()
-        opt = loop.OptimizerGroup([torch.optim.SGD(model.parameters(), lr=1.0)])
+        opt = optim.OptimizerGroup([torch.optim.SGD(model.parameters(), lr=1.0)])
         micro = [(xb, yb) for xb, yb in zip(x.chunk(accum), y.chunk(accum))]
         out = train_step(model, opt, micro, accum_steps=accum, grad_clip=0.5)
         params = torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -187,13 +186,13 @@ def test_bits_per_byte_and_mfu(monkeypatch):
     ratio = loop.tokens_per_byte(rows, ByteTok())
     assert ratio == pytest.approx(1.0)
     assert loop.bits_per_byte(math.log(2), ratio) == pytest.approx(1.0)
-    assert loop.peak_flops(torch.device("cpu")) is None
-    assert loop.model_flops_utilization(1e6, 1e3, None) is None
+    assert metrics.peak_flops(torch.device("cpu")) is None
+    assert metrics.model_flops_utilization(1e6, 1e3, None) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100 80GB HBM3")
-    assert loop.peak_flops(torch.device("cuda")) == 989e12
+    assert metrics.peak_flops(torch.device("cuda")) == 989e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA L40S")
-    assert loop.peak_flops(torch.device("cuda")) == 362e12
-    assert loop.model_flops_utilization(1e9, 1e5, 1e15, world_size=2) == pytest.approx(0.05)
+    assert metrics.peak_flops(torch.device("cuda")) == 362e12
+    assert metrics.model_flops_utilization(1e9, 1e5, 1e15, world_size=2) == pytest.approx(0.05)
 
 
 def test_metrics_logger_truncates_on_resume(tmp_path):
@@ -221,9 +220,9 @@ def test_optional_tensorboard_never_breaks_logging(tmp_path):
 def test_latest_checkpoint_ignores_partial_dirs(tmp_path):
     for name in ("step_000004", "step_000008", ".step_000012.tmp-abc", "step_000016.partial"):
         (tmp_path / name).mkdir()
-    assert loop.latest_checkpoint(tmp_path) == tmp_path / "step_000008"
-    loop.prune_checkpoints(tmp_path, keep=1)
-    assert [p.name for _, p in loop.list_checkpoints(tmp_path)] == ["step_000008"]
+    assert checkpoints.latest_checkpoint(tmp_path) == tmp_path / "step_000008"
+    checkpoints.prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for _, p in checkpoints.list_checkpoints(tmp_path)] == ["step_000008"]
 
 
 # --------------------------------------------------------------------------- end to end
@@ -296,7 +295,7 @@ def test_resume_after_sigkill_and_sigterm_reproduces_the_run(tiny_shards, tiny_t
 
     # 1. SIGKILL during step 10 (accum 2: forward 19 is its first micro-step).
     p = _start_paused(cfg, tmp_path / "m1", PAUSE_AT_FORWARD=19)
-    assert loop.latest_checkpoint(ckpts).name == "step_000006"
+    assert checkpoints.latest_checkpoint(ckpts).name == "step_000006"
     p.kill(), p.wait()
     assert max(_train_losses(run)) == 9  # it logged steps past its last checkpoint
 
@@ -304,7 +303,7 @@ def test_resume_after_sigkill_and_sigterm_reproduces_the_run(tiny_shards, tiny_t
     cfg["resume"] = True
     p = _start_paused(cfg, tmp_path / "m2", PAUSE_AT_SAVE=2)
     p.kill(), p.wait()
-    assert loop.latest_checkpoint(ckpts).name == "step_000012"
+    assert checkpoints.latest_checkpoint(ckpts).name == "step_000012"
     assert any(d.name.startswith(".step_000018.tmp") for d in ckpts.iterdir())
 
     # 3. resume; SIGTERM during step 16 -> checkpoint at 16, exit status 143.
@@ -313,7 +312,7 @@ def test_resume_after_sigkill_and_sigterm_reproduces_the_run(tiny_shards, tiny_t
     p.send_signal(signal.SIGTERM)
     marker.with_name(marker.name + ".release").touch()
     assert p.wait(timeout=60) == 128 + signal.SIGTERM, p.stdout.read()
-    assert loop.latest_checkpoint(ckpts).name == "step_000016"
+    assert checkpoints.latest_checkpoint(ckpts).name == "step_000016"
 
     # 4. resume to the end.
     _run_child(cfg)
@@ -357,7 +356,7 @@ def _tiny_checkpoint(path: Path, step: int) -> Path:
 
 
 def test_resume_checkpoint_picks_the_newest_and_a_fresh_run_clears_old_ones(tmp_path):
-    from gptlab.train.loop import check_resume, resume_checkpoint
+    from gptlab.train.checkpoints import check_resume, resume_checkpoint
 
     root = tmp_path / "ckpt"
     for step in (2, 10):
@@ -374,7 +373,7 @@ def test_resume_checkpoint_picks_the_newest_and_a_fresh_run_clears_old_ones(tmp_
 
 
 def test_resume_skips_damaged_checkpoints_and_says_why(tmp_path, capsys):
-    from gptlab.train.loop import resume_checkpoint
+    from gptlab.train.checkpoints import resume_checkpoint
 
     root = tmp_path / "ckpt"
     for step in (2, 4, 6, 8):
@@ -416,7 +415,7 @@ def test_non_finite_loss_stops_the_loop_before_saving(tmp_path):
     from gptlab.checkpoint import NonFiniteError
 
     model = _tiny_model()
-    opt = loop.build_optimizer(model)
+    opt = optim.build_optimizer(model)
     saved, calls = [], {"n": 0}
     x = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
 
@@ -430,7 +429,7 @@ def test_non_finite_loss_stops_the_loop_before_saving(tmp_path):
     logger = MetricsLogger(tmp_path / "m.jsonl")
     cfg = loop.LoopConfig(max_steps=6, save_every=1, progress=False)
     with pytest.raises(NonFiniteError, match=r"step 3: training loss nan.*stopping without saving"):
-        loop.run_loop(model, opt, cfg, hooks, env=loop.DistEnv(), logger=logger)
+        loop.run_loop(model, opt, cfg, hooks, env=dist.DistEnv(), logger=logger)
     logger.close()
     assert saved == [1, 2]
     assert [r["loss"] is None for r in read_metrics(tmp_path / "m.jsonl")] == [False, False, True]

@@ -4,20 +4,18 @@
 - ``generate_answers``: one batched reply per record (the KV-cache engine);
 - ``win_rate``: gold-judge win rate of one set of answers over another (ties count 1/2, as
   AlpacaFarm and the DESIGN's metric define it);
-- ``load_reward``: a reward by name -- a reward-model directory, ``"judge"`` (the gold
-  judge's score in [0, 1]) or ``"verifiable"`` (1.0 when no hard check of the judge fails,
-  else 0.0: the "verifiable reward" of RLVR-style training);
 - ``render_response``, ``pad_batch``, ``sequence_logprobs``: token-level helpers for
   losses over responses (DPO, PPO, the reward model).
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from gptlab.fileio import read_jsonl
 
 TIE_EPS = 1e-9
 
@@ -27,20 +25,6 @@ TIE_EPS = 1e-9
 def chat_categories() -> list[str]:
     from gptlab.evals.tasks import CHAT_KINDS
     return list(CHAT_KINDS)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a jsonl file; a bad line is reported with its file and line number."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return out
 
 
 def prompt_messages(record_or_messages) -> list[dict]:
@@ -122,40 +106,49 @@ def win_rate(policy_answers: Sequence[str], ref_answers: Sequence[str],
             "win_rate_no_ties": wins / decided if decided else None}
 
 
-def _as_record(item) -> dict:
-    if isinstance(item, dict):
-        return item
-    return {"messages": list(item)}   # a bare message list: the judge infers the meta
+def win_rate_tiebroken(policy, ref, records: Sequence[dict], judge, *, samples: int = 4,
+                       temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0,
+                       batch_size: int = 32) -> dict:
+    """Greedy win rate of ``policy`` over ``ref`` (each a loaded chat model with .model and
+    .tokenizer), then every greedy tie decided by sampling: both models answer a tied
+    prompt ``samples`` times (seeded, the same seeds for both), and the higher mean judge
+    score wins. Two models whose greedy answers are identical on most prompts would
+    otherwise measure almost nothing; sampling shows which one puts more of its mass on
+    better answers. Returns the tie-broken counts, with the greedy ones under "greedy"."""
+    def answers(ck, recs, temp, s):
+        return generate_answers(ck.model, ck.tokenizer, recs, max_new_tokens=max_new_tokens,
+                                temperature=temp, seed=s, batch_size=batch_size)
+
+    greedy_p, greedy_r = answers(policy, records, 0.0, 0), answers(ref, records, 0.0, 0)
+    greedy = win_rate(greedy_p, greedy_r, records, judge)
+    score = lambda rec, text: judge.score_record(rec, text).score  # noqa: E731
+    tied = [i for i, rec in enumerate(records)
+            if abs(score(rec, greedy_p[i]) - score(rec, greedy_r[i])) <= TIE_EPS]
+    diff = {i: 0.0 for i in tied}
+    if tied and samples > 0:
+        recs = [records[i] for i in tied]
+        for s in range(samples):
+            sp = answers(policy, recs, temperature, seed + 1 + s)
+            sr = answers(ref, recs, temperature, seed + 1 + s)
+            for i, rec, a, b in zip(tied, recs, sp, sr):
+                diff[i] += score(rec, a) - score(rec, b)
+    return merge_tiebreak(greedy, list(diff.values()), samples, temperature)
 
 
-class JudgeReward:
-    """The gold judge as a reward: its score, or (verifiable) 1.0 without hard failure."""
-
-    def __init__(self, judge, verifiable: bool = False):
-        self.judge, self.verifiable = judge, verifiable
-        self.name = "verifiable" if verifiable else "judge"
-
-    def score(self, records_or_messages: Sequence, responses: Sequence[str]) -> list[float]:
-        if len(records_or_messages) != len(responses):
-            raise ValueError(f"{len(records_or_messages)} prompts but {len(responses)} responses")
-        out = []
-        for item, resp in zip(records_or_messages, responses):
-            v = self.judge.score_record(_as_record(item), resp)
-            out.append((0.0 if v.hard_failed else 1.0) if self.verifiable else v.score)
-        return out
-
-
-def load_reward(spec: str | Path, world_dir=None, device: str = "cpu"):
-    """A reward with ``.score(records_or_messages, responses) -> list[float]``:
-    a reward-model directory (rewards normalized: SFT samples have mean 0, std 1),
-    "judge" (gold-judge score in [0, 1]) or "verifiable" (1.0 if no hard check fails)."""
-    if str(spec) in ("judge", "verifiable"):
-        if world_dir is None:
-            raise ValueError(f"reward {spec!r} needs the miniworld directory (world_dir)")
-        from gptlab.data.judge import Judge
-        return JudgeReward(Judge.from_dir(world_dir), verifiable=str(spec) == "verifiable")
-    from gptlab.align.reward import RewardModel
-    return RewardModel.load(spec, device=device)
+def merge_tiebreak(greedy: dict, diffs: Sequence[float], samples: int, temperature: float) -> dict:
+    """Counts after the tie-break: greedy wins and losses stay; each greedy tie becomes a
+    win or a loss by the sign of its summed sampled score difference (policy - reference)."""
+    if len(diffs) != greedy["ties"]:
+        raise ValueError(f"one score difference per greedy tie: {len(diffs)} for {greedy['ties']}")
+    wins = greedy["wins"] + sum(d > TIE_EPS for d in diffs)
+    losses = greedy["losses"] + sum(d < -TIE_EPS for d in diffs)
+    n = greedy["n"]
+    ties = n - wins - losses
+    return {"win_rate": (wins + 0.5 * ties) / n, "wins": wins, "ties": ties, "losses": losses,
+            "n": n, "win_rate_no_ties": wins / (wins + losses) if wins + losses else None,
+            "tiebreak": {"samples": samples, "temperature": temperature,
+                         "greedy_ties_decided": sum(abs(d) > TIE_EPS for d in diffs)},
+            "greedy": greedy}
 
 
 # --------------------------------------------------------------------------- tokens

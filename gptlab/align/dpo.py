@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gptlab.train.loop import cli_field as _f
-from gptlab.train.sft import LORA_TARGETS
+from gptlab.settings import cli_field as _f
+from gptlab.train.lora import LORA_TARGETS
 
 IGNORE = -100
 
@@ -306,10 +306,10 @@ def split_pairs(items: list, val_frac: float, seed: int) -> tuple[list, list]:
 def run_dpo(cfg: DPOConfig) -> Path:
     """Train as configured; returns out/final."""
     from gptlab.chat import load_chat_model
-    from gptlab.train.loop import (
-        LoopConfig, LoopHooks, MetricsLogger, autocast_context, build_optimizer, resolve_dtype,
-        run_loop, seed_everything, setup_dist,
-    )
+    from gptlab.train.dist import autocast_context, resolve_dtype, seed_everything, setup_dist
+    from gptlab.train.loop import LoopConfig, LoopHooks, run_loop
+    from gptlab.train.metrics import MetricsLogger
+    from gptlab.train.optim import build_optimizer
 
     validate_config(cfg)
     env = setup_dist(cfg.device)
@@ -335,10 +335,10 @@ def run_dpo(cfg: DPOConfig) -> Path:
         ref = cached_reference(cfg, model, train + val, tok.pad_id, env.device)
     ref_train, ref_val = ref[:len(train)], ref[len(train):]
     if cfg.lora_r > 0:
-        from gptlab.train.sft import apply_lora
+        from gptlab.train.lora import apply_lora
         model = apply_lora(model, cfg)
     elif cfg.train_layers is not None:
-        from gptlab.train.sft import freeze_below
+        from gptlab.train.lora import freeze_below
         freeze_below(model, cfg.train_layers)
     model.train()
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=0.0)
@@ -385,8 +385,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
 
 def _save(cfg, model, tok, optimizer, stream: PairStream, step: int, final: bool, meta: dict) -> Path:
     from gptlab.checkpoint import save_checkpoint
-    from gptlab.train.loop import checkpoint_path, prune_checkpoints, rng_state
-    from gptlab.train.sft import _save_final, lora_state_dict, plain_model
+    from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, rng_state
+    from gptlab.train.lora import lora_state_dict, plain_model, save_final
 
     out, lora = Path(cfg.out), cfg.lora_r > 0
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
@@ -398,28 +398,19 @@ def _save(cfg, model, tok, optimizer, stream: PairStream, step: int, final: bool
                            meta={**meta, "step": step})
     prune_checkpoints(out / "ckpt", cfg.keep_checkpoints)
     if final:
-        _save_final(out / "final", model, weights, tok, cfg, {**meta, "step": step})
+        save_final(out / "final", model, weights, tok, {**meta, "step": step},
+                   adapter_only=lora and not cfg.merge)
         return out / "final"
     return path
 
 
 def _maybe_resume(cfg: DPOConfig, model, optimizer, stream: PairStream) -> int:
-    from gptlab.checkpoint import load_checkpoint, load_train_state
-    from gptlab.train.loop import check_resume, resume_checkpoint, set_rng_state
+    from gptlab.train.checkpoints import check_resume, restore_step, resume_state
 
-    latest = resume_checkpoint(cfg.out, cfg.resume)
+    latest, state = resume_state(cfg.out, cfg.resume)
     if latest is None:
         return 0
-    state = load_train_state(latest)
     check_resume(latest, state["config"], {key: getattr(cfg, key) for key in (
         "init", "db", "data", "max_pairs", "seed", "batch_size", "device_batch_size", "lora_r")})
-    if cfg.lora_r > 0:
-        from peft import set_peft_model_state_dict
-        set_peft_model_state_dict(model, state["adapter"])
-    else:
-        model.load_state_dict(load_checkpoint(latest, device="cpu").model.state_dict())
-    optimizer.load_state_dict(state["optimizer"])
-    stream.position = int(state["position"])
-    set_rng_state(state["rng"])
-    print(f"resumed from {latest} (step {state['step']})", flush=True)
-    return int(state["step"])
+    return restore_step(latest, state, model, optimizer, adapter=cfg.lora_r > 0,
+                        restore_data=lambda st: setattr(stream, "position", int(st["position"])))

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from gptlab.fileio import read_jsonl
+
 EXPERIMENTS = ("winrate", "efficiency", "overopt", "tax")
 
 
@@ -46,9 +48,21 @@ class ExpConfig:
     best_of: int = 8
     sizes: str = "100,300,1000,3000"             # efficiency: comparison counts
     seed: int = 0
+    # the assistant track (SmolLM2) trains in bf16 on its top blocks, with its own DPO recipe
+    dtype: str = "float32"                       # weights / autocast for training and answers
+    train_layers: int = 0                        # DPO trains only the top N blocks (0 = all)
+    dpo_lr: float = 1e-4
+    dpo_epochs: float = 2.0
+    nll_weight: float = 0.0                      # RPO: the chosen answers' NLL added to DPO
+    tiebreak_samples: int = 0                    # decide greedy ties by N sampled answers each
+    methods: str = "best_of_n,dpo"               # efficiency: which methods per size
 
 
 # --------------------------------------------------------------------------- pieces
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def subset_db(src: str, n_pairs: int, dst: Path) -> Path:
@@ -95,7 +109,9 @@ def dpo_model(cfg: ExpConfig, db: Path, out: Path, **kw) -> Path:
     if (out / "final" / "config.json").is_file():
         return out / "final"
     return run_dpo(DPOConfig(init=cfg.sft, db=str(db), out=str(out), progress=False,
-                             device="cpu", seed=cfg.seed, **kw))
+                             device="cpu", seed=cfg.seed, lr=cfg.dpo_lr, epochs=cfg.dpo_epochs,
+                             nll_weight=cfg.nll_weight, train_layers=cfg.train_layers or None,
+                             dtype=cfg.dtype, **kw))
 
 
 def rl_model(cfg: ExpConfig, algo: str, reward: str, out: Path, **kw) -> Path:
@@ -116,12 +132,12 @@ class Scorer:
     def __init__(self, cfg: ExpConfig):
         from gptlab.align.common import heldout_records
         from gptlab.chat import load_chat_model
-        from gptlab.data.judge import Judge
+        from gptlab.judge import Judge
 
         self.cfg = cfg
         self.records = heldout_records(cfg.world, cfg.per_category, seed=cfg.seed)
         self.judge = Judge.from_dir(cfg.world)
-        self.sft = load_chat_model(cfg.sft)
+        self.sft = load_chat_model(cfg.sft, dtype=_torch_dtype(cfg.dtype))
         self.sft_answers = self.answers(cfg.sft)
 
     def _cached(self, key: str, make) -> list[str]:
@@ -139,21 +155,29 @@ class Scorer:
         from gptlab.chat import load_chat_model
 
         def make():
-            ck = load_chat_model(model_dir)
+            ck = load_chat_model(model_dir, dtype=_torch_dtype(self.cfg.dtype))
             return generate_answers(ck.model, ck.tokenizer, self.records,
                                     max_new_tokens=self.cfg.max_new_tokens)
         key = Path(model_dir).parent.name if Path(model_dir).name == "final" else Path(model_dir).name
         return self._cached(key, make)
 
-    def win_rate(self, answers: list[str]) -> dict:
-        from gptlab.align.common import win_rate
+    def win_rate(self, answers: list[str], model_dir=None) -> dict:
+        """Greedy win rate over SFT; with cfg.tiebreak_samples and a model, greedy ties are
+        decided by sampled answers (`common.win_rate_tiebroken`)."""
+        from gptlab.align.common import win_rate, win_rate_tiebroken
+        from gptlab.chat import load_chat_model
 
-        wr = win_rate(answers, self.sft_answers, self.records, self.judge)
+        if model_dir is not None and self.cfg.tiebreak_samples > 0:
+            policy = load_chat_model(model_dir, dtype=_torch_dtype(self.cfg.dtype))
+            wr = win_rate_tiebroken(policy, self.sft, self.records, self.judge,
+                                    samples=self.cfg.tiebreak_samples,
+                                    max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed)
+        else:
+            wr = win_rate(answers, self.sft_answers, self.records, self.judge)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in wr.items()}
 
     def best_of_n(self, rm_dir: Path, n: int) -> list[str]:
-        from gptlab.align.common import load_reward
-        from gptlab.align.reward import best_of_n
+        from gptlab.align.reward import best_of_n, load_reward
 
         def make():
             rm = load_reward(str(rm_dir))
@@ -174,6 +198,7 @@ def _methods(cfg: ExpConfig, scorer: Scorer, n_pairs: int, root: Path, methods) 
         t["rm"] = time.perf_counter() - t0
     for m in methods:
         t0 = time.perf_counter()
+        model = None
         if m == "best_of_n":
             answers = scorer.best_of_n(rm, cfg.best_of)
         else:
@@ -183,7 +208,7 @@ def _methods(cfg: ExpConfig, scorer: Scorer, n_pairs: int, root: Path, methods) 
                 model = rl_model(cfg, m, str(rm), root / f"{m}_{n_pairs}")
             answers = scorer.answers(model)
         t[m] = time.perf_counter() - t0
-        res[m] = scorer.win_rate(answers)
+        res[m] = scorer.win_rate(answers, model)
         print(f"{n_pairs} pairs, {m}: {res[m]}", flush=True)
     return {"win": res, "seconds": {k: round(v, 1) for k, v in t.items()}}
 
@@ -205,7 +230,7 @@ def exp_efficiency(cfg: ExpConfig) -> dict:
     for n in sorted(int(x) for x in cfg.sizes.split(",")):
         # best-of-N through a reward model, and DPO; PPO per size would cost one more RL
         # run per size (`--exp winrate --pairs N` runs it for one)
-        rows[n] = _methods(cfg, scorer, n, root, ["best_of_n", "dpo"])
+        rows[n] = _methods(cfg, scorer, n, root, cfg.methods.split(","))
         _partial(cfg, "efficiency", {"n": len(scorer.records), "by_pairs": rows})
     return {"n": len(scorer.records), "by_pairs": rows}
 
@@ -228,7 +253,7 @@ def exp_overopt(cfg: ExpConfig) -> dict:
         # a weaker KL penalty and twice the steps, so the policy drifts far from the reference
         rl_model(cfg, "ppo", str(rm), run, steps=2 * cfg.rl_steps, eval_every=max(1, cfg.rl_steps // 3),
                  eval_per_category=4, kl_coef=0.01)
-        from gptlab.train.loop import read_metrics
+        from gptlab.train.metrics import read_metrics
         out[name] = overopt_points(read_metrics(run / "metrics.jsonl"))
     return out
 
@@ -253,9 +278,9 @@ def exp_tax(cfg: ExpConfig) -> dict:
     """Before / after: QA accuracy (eval/qa.jsonl, the eval suite's definition: no hard
     failure of the judge), over-refusal on benign look-alikes, harmful refusal, and bits
     per byte on held-out text, for the SFT model and every model trained under OUT."""
-    from gptlab.align.common import generate_answers, read_jsonl
+    from gptlab.align.common import generate_answers
     from gptlab.chat import load_chat_model
-    from gptlab.data.judge import Judge
+    from gptlab.judge import Judge
     from gptlab.evals.runner import evaluate
     from gptlab.evals.tasks import KIND_METRICS
 
@@ -308,7 +333,7 @@ def plot(exp: str, res: dict, path: Path) -> None:
         ax.set_title(f"{res['pairs']} comparisons, {res['n']} held-out prompts")
     elif exp == "efficiency":
         ns = sorted(res["by_pairs"], key=int)
-        for m in ("best_of_n", "dpo"):
+        for m in (m for m in ("best_of_n", "dpo") if m in res["by_pairs"][ns[0]]["win"]):
             ax.plot([int(n) for n in ns], [res["by_pairs"][n]["win"][m]["win_rate"] for n in ns],
                     marker="o", label=m)
         ax.set_xscale("log")

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.align.common import pad_batch, prompt_messages, render_response
-from gptlab.train.loop import cli_field
+from gptlab.settings import cli_field
 
 HEAD_FILE = "reward_head.safetensors"
 INFO_FILE = "reward.json"
@@ -235,7 +235,7 @@ def pair_accuracy(groups: Sequence[Group], rewards: Sequence[Sequence[float]]) -
 def separating_check(better, worse) -> str:
     """The judge check that tells two verdicts apart: the first hard check only the worse
     answer fails, else its first such soft check, else "brevity"."""
-    from gptlab.data.judge import HARD_CHECKS
+    from gptlab.judge import HARD_CHECKS
     extra = [c for c in worse.failed if c not in better.failed]
     hard = [c for c in extra if c in HARD_CHECKS]
     return (hard or extra or ["brevity"])[0].split("#")[0]
@@ -361,7 +361,7 @@ def _prepare(cfg: RewardConfig):
     """The reward model to train and its data: (rm, store, train, val, norm_rows)."""
     from gptlab.chat import load_chat_model
     from gptlab.feedback import FeedbackStore
-    from gptlab.train.loop import resolve_device
+    from gptlab.train.dist import resolve_device
     if not cfg.init or not cfg.db:
         raise ValueError("gptlab reward needs --init (a chat checkpoint) and --db (a feedback store)")
     ckpt = load_chat_model(cfg.init)
@@ -389,8 +389,9 @@ def _prepare(cfg: RewardConfig):
 
 def train_reward(cfg: RewardConfig) -> Path:
     """Train a reward model on the store's rankings and comparisons; returns cfg.out."""
-    from gptlab.train.loop import (DistEnv, LoopConfig, LoopHooks, build_optimizer, print0,
-                                   run_loop, seed_everything)
+    from gptlab.train.dist import DistEnv, print0, seed_everything
+    from gptlab.train.loop import LoopConfig, LoopHooks, run_loop
+    from gptlab.train.optim import build_optimizer
     t0 = time.time()
     seed_everything(cfg.seed)
     rm, store, train, val, norm_rows = _prepare(cfg)
@@ -433,7 +434,7 @@ def train_reward(cfg: RewardConfig) -> Path:
 def _final_stats(rm: RewardModel, cfg: RewardConfig, store, train, val, rows,
                  train_s: float) -> dict:
     """Normalization, held-out accuracy, agreement with the noiseless judge, timings."""
-    from gptlab.data.judge import Judge
+    from gptlab.judge import Judge
     raw = torch.tensor(rm.raw_rewards(rows, 64))
     offset = float(raw.mean())
     scale = float(raw.std()) if len(raw) > 1 and float(raw.std()) > 1e-6 else 1.0
@@ -461,6 +462,43 @@ def format_stats(stats: dict) -> str:
             "train_seconds"]
     return "\n".join(f"  {k:<22} {stats[k]:.4f}" if isinstance(stats[k], float)
                      else f"  {k:<22} {stats[k]}" for k in keys if stats.get(k) is not None)
+
+
+# --------------------------------------------------------------------------- rewards by name
+
+def _as_record(item) -> dict:
+    if isinstance(item, dict):
+        return item
+    return {"messages": list(item)}   # a bare message list: the judge infers the meta
+
+
+class JudgeReward:
+    """The gold judge as a reward: its score, or (verifiable) 1.0 without hard failure."""
+
+    def __init__(self, judge, verifiable: bool = False):
+        self.judge, self.verifiable = judge, verifiable
+        self.name = "verifiable" if verifiable else "judge"
+
+    def score(self, records_or_messages: Sequence, responses: Sequence[str]) -> list[float]:
+        if len(records_or_messages) != len(responses):
+            raise ValueError(f"{len(records_or_messages)} prompts but {len(responses)} responses")
+        out = []
+        for item, resp in zip(records_or_messages, responses):
+            v = self.judge.score_record(_as_record(item), resp)
+            out.append((0.0 if v.hard_failed else 1.0) if self.verifiable else v.score)
+        return out
+
+
+def load_reward(spec: str | Path, world_dir=None, device: str = "cpu"):
+    """A reward with ``.score(records_or_messages, responses) -> list[float]``:
+    a reward-model directory (rewards normalized: SFT samples have mean 0, std 1),
+    "judge" (gold-judge score in [0, 1]) or "verifiable" (1.0 if no hard check fails)."""
+    if str(spec) in ("judge", "verifiable"):
+        if world_dir is None:
+            raise ValueError(f"reward {spec!r} needs the miniworld directory (world_dir)")
+        from gptlab.judge import Judge
+        return JudgeReward(Judge.from_dir(world_dir), verifiable=str(spec) == "verifiable")
+    return RewardModel.load(spec, device=device)
 
 
 # --------------------------------------------------------------------------- best-of-N
@@ -495,9 +533,9 @@ def evaluate_best_of_n(model_dir, reward_spec, world, ns: Sequence[int] = (1, 4,
     samples per prompt are drawn once; best-of-n uses the first n of them (they are i.i.d.),
     so the N values differ only in the choice. The same choice made by the gold judge
     itself (``oracle``) is the ceiling a perfect reward model would reach."""
-    from gptlab.align.common import generate_answers, heldout_records, load_reward, win_rate
+    from gptlab.align.common import generate_answers, heldout_records, win_rate
     from gptlab.chat import load_chat_model
-    from gptlab.data.judge import Judge
+    from gptlab.judge import Judge
     judge, ckpt = Judge.from_dir(world), load_chat_model(model_dir)
     records = heldout_records(world, per_category, seed)
     greedy = generate_answers(ckpt.model, ckpt.tokenizer, records, max_new_tokens,

@@ -1,7 +1,7 @@
 """Reinforcement learning from a reward: PPO (with a value head and GAE) and GRPO.
 
 `run_rl(cfg)` improves a chat model on a set of prompts against a reward (a reward-model
-directory, the gold judge, or its verifiable pass/fail; `gptlab.align.common.load_reward`).
+directory, the gold judge, or its verifiable pass/fail; `gptlab.align.reward.load_reward`).
 Every step:
 
 1. rollouts: a batch of prompts is answered by the policy through the KV-cache engine
@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from gptlab.align.dpo import pad_rows, token_logprobs
-from gptlab.train.loop import cli_field as _f
+from gptlab.settings import cli_field as _f
 
 ALGOS = ("ppo", "grpo")
 
@@ -163,7 +163,8 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def load_prompts(source: str) -> list[dict]:
     """{"messages", "meta"} records: a miniworld dir's prompts/*.jsonl, or a jsonl file."""
-    from gptlab.align.common import prompt_messages, read_jsonl
+    from gptlab.align.common import prompt_messages
+    from gptlab.fileio import read_jsonl
 
     path = Path(source)
     if path.is_dir():
@@ -352,7 +353,7 @@ class GoldEval:
         self.records = []
         if world and per_category > 0:
             from gptlab.align.common import heldout_records
-            from gptlab.data.judge import Judge
+            from gptlab.judge import Judge
             self.records = heldout_records(world, per_category, seed=1)
             self.judge = Judge.from_dir(world)
         self.tok, self.reward, self.cfg = tok, reward, cfg
@@ -407,11 +408,14 @@ def _world_of(cfg: RLConfig) -> str | None:
 def run_rl(cfg: RLConfig, reward=None) -> Path:
     """Train as configured; returns out/final. ``reward``: any object with
     ``.score(records, responses) -> list[float]`` instead of ``cfg.reward``."""
-    from gptlab.align.common import load_reward
+    from gptlab.align.reward import load_reward
     from gptlab.chat import load_chat_model
     from tqdm.auto import tqdm
 
-    from gptlab.train.loop import MetricsLogger, StopSignal, build_optimizer, resolve_device
+    from gptlab.train.checkpoints import StopSignal
+    from gptlab.train.dist import resolve_device
+    from gptlab.train.metrics import MetricsLogger
+    from gptlab.train.optim import build_optimizer
 
     validate_config(cfg)
     device = resolve_device(cfg.device)
@@ -515,7 +519,7 @@ def rl_step(policy, ref, value_head, optimizer, params, tok, records, stream: Pr
 
 def _save(cfg, policy, value_head, tok, optimizer, stream, step: int, final: bool, meta: dict) -> Path:
     from gptlab.checkpoint import save_checkpoint
-    from gptlab.train.loop import checkpoint_path, prune_checkpoints, rng_state
+    from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, rng_state
 
     out = Path(cfg.out)
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
@@ -535,21 +539,17 @@ def _save(cfg, policy, value_head, tok, optimizer, stream, step: int, final: boo
 
 
 def _maybe_resume(cfg: RLConfig, policy, value_head, optimizer, stream: PromptStream) -> int:
-    from gptlab.checkpoint import load_checkpoint, load_train_state
-    from gptlab.train.loop import check_resume, resume_checkpoint, set_rng_state
+    from gptlab.train.checkpoints import check_resume, restore_step, resume_state
 
-    latest = resume_checkpoint(cfg.out, cfg.resume)
+    latest, state = resume_state(cfg.out, cfg.resume)
     if latest is None:
         return 0
-    state = load_train_state(latest)
     check_resume(latest, state["config"], {key: getattr(cfg, key) for key in (
         "algo", "init", "prompts", "seed", "batch_size", "group_size")})
-    device = next(policy.parameters()).device
-    policy.load_state_dict(load_checkpoint(latest, device=device).model.state_dict())
-    if value_head is not None:
-        value_head.load_state_dict(state["value_head"])
-    optimizer.load_state_dict(state["optimizer"])
-    stream.position = int(state["position"])
-    set_rng_state(state["rng"])
-    print(f"resumed from {latest} (step {state['step']})", flush=True)
-    return int(state["step"])
+
+    def restore_data(st: dict) -> None:   # the value head counts as data here: not in the weights
+        if value_head is not None:
+            value_head.load_state_dict(st["value_head"])
+        stream.position = int(st["position"])
+
+    return restore_step(latest, state, policy, optimizer, restore_data=restore_data)

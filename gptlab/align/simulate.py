@@ -5,7 +5,7 @@ engine, temperature 1 by default) and stores them with the gold judge's ranking,
 InstructGPT's labelers ranked K samples per prompt (Ouyang et al. 2022) and AlpacaFarm's
 simulated annotators stand in for people (Dubois et al. 2023).
 
-Label noise (``noise`` = p) is the judge's (gptlab/data/judge.py, ``Judge.rank``): each
+Label noise (``noise`` = p) is the judge's (gptlab/judge.py, ``Judge.rank``): each
 of the C(K, 2) pairwise comparisons flips its strict preference with probability p (ties
 stay ties), and the ranking orders responses by their number of pairwise wins (a Copeland
 count), ties broken by the noiseless score, then the shorter response. Pairs with equal
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from gptlab.align.common import generate_answers, prompt_messages, read_jsonl
+from gptlab.align.common import generate_answers, prompt_messages
+from gptlab.fileio import read_jsonl
 
 
 def load_prompt_records(prompts: str | Path) -> list[dict]:
@@ -71,7 +72,7 @@ def simulate_feedback(model: str | Path, prompts: str | Path, db: str, *, k: int
     from tqdm.auto import tqdm
 
     from gptlab.chat import load_chat_model
-    from gptlab.data.judge import Judge
+    from gptlab.judge import Judge
     from gptlab.feedback import FeedbackStore, prompt_key
     if k < 2:
         raise ValueError(f"--k must be >= 2 (a ranking needs two answers), got {k}")
@@ -87,7 +88,7 @@ def simulate_feedback(model: str | Path, prompts: str | Path, db: str, *, k: int
     stores = [FeedbackStore(db)] + ([FeedbackStore(clean_db)] if clean_db else [])
     done = stores[0].ranked_prompt_keys(source)
     todo = [r for r in chosen if prompt_key(r["messages"]) not in done]
-    from gptlab.train.loop import resolve_dtype
+    from gptlab.train.dist import resolve_dtype
     ckpt = load_chat_model(model, device=device, dtype=resolve_dtype(dtype, torch.device(device)))
     sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "k": k}
     per_chunk = max(1, batch_size // k)

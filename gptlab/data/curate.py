@@ -454,8 +454,10 @@ def load_eval_ngrams(paths: Iterable[str | Path], n: int = 13, min_words: int = 
             lengths.add(k)
             h, d = b.ngrams(k)
             mine = checked[d] & (size[d] == k)
+            # each item's "file:line" built once, not once per n-gram
+            where_item = [f"{f.parent.name}/{f.name}:{line}" for line in lines]
             for x, i in zip(h[mine].tolist(), d[mine].tolist()):
-                where.setdefault(x, f"{f.parent.name}/{f.name}:{lines[i]}")
+                where.setdefault(x, where_item[i])
     # A bitmap indexed by the top 24 bits of a hash answers "not an eval n-gram" for almost
     # every n-gram of a document with one vectorized lookup; the dict confirms the rest.
     bitmap = np.zeros(1 << _BITMAP_BITS, bool)
@@ -507,11 +509,12 @@ def _process(texts: list[str]) -> dict:
             "digest": [hashlib.blake2b(st.norm, digest_size=16).digest() for st in stats],
             "reason": reasons,
             "leak": [leak if r is None else None for leak, r in zip(leaks, reasons)],
-            "sig": sig, "has_sig": has_sig.tolist(), "keys": band_keys(sig, cfg.bands).tolist(),
+            "sig": sig, "has_sig": has_sig.tolist(), "keys": band_keys(sig, cfg.bands),
             # the parent only counts and writes: sizes and the kept-record JSON come from here
             "bytes": [len(t.encode("utf-8")) for t in texts],
             "clean_bytes": [len(c.encode("utf-8")) for c in clean],
-            "line": [json.dumps({"text": c}, ensure_ascii=False) + "\n" for c in clean]}
+            # UTF-8 bytes: the encoding is done here, in parallel, and the parent writes bytes
+            "line": [(json.dumps({"text": c}, ensure_ascii=False) + "\n").encode("utf-8") for c in clean]}
 
 
 # ---------------------------------------------------------------------------- near-dup index
@@ -551,12 +554,11 @@ class _JsonlShards:
         folder.mkdir(parents=True, exist_ok=True)
         self.n, self._f = 0, None
 
-    def write_line(self, line: str) -> None:
-        """Append one JSON line (the workers encode the records)."""
+    def write_line(self, line: bytes) -> None:
+        """Append one JSON line, UTF-8 encoded (the workers encode the records)."""
         if self.n % self.shard_docs == 0:
             self.close()
-            self._f = open(self.folder / f"part_{self.n // self.shard_docs:03d}.jsonl", "w",
-                           encoding="utf-8")
+            self._f = open(self.folder / f"part_{self.n // self.shard_docs:03d}.jsonl", "wb")
         self._f.write(line)
         self.n += 1
 
@@ -654,6 +656,9 @@ def curate(cfg: CurateConfig) -> dict:
         corpus, removed = _JsonlShards(tmp / "corpus", cfg.shard_docs), _Removed(tmp / "removed", cfg.examples)
         with tqdm(desc="curating", unit="B", unit_scale=True, delay=2.0, disable=not cfg.progress) as bar:
             for texts, res in _results(cfg, evals):
+                # one array from the worker (a pickled buffer, not 32 ints per document), as
+                # Python ints once per batch for the LSH dict
+                res["keys"] = res["keys"].tolist()
                 nbytes_batch = 0
                 for i, text in enumerate(texts):
                     nbytes = res["bytes"][i]

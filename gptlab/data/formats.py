@@ -34,7 +34,7 @@ from typing import Iterator
 
 FORMATS = ("messages", "sharegpt", "prefs", "hh", "text")
 KIND = {"messages": "chat", "sharegpt": "chat", "prefs": "prefs", "hh": "prefs", "text": "text"}
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")  # tool turns and tool_calls: gptlab.tool_format
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
                   "model": "assistant", "system": "system"}
@@ -135,12 +135,20 @@ def _messages(value, field: str) -> list[dict]:
             raise _Bad(f"{field}[{i}]", "expected an object with role and content")
         if m.get("role") not in ROLES:
             raise _Bad(f"{field}[{i}].role", f"expected one of {ROLES}, got {m.get('role')!r}")
+        if m.get("tool_calls"):  # an assistant's tool calls (OpenAI's shape); content may be empty
+            out.append({"role": m["role"], "content": m.get("content") or "", "tool_calls": m["tool_calls"]})
+            continue
         out.append({"role": m["role"], "content": _string(m.get("content"), f"{field}[{i}].content")})
+        if m.get("tool_call_id") is not None:
+            out[-1]["tool_call_id"] = m["tool_call_id"]
     return out
 
 
 def _from_messages(rec: dict) -> dict:
-    return {"messages": _messages(rec.get("messages"), "messages")}
+    out = {"messages": _messages(rec.get("messages"), "messages")}
+    if rec.get("tools"):  # OpenAI fine-tuning's tool definitions, rendered in the system turn
+        out["tools"] = rec["tools"]
+    return out
 
 
 def _from_sharegpt(rec: dict) -> dict:
@@ -265,8 +273,8 @@ def _iter_hf_records(spec: str, fmt: str, kind: str | None, text_field: str) -> 
     a malformed row is a FormatError naming the data set and the row."""
     import datasets
 
-    from gptlab.data.loaders import _parse_hf
-    name, config, split = _parse_hf(spec)
+    from gptlab.data.loaders import parse_hf_spec
+    name, config, split = parse_hf_spec(spec)
     rows = datasets.load_dataset(name, config, split=split, streaming=True)
     row_fmt = None if fmt == "auto" else fmt
     for i, rec in enumerate(rows, 1):

@@ -31,6 +31,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from gptlab.fileio import atomic_dir
+
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -186,7 +188,7 @@ def _iter_saved_dataset(path: Path, text_field: str) -> Iterator[str]:
     yield from _iter_rows(ds, text_field, str(path))
 
 
-def _parse_hf(spec: str) -> tuple[str, str | None, str]:
+def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     """'org/name' | 'org/name:split' | 'org/name:config:split' -> (name, config, split)."""
     parts = spec.split(":")
     if len(parts) == 1:
@@ -202,7 +204,7 @@ def _iter_hf(spec: str, text_field: str) -> Iterator[str]:
     """Stream a `datasets` dataset (hub id or local data dir) without downloading it all."""
     import datasets
 
-    name, config, split = _parse_hf(spec)
+    name, config, split = parse_hf_spec(spec)
     ds = datasets.load_dataset(name, config, split=split, streaming=True)
     yield from _iter_rows(ds, text_field, f"hf:{spec}")
 
@@ -289,8 +291,6 @@ def build_shards(source: str | Path, tokenizer, out_dir: str | Path, *, val_docs
     followed by a NUL byte), so it identifies the data whatever the file format.
     """
     from tqdm.auto import tqdm
-
-    from gptlab.checkpoint import atomic_dir
 
     dtype = shard_dtype(tokenizer.vocab_size)
     src_hash = hashlib.sha256()

@@ -10,6 +10,8 @@ Suites (docs/EVALS.md has every definition):
   tail         K samples per prompt at temperature 1 (seeded): median and 5th-percentile
                judge score
   calibration  ECE of four-choice letter probabilities on kb questions, reliability PNG
+  tools        held-out questions with lookup + calculator, real tools run in a loop
+               (gptlab/evals/tools_eval.py); only when asked for, never by default
 
 Aliases: `world` = fact for base models, chat for chat models; `all` = every suite that
 applies. Without --suite: base -> bpb, fact, calibration; chat -> bpb, chat, tail,
@@ -38,7 +40,7 @@ from gptlab.evals import metrics as M
 from gptlab.evals import tasks as T
 from gptlab.fileio import atomic_write_text
 
-SUITES = ("bpb", "fact", "chat", "tail", "calibration")
+SUITES = ("bpb", "fact", "chat", "tail", "calibration", "tools")
 DEFAULT_SUITES = {"base": ["bpb", "fact", "calibration"],
                   "chat": ["bpb", "chat", "tail", "calibration"]}
 EVAL_FILE = "eval.json"
@@ -436,7 +438,7 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     weights' dtype (auto: bf16 on CUDA, else float32; bfloat16 halves a 135M model's
     batched generation time on a CPU with AVX512-BF16).
     """
-    from gptlab.data.judge import Judge
+    from gptlab.judge import Judge
 
     world_dir = Path(world_dir)
     if not (world_dir / "kb.json").is_file():
@@ -464,6 +466,9 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     for suite in chosen:
         if suite in ("bpb", "calibration") and model is None:
             skipped[suite] = "needs model logits (a responder was given instead of a model)"
+            continue
+        if suite == "tools" and model is None and not hasattr(responder, "tools_generate"):
+            skipped[suite] = "needs a model or a responder with tools_generate"
             continue
         if progress:
             print(f"eval: {suite} ...", flush=True)
@@ -517,6 +522,11 @@ def _run_suite(suite: str, r: _Run) -> dict:
         return suite_tail(world, T.BASE_KINDS if base else T.CHAT_KINDS, r.responder, r.judge,
                           tok, k=s["tail_k"], prompts=n, seed=s["seed"],
                           postprocess=T.cut_first_sentence if base else None, cap=cap)
+    if suite == "tools":
+        from gptlab.evals.tools_eval import ModelToolGenerator, suite_tools
+        generate = getattr(r.responder, "tools_generate", None) or \
+            ModelToolGenerator(r.model, tok, s["batch_size"])
+        return suite_tools(world, generate, r.judge, limit=limit, cap=cap)
     plot = r.path.parent / RELIABILITY_PNG if r.path is not None else None
     return suite_calibration(r.model, tok, r.kind, world, limit=limit, shots=s["mc_shots"],
                              seed=s["seed"], batch_size=s["batch_size"], plot_path=plot)
@@ -539,7 +549,7 @@ def _command(model_dir, world_dir, suites, kind, settings, bpb_text, out) -> str
 
 
 def _load(model_dir, device, dtype: str = "auto"):
-    from gptlab.train.loop import resolve_device
+    from gptlab.train.dist import resolve_device
     try:   # also merges a LoRA adapter saved beside the weights
         from gptlab.chat import load_chat_model as load
     except ImportError:
@@ -549,7 +559,7 @@ def _load(model_dir, device, dtype: str = "auto"):
     if dtype in ("auto", None):
         dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     else:
-        from gptlab.train.loop import resolve_dtype
+        from gptlab.train.dist import resolve_dtype
         dtype = resolve_dtype(dtype, dev)
     ckpt = load(model_dir, device=dev, dtype=dtype)
     if ckpt.tokenizer is None:
@@ -647,7 +657,7 @@ def fmt_value(name: str, v) -> str:
         return f"{100 * v:.1f}%"
     if info.unit == "bits":
         return f"{v:.4f}"
-    return f"{v:.3f}"
+    return str(int(v)) if info.unit == "count" else f"{v:.3f}"
 
 
 def fmt_delta(name: str, a, b) -> str:

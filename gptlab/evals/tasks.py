@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gptlab.data.judge import Verdict
+from gptlab.judge import Verdict
 from gptlab.evals.metrics import mean, rate
+from gptlab.evals.tools_eval import TOOL_METRICS
 
 CHAT_KINDS = ["qa", "multiturn", "system", "conflict", "false_premise", "pushback_hold",
               "pushback_admit", "harmful", "benign_edgy", "unknown_entity", "arithmetic"]
@@ -111,6 +112,7 @@ def _registry() -> dict[str, Metric]:
         "mc_letter_mass": Metric("mc_letter_mass",
                                  "probability mass the model puts on the four letter tokens"),
     })
+    reg.update({name: Metric(name, *spec) for name, spec in TOOL_METRICS.items()})
     return reg
 
 

@@ -16,6 +16,7 @@ import base64
 import ipaddress
 import json
 import queue
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,10 +26,15 @@ import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from gptlab.interop import _TORCH_DTYPES
+from gptlab.interop import TORCH_DTYPES as _TORCH_DTYPES
 from gptlab.serve.errors import APIError, BodyLimit, bad_key, install_error_handlers, invalid, rate_limited
 from gptlab.serve.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest,
                                   ModerationRequest, PromoteRequest)
+from gptlab.serve.tools import deltas as tool_deltas
+from gptlab.serve.tools import finish as tool_finish
+from gptlab.serve.tools import plan_tools, prompt_messages
+from gptlab.serve.tools import reply as tool_reply
+from gptlab.serve.tools import streams_for as tool_streams
 
 REFUSAL = "I'm sorry, but I can't help with that."
 VOTES_PER_MINUTE = 30   # per key (auth on) or per client address (auth off)
@@ -86,21 +92,29 @@ DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "f
 BF16_AUTO_MIN_BYTES = 64 * 2**20  # the size above which a float32 decode step is bound by weight reads
 
 
-def serving_dtype(model, requested: str, device: str) -> torch.dtype:
-    """The dtype to serve ``model`` in. ``auto``: bfloat16 when its weights take more than
-    64 MiB in float32 and the device multiplies bf16 natively (CUDA with bf16, or a CPU with
-    AVX512-BF16 / AMX), else the dtype it was loaded in. Why: above that size a decode step
-    reads every weight once, so half the bytes is a faster step, and a bf16 matmul of a batch
-    of 8 rows costs little more than one row (1.13x for SmolLM2 on our CPU, against 1.3-1.8x
-    in float32: bench/matmul_batch.py), so larger batches pay off. Small models stay in float32:
-    their step is per-op overhead, which bf16 makes slower."""
+def serving_dtype(model, requested: str, device: str, threads: int | None = None) -> torch.dtype:
+    """The dtype to serve ``model`` in. ``auto`` on CUDA: bfloat16 when its weights take more
+    than 64 MiB in float32 and the GPU has bf16 (above that size a step reads every weight
+    once, so half the bytes is a faster step), else the dtype it was loaded in. ``auto`` on a
+    CPU with native bf16 (AVX512-BF16 / AMX) and a float32 model: whichever of float32 and
+    bfloat16 decodes faster on this CPU, measured once and cached (gptlab.serve.dtype_auto;
+    ``threads``: the worker's); the choice and its timings go to stderr."""
     if requested not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {requested!r}")
     if requested != "auto":
         return DTYPES[requested]
     param = next(model.parameters())
-    big = 4 * sum(p.numel() for p in model.parameters()) > BF16_AUTO_MIN_BYTES
-    return torch.bfloat16 if big and param.dtype == torch.float32 and fast_bf16(device) else param.dtype
+    if param.dtype != torch.float32 or not fast_bf16(device):
+        return param.dtype
+    if str(device).startswith("cuda"):
+        big = 4 * sum(p.numel() for p in model.parameters()) > BF16_AUTO_MIN_BYTES
+        return torch.bfloat16 if big else param.dtype
+    from gptlab.serve import dtype_auto
+    from gptlab.serve.worker import Worker
+    fuse, threads = Worker.plan(model, threads)
+    dtype, why = dtype_auto.choose(model, threads, fuse)
+    print(f"gptlab serve: dtype auto -> {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr, flush=True)
+    return dtype
 
 
 def fast_bf16(device: str) -> bool:
@@ -198,7 +212,7 @@ def _load_entry(spec: str, settings: ServeSettings):
     if ckpt.tokenizer is None:
         raise ValueError(f"{path}: the model has no tokenizer.json; serve needs one")
     model, tok = ckpt.model.eval(), ckpt.tokenizer
-    model.to(serving_dtype(model, settings.dtype, settings.device))
+    model.to(serving_dtype(model, settings.dtype, settings.device, settings.threads))
     stops = stop_token_ids(tok)
     grammar = GrammarFactory(tok, model.config.vocab_size, stops, compile_workers=settings.schema_workers,
                              timeout_s=settings.schema_timeout_s)
@@ -288,14 +302,14 @@ def _settle(hold, used: int | None) -> None:
         hold.settle(used)
 
 
-def _chat_prompt(entry, messages) -> list[int]:
+def _chat_prompt(entry, messages, plan=None) -> list[int]:
     """The prompt's ids. Control tokens come only from the chat template: message content
-    is tokenized with special-token strings as plain text (gptlab.chat.render_prompt)."""
+    is tokenized with special-token strings as plain text (gptlab.chat.render_prompt).
+    Tool definitions, calls and results are rendered as gptlab.tool_format says."""
     from gptlab.chat import render_prompt
 
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
     try:
-        return render_prompt(entry.tokenizer, msgs)
+        return render_prompt(entry.tokenizer, prompt_messages(messages), plan.prompt_tools() if plan else None)
     except Exception as exc:  # a template that rejects the roles (e.g. no system role)
         raise invalid(f"The model's chat template cannot render these messages: {exc}", "messages")
 
@@ -382,7 +396,8 @@ def _job(entry, prompt_ids, max_tokens, body, bridge, settings, grammar=None, n=
                timeout_s=settings.request_timeout_s, ignore_eos=bool(body.ignore_eos), tenant=tenant)
 
 
-def _submit(entry, job) -> None:
+def _submit(entry, job, request: Request) -> None:
+    job.client = request.client.host if request.client else ""   # its fair-queue lane with auth off
     try:
         entry.worker.submit(job)
     except queue.Full:
@@ -616,31 +631,33 @@ def _model_card(reg, e) -> dict:
 # ----------------------------------------------------------------------------- chat
 
 
-async def _chat_grammar(entry, body, max_tokens):
-    """The compiled response_format, in the model's bounded compile pool, within its timeout."""
+async def _chat_grammar(entry, body, max_tokens, plan=None):
+    """The compiled response_format (or the tools' grammar: gptlab.serve.tools), in the
+    model's bounded compile pool, within its timeout."""
     from gptlab.serve.grammar import GrammarError
 
-    if body.response_format is None or body.response_format.type == "text":
+    fmt = plan.grammar_format() if plan is not None and plan.active else body.response_format
+    if fmt is None or fmt.type == "text":
         return None
+    param = "tools" if fmt is not body.response_format else "response_format"
     try:
-        future = entry.grammar.submit(body.response_format)
+        future = entry.grammar.submit(fmt)
         compiled, need = await asyncio.wait_for(asyncio.wrap_future(future), entry.grammar.timeout_s)
     except asyncio.TimeoutError:  # wait_for cancelled the future: dropped if it had not started
-        raise invalid(entry.grammar.timeout_message(), "response_format", "schema_timeout")
+        raise invalid(entry.grammar.timeout_message(), param, "schema_timeout")
     except GrammarError as exc:
-        raise invalid(str(exc), "response_format")
+        raise invalid(str(exc), param)
     if need is None:
-        raise invalid("response_format: this schema cannot be completed within the server's "
-                      "closing limit", "response_format")
+        raise invalid(f"{param}: this schema cannot be completed within the server's "
+                      "closing limit", param)
     if need > max_tokens:
-        raise invalid(f"max_tokens={max_tokens} is too small for this response_format: the shortest "
+        what = "tool_choice (the shortest call)" if param == "tools" else "response_format"
+        raise invalid(f"max_tokens={max_tokens} is too small for this {what}: the shortest "
                       f"valid reply takes {need} tokens", "max_tokens")
     return compiled
 
 
 def _check_chat(body: ChatCompletionRequest, settings) -> None:
-    if body.tools:
-        raise invalid("tools / function calling is not supported by this server", "tools")
     if body.top_logprobs and not body.logprobs:
         raise invalid("top_logprobs needs logprobs=true", "top_logprobs")
     if (body.n or 1) > settings.max_batch:
@@ -652,12 +669,13 @@ async def _chat(app, body: ChatCompletionRequest, request: Request, key):
     then the costly parts: schema compilation, moderation, generation."""
     settings = app.state.settings
     _check_chat(body, settings)
+    plan = plan_tools(body)
     entry = app.state.registry.resolve(body.model)
     chars = sum(len(m.text()) for m in body.messages)
     if chars > MAX_CHARS_PER_TOKEN * entry.context:  # no tokenizer pass over what cannot fit
         raise invalid(f"The messages hold {chars} characters, more than this model's context of "
                       f"{entry.context} tokens can take.", "messages", "context_length_exceeded")
-    prompt_ids = await asyncio.to_thread(_chat_prompt, entry, body.messages)
+    prompt_ids = await asyncio.to_thread(_chat_prompt, entry, body.messages, plan)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     requested = _clamp_opt_in(request, entry, len(prompt_ids), requested)
     max_tokens = _budget(entry, len(prompt_ids), requested, settings.max_tokens_cap, "messages")
@@ -666,16 +684,16 @@ async def _chat(app, body: ChatCompletionRequest, request: Request, key):
         max_tokens = max(1, min(max_tokens, key["tpm"] // n - len(prompt_ids)))
     hold = _admit(request, key, len(prompt_ids) + n * max_tokens)
     try:
-        return await _chat_admitted(app, body, request, key, entry, prompt_ids, max_tokens, hold)
+        return await _chat_admitted(app, body, request, key, entry, prompt_ids, max_tokens, hold, plan)
     except BaseException:
         _settle(hold, None)  # after a failure or disconnect the tokens stay counted
         raise
 
 
-async def _chat_admitted(app, body, request, key, entry, prompt_ids, max_tokens, hold):
+async def _chat_admitted(app, body, request, key, entry, prompt_ids, max_tokens, hold, plan=None):
     settings, n = app.state.settings, body.n or 1
     try:
-        grammar = await _chat_grammar(entry, body, max_tokens)
+        grammar = await _chat_grammar(entry, body, max_tokens, plan)
     except APIError:
         _settle(hold, 0)  # refused before any work: nothing used
         raise
@@ -694,10 +712,10 @@ async def _chat_admitted(app, body, request, key, entry, prompt_ids, max_tokens,
     bridge = Bridge()
     job = _job(entry, prompt_ids, max_tokens, body, bridge, settings, grammar, n, bool(body.logprobs),
                body.top_logprobs or 0, _tenant(key))
-    _submit(entry, job)
+    _submit(entry, job, request)
     app.state.metrics.prompt_tokens.labels(entry.name).inc(len(prompt_ids))
     if body.stream and app.state.moderate not in ("output", "both"):
-        return Stream(_chat_stream(app, request, job, bridge, meta, body, hold, entry), [job], hold,
+        return Stream(_chat_stream(app, request, job, bridge, meta, body, hold, entry, plan), [job], hold,
                       media_type="text/event-stream", headers=_moderation_header(stages))
     choices = await _collect(request, job, bridge)
     _account(app, hold, entry, job, choices)
@@ -705,14 +723,14 @@ async def _chat_admitted(app, body, request, key, entry, prompt_ids, max_tokens,
     flags = await asyncio.to_thread(_output_flags, app, texts) if app.state.moderator else [None] * n
     out = []
     for i, (c, text, out_flag) in enumerate(zip(choices, texts, flags)):
-        reason = c.finish_reason
+        message, reason = tool_reply(plan, text, c.finish_reason)
         if out_flag is not None:
             app.state.metrics.flagged.labels("output").inc()
             if settings.moderation_action == "refuse":
-                text, reason = _refusal_text(out_flag), "content_filter"
+                message, reason = tool_reply(None, _refusal_text(out_flag), "content_filter")
             elif "output" not in stages:
                 stages.append("output")
-        out.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+        out.append({"index": i, "message": message,
                     "logprobs": {"content": c.logprobs, "refusal": None} if body.logprobs else None,
                     "finish_reason": reason})
     result = {**meta, "object": "chat.completion", "choices": out,
@@ -763,7 +781,10 @@ async def _replay_stream(result, body):
     for c in result["choices"]:
         yield _sse(_chunk(meta, [{"index": c["index"], "delta": {"role": "assistant", "content": ""},
                                   "logprobs": None, "finish_reason": None}], include_usage))
-        yield _sse(_chunk(meta, [{"index": c["index"], "delta": {"content": c["message"]["content"]},
+        delta = {"content": c["message"]["content"]}
+        if c["message"].get("tool_calls"):
+            delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(c["message"]["tool_calls"])]
+        yield _sse(_chunk(meta, [{"index": c["index"], "delta": delta,
                                   "logprobs": c["logprobs"], "finish_reason": None}], include_usage))
         yield _sse(_chunk(meta, [{"index": c["index"], "delta": {}, "logprobs": None,
                                   "finish_reason": c["finish_reason"]}], include_usage))
@@ -772,9 +793,10 @@ async def _replay_stream(result, body):
     yield "data: [DONE]\n\n"
 
 
-async def _chat_stream(app, request, job, bridge, meta, body, hold, entry):
+async def _chat_stream(app, request, job, bridge, meta, body, hold, entry, plan=None):
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     choices = [Choice() for _ in range(job.n)]
+    streams = tool_streams(plan, job.n)   # None without tools: text deltas as they come
     for i in range(job.n):
         yield _sse(_chunk(meta, [{"index": i, "delta": {"role": "assistant", "content": ""},
                                   "logprobs": None, "finish_reason": None}], include_usage))
@@ -783,12 +805,17 @@ async def _chat_stream(app, request, job, bridge, meta, body, hold, entry):
             c = choices[ev[1]]
             if ev[0] == "delta":
                 lp = {"content": ev[3], "refusal": None} if body.logprobs else None
-                yield _sse(_chunk(meta, [{"index": ev[1], "delta": {"content": ev[2]}, "logprobs": lp,
-                                          "finish_reason": None}], include_usage))
+                for k, delta in enumerate(tool_deltas(streams, ev[1], ev[2]) or ([{"content": ""}] if lp else [])):
+                    yield _sse(_chunk(meta, [{"index": ev[1], "delta": delta, "logprobs": None if k else lp,
+                                              "finish_reason": None}], include_usage))
             else:
-                c.finish_reason, c.tokens = ev[2], ev[3]
+                tail, reason = tool_finish(streams, ev[1], ev[2])
+                for delta in tail:
+                    yield _sse(_chunk(meta, [{"index": ev[1], "delta": delta, "logprobs": None,
+                                              "finish_reason": None}], include_usage))
+                c.finish_reason, c.tokens = reason, ev[3]
                 yield _sse(_chunk(meta, [{"index": ev[1], "delta": {}, "logprobs": None,
-                                          "finish_reason": ev[2]}], include_usage))
+                                          "finish_reason": reason}], include_usage))
     except APIError as exc:
         yield _sse(exc.body())
         return
@@ -875,7 +902,7 @@ async def _completions_admitted(app, body, request, key, entry, prompts, budgets
     for p, m in zip(prompts, budgets):
         bridge = Bridge()
         job = _job(entry, p, m, body, bridge, settings, None, n, want_lp, body.logprobs or 0, _tenant(key))
-        _submit(entry, job)
+        _submit(entry, job, request)
         jobs.append((job, bridge))
     if body.stream:
         return Stream(_completion_stream(app, request, jobs, meta, body, hold, entry, n), [j for j, _ in jobs],

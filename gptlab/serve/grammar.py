@@ -9,8 +9,8 @@ too (their text, e.g. ``<|im_start|>``, would otherwise be legal inside a JSON s
 What is guaranteed, and how (a tiny model rarely closes its JSON on its own):
 the *closing length* of a state is the number of tokens a fixed greedy closer needs to
 reach a state where the document is complete (the grammar accepts a stop token). The
-closer ends an open string first (``"`` when ``~``, legal only inside strings, is
-allowed), else prefers a stop token, then ``}``, ``]``, ``"``, ``0``, then the lowest
+closer takes a stop token when one is allowed, else ends an open string (``"`` when ``~``,
+legal only inside strings, is allowed), else prefers ``}``, ``]``, ``"``, ``0``, then the lowest
 allowed id; in compact JSON (no free whitespace) this ends for the usual schemas. Before every sampled token is
 accepted, the closing length after it is computed on a fork of the matcher; if it would
 not fit in the tokens left (``max_tokens``), the closer's token is taken instead. So with
@@ -53,6 +53,20 @@ COMPILE_CACHE_BYTES = 64 * 2**20
 COMPILE_NICE = 10           # compile threads' nice value (the rest of the server keeps its own)
 MAX_PATTERN_REPEAT = 256    # a regex repeat count above this ("(a|b){1,4000}": 12 s) is refused,
 MAX_PATTERN_REPEATS = 1024  # and so are a schema's patterns whose counts add up to more
+
+
+# xgrammar 0.2.9 writes the characters of a string with minLength / maxLength as [^"\\\r\n]:
+# raw control characters (invalid in JSON) pass, so a reply could fail to parse. Such a class is
+# replaced by one without them (what its unbounded strings allow, escapes aside).
+LOOSE_STRING_CHARS = '[^\\"\\\\\\r\\n]'
+JSON_STRING_CHARS = '[^\\0-\\x1f\\"\\\\]'
+
+
+def json_schema_ebnf(schema) -> str:
+    """The grammar (EBNF text) of compact JSON fitting ``schema``, as xgrammar writes it
+    (strict: no property the schema does not name), its length-bounded strings fixed."""
+    grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
+    return str(grammar).replace(LOOSE_STRING_CHARS, JSON_STRING_CHARS)
 
 
 class GrammarError(ValueError):
@@ -184,6 +198,11 @@ class GrammarFactory:
         kind = getattr(response_format, "type", None)
         if kind in (None, "text"):
             return None
+        if kind == "structural_tag":  # tool calls (gptlab.serve.tools builds the tag)
+            try:
+                return self.compiler.compile_structural_tag(response_format.structural_tag)
+            except Exception as exc:
+                raise GrammarError(f"tools: the function schemas cannot be compiled: {_clean_error(exc)}") from None
         if kind == "json_object":
             schema = {"type": "object"}
         else:
@@ -192,6 +211,9 @@ class GrammarFactory:
                 raise GrammarError("response_format json_schema needs json_schema.schema")
             schema = spec.schema_
         try:
+            ebnf = json_schema_ebnf(schema)
+            if JSON_STRING_CHARS in ebnf:  # it had length-bounded strings: compile the fixed text
+                return self.compiler.compile_grammar(ebnf)
             return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False,
                                                      strict_mode=True)
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError on bad schemas
@@ -230,6 +252,11 @@ class Constraint:
         def ok(t):
             return t is not None and (int(words[t >> 5]) >> (t & 31)) & 1
 
+        # a stop token first: where it is allowed the reply is complete (in JSON, never inside
+        # a string; in a tool grammar's free text, "~" and '"' are allowed too)
+        for t in self.f.stop_ids:
+            if ok(t):
+                return t
         if ok(self.f.in_string_probe) and ok(self.f.quote):
             return self.f.quote
         for t in self.f.closer_ids:

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API (pydantic), so FastAPI validates them and
 publishes them in /openapi.json. Fields are OpenAI's; unknown fields are ignored, as most
 OpenAI-compatible servers do, except those that would change the meaning of a request
-(``tools``, ``echo`` with ``logprobs``...), which the handlers reject with a 400."""
+(``echo`` with ``logprobs``...), which the handlers reject with a 400."""
 
 from __future__ import annotations
 
@@ -26,10 +26,23 @@ class TextPart(_Body):
     text: str
 
 
+class FunctionCall(_Body):
+    name: str = Field(max_length=64)
+    arguments: str = ""     # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Body):
+    id: str | None = Field(None, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None   # an assistant's calls (gptlab.serve.tools)
+    tool_call_id: str | None = None            # the call a tool message answers
 
     def text(self) -> str:
         if self.content is None:
@@ -79,7 +92,9 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(strict=True, ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list | None = None
+    tools: list | None = None          # checked by gptlab.serve.tools (clear 400s)
+    tool_choice: Union[str, dict, None] = None
+    parallel_tool_calls: bool | None = None
 
 
 PromptType = Union[str, Annotated[list[str], Field(min_length=1)],

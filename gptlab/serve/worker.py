@@ -24,6 +24,7 @@ self-pipe write per request per step cost a quarter of the worker's time at batc
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -33,8 +34,10 @@ from typing import Callable
 
 import torch
 
-from gptlab.engine import FUSE_AUTO_MAX_BYTES, FusedDecoder, _cut_at_stop, _left_pad, _stable_prefix
+from gptlab.decode import TextStream, left_pad, sample_rows
+from gptlab.engine import FUSE_AUTO_MAX_BYTES, FusedDecoder
 from gptlab.model import KVCache
+from gptlab.serve.fairqueue import FairQueue
 from gptlab.serve.prefix_cache import PrefixCache
 
 log = logging.getLogger("gptlab.serve")
@@ -61,6 +64,7 @@ class Job:
     ignore_eos: bool = False        # run to max_tokens (benchmarks); grammar rows still stop
     cancelled: bool = False         # set by the server when the client disconnects
     tenant: str = ""                # whose prefix-cache partition it reads and fills (the API key)
+    client: str = ""                # the caller's address: its fair-queue lane when tenant is ""
     # filled by the worker
     enqueued_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
@@ -74,11 +78,14 @@ class Row:
     pos: int                     # RoPE position of the next token fed
     gen: random.Random | None      # the row's own generator when its job has a seed
     constraint: object = None
-    ids: list = field(default_factory=list)
-    emitted: str = ""
+    text: TextStream | None = None  # the completion's ids and the text sent so far
     last: int = 0
     pending_lp: list = field(default_factory=list)
     done: bool = False
+
+    @property
+    def ids(self) -> list[int]:
+        return self.text.ids
 
 
 # events sent through Job.emit:
@@ -94,7 +101,7 @@ class Worker:
     copy is at most 64 MiB, as in ``Engine``: their step is per-op overhead). ``threads``:
     torch CPU threads of this worker's matmuls; None means 1 for those small models (a
     multi-threaded matmul of that size costs more in synchronization than it saves, and much
-    more on a busy machine) and torch's default for the others."""
+    more on a busy machine) and ``default_threads()`` for the others."""
 
     def __init__(self, model, tokenizer, stop_ids, *, name: str = "model", max_batch: int = 16,
                  max_queue: int = 64, grammar_factory=None, threads: int | None = None,
@@ -102,15 +109,13 @@ class Worker:
         self.model, self.tok, self.name = model, tokenizer, name
         self.stop_ids = set(stop_ids)
         self.max_batch, self.grammar = max_batch, grammar_factory
-        can_fuse = FusedDecoder.supports(model)
-        small = can_fuse and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
-        if fuse and not can_fuse:
-            raise ValueError("fuse=True needs a float32 gptlab GPT without adapters or hooks")
-        self.fused = FusedDecoder(model) if (small if fuse is None else fuse) else None
+        fuse, self.threads = self.plan(model, threads, fuse)
+        self.fused = FusedDecoder(model) if fuse else None
         self._fused_state = None  # (the cache it was built for, FusedDecoder.start(cache))
-        self.threads = threads if threads is not None else (1 if small else None)
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
-        self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        # waiting jobs are taken round-robin across keys (addresses with auth off), so one
+        # key's flood cannot put every other key's request behind all of its own
+        self.queue: FairQueue[Job] = FairQueue(max_queue, key=lambda job: job.tenant or job.client)
         self.rows: list[Row] = []
         self.cache: KVCache | None = None
         self.waiting: Job | None = None   # the head of the queue, when it did not fit yet
@@ -122,6 +127,16 @@ class Worker:
         emb = model.model.embed_tokens.weight
         self.dtype = emb.dtype
         self.thread = threading.Thread(target=self._run, name=f"gptlab-worker-{name}", daemon=True)
+
+    @staticmethod
+    def plan(model, threads: int | None = None, fuse: bool | None = None) -> tuple[bool, int]:
+        """(fuse, threads) a worker uses for ``model`` given the constructor's arguments."""
+        can_fuse = FusedDecoder.supports(model)
+        small = can_fuse and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
+        if fuse and not can_fuse:
+            raise ValueError("fuse=True needs a float32 gptlab GPT without adapters or hooks")
+        fuse = small if fuse is None else fuse
+        return fuse, threads if threads is not None else (1 if small else default_threads())
 
     # ------------------------------------------------------------------ public
 
@@ -180,8 +195,8 @@ class Worker:
 
     def _next_job(self) -> Job | None:
         if self.waiting is None:
-            try:
-                self.waiting = self.queue.get_nowait()
+            try:  # keys with rows running compete too: a flood gets one job per round past them
+                self.waiting = self.queue.get_nowait(busy={r.job.tenant or r.job.client for r in self.rows})
             except queue.Empty:
                 return None
         return self.waiting
@@ -237,7 +252,8 @@ class Worker:
                 for c in range(job.n):
                     gen = None if job.seed is None else random.Random(job.seed + c)
                     constraint = self.grammar.constraint(job.grammar) if job.grammar is not None else None
-                    new_rows.append(Row(job, c, len(job.prompt_ids), gen, constraint))
+                    text = TextStream(self._decode, job.stop_strings)
+                    new_rows.append(Row(job, c, len(job.prompt_ids), gen, constraint, text))
             self._sample(new_rows, logits[which])
             cache = _select(cache, which)
             self.cache = _join(self.cache, cache) if self.rows else cache
@@ -245,7 +261,7 @@ class Worker:
         self._retire()
 
     def _prompt_pass(self, jobs: list[Job]) -> tuple[KVCache, torch.Tensor]:
-        ids, mask, positions = _left_pad([j.prompt_ids for j in jobs], self.device)
+        ids, mask, positions = left_pad([j.prompt_ids for j in jobs], self.device)
         cache = KVCache(self.model.config, len(jobs), ids.shape[1] + HEADROOM, device=self.device, dtype=self.dtype)
         logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions,
                             logits_to_keep=1)[:, -1]
@@ -374,28 +390,24 @@ class Worker:
         """Append token t to row r; emit its new stable text; finish the row if it ended."""
         if t in self.stop_ids and (r.constraint is not None or not r.job.ignore_eos):
             return self._finish(r, "stop", out)
-        r.ids.append(t)
         r.last = t
-        text, hit = _cut_at_stop(self.tok.decode(r.ids, skip_special_tokens=True), r.job.stop_strings)
-        stable = text if hit else _stable_prefix(text, r.job.stop_strings)
-        if len(stable) > len(r.emitted) and stable.startswith(r.emitted):
-            out.append(("delta", r.index, stable[len(r.emitted):], self._take_lp(r)))
-            r.emitted = stable
+        delta, hit = r.text.push(t)
+        if delta:
+            out.append(("delta", r.index, delta, self._take_lp(r)))
         if hit:
             return self._finish(r, "stop", out)
         if len(r.ids) >= r.job.max_tokens:
             self._finish(r, "length", out)
 
     def _finish(self, r: Row, reason: str, out: list) -> None:
-        if reason == "length":  # flush text held back (an unfinished character, a stop-string prefix)
-            text, _ = _cut_at_stop(self.tok.decode(r.ids, skip_special_tokens=True), r.job.stop_strings)
-            if len(text) > len(r.emitted) and text.startswith(r.emitted):
-                out.append(("delta", r.index, text[len(r.emitted):], self._take_lp(r)))
-                r.emitted = text
-        elif r.pending_lp:
-            out.append(("delta", r.index, "", self._take_lp(r)))
+        tail = r.text.flush() if reason == "length" else ""  # text held back (a stop-string prefix)
+        if tail or r.pending_lp:
+            out.append(("delta", r.index, tail, self._take_lp(r)))
         r.done = True
         out.append(("finish", r.index, reason, len(r.ids)))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
 
     def _take_lp(self, r: Row):
         if not r.job.logprobs:
@@ -414,6 +426,18 @@ class Worker:
         return entry
 
 
+def default_threads() -> int:
+    """torch's thread count, less one core left to the HTTP side. The event loop (and, on a
+    small machine, the clients) need a core at every token; when every core runs a matmul
+    thread, the one that gets preempted holds up the whole step at its barrier
+    (docs/PERFORMANCE.md, "Serving": the one-client ITL against the engine's own step)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - 1))
+
+
 def _fanout(batch) -> None:
     for emit, events in batch:
         emit(events)
@@ -425,39 +449,22 @@ def _token_info(tok, t: int, logprob: float) -> dict:
 
 
 def _sample_rows(rows: list[Row], logits: torch.Tensor) -> list[int]:
-    """One token per row: grammar masks, greedy rows by argmax, the others with their own
-    temperature / top-p by inverse-CDF sampling: one uniform number per row, drawn from the
-    row's own seeded generator when its job has a seed (so a seeded reply does not depend
-    on what else is in the batch), from the global generator otherwise."""
+    """One token per row: grammar masks, then ``gptlab.decode.sample_rows`` with each row's
+    temperature / top-p. The uniform number of a row whose job has a seed comes from the
+    row's own generator (so a seeded reply does not depend on what else is in the batch),
+    the others' from torch's global generator."""
     for i, r in enumerate(rows):
         if r.constraint is not None:
             logits[i] = r.constraint.mask_logits(logits[i])
-    temps = torch.tensor([r.job.temperature for r in rows], device=logits.device)
-    out = logits.argmax(-1)
-    hot = (temps > 0).nonzero().flatten().tolist()
-    if hot:
-        probs = _probs(logits[hot] / temps[hot, None], [rows[i].job.top_p for i in hot])
+
+    def uniforms(hot: list[int]) -> torch.Tensor:
         u = torch.rand(len(hot))
         for k, i in enumerate(hot):
             if rows[i].gen is not None:
                 u[k] = rows[i].gen.random()
-        u = u.to(logits.device)
-        cdf = probs.cumsum(-1)
-        picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
-        out[hot] = picked.clamp_(max=probs.shape[-1] - 1)
-    return out.tolist()
+        return u
 
-
-def _probs(logits: torch.Tensor, top_ps: list) -> torch.Tensor:
-    """Softmax with nucleus filtering (per-row top_p; None = 1)."""
-    p = torch.tensor([1.0 if v is None else v for v in top_ps], device=logits.device)
-    if bool((p < 1).any()):
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > p[:, None]
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-    return logits.softmax(-1)
+    return sample_rows(logits, [r.job.temperature for r in rows], [r.job.top_p for r in rows], uniforms)
 
 
 # ----------------------------------------------------------------------------- cache surgery
@@ -516,7 +523,7 @@ def embed(model, prompts: list[list[int]]) -> torch.Tensor:
     """(B, hidden) mean of the last hidden state (after the final norm) over each prompt's
     tokens, L2-normalized. Thread-safe: a plain forward pass, no cache."""
     param = next(model.parameters())
-    ids, mask, positions = _left_pad(prompts, param.device)
+    ids, mask, positions = left_pad(prompts, param.device)
     B, T = ids.shape
     x = model.model.embed_tokens(ids)
     cos, sin = model._rope_for(T, 0, positions, None, x)

@@ -28,16 +28,20 @@ from pathlib import Path
 
 import torch
 
-from gptlab.train.loop import (
-    DistEnv, LoopConfig, LoopHooks, MetricsLogger, autocast_context, barrier, bits_per_byte,
-    build_optimizer, check_resume, checkpoint_path, cleanup_dist, evaluate_loss, grad_accum_steps,
-    print0, prune_checkpoints, resolve_dtype, resume_checkpoint, rng_state, run_loop,
-    seed_everything, set_rng_state, setup_dist,
-    tokens_per_byte, wrap_model,
+from gptlab.settings import cli_field as _f  # one definition of a --flag field for every stage
+from gptlab.train.checkpoints import (
+    check_resume, checkpoint_path, prune_checkpoints, restore_step, resume_state, rng_state,
 )
-
-
-from gptlab.train.loop import cli_field as _f  # one definition of a --flag field for every stage
+from gptlab.train.dist import (
+    DistEnv, autocast_context, barrier, print0, resolve_dtype, run_distributed, seed_everything,
+    wrap_model,
+)
+from gptlab.train.loop import (
+    LoopConfig, LoopHooks, bits_per_byte, evaluate_loss, grad_accum_steps, run_loop,
+    tokens_per_byte,
+)
+from gptlab.train.metrics import MetricsLogger
+from gptlab.train.optim import SCHEDULES, build_optimizer
 
 
 @dataclass
@@ -152,8 +156,6 @@ def train_tokens(shard_dir: Path) -> int:
 
 def validate_config(cfg: PretrainConfig) -> None:
     """Raise ValueError (one clear line for the CLI) on settings that cannot work."""
-    from gptlab.train.loop import SCHEDULES
-
     if cfg.optimizer not in ("adamw", "muon"):
         raise ValueError(f"--optimizer must be adamw or muon, got {cfg.optimizer!r}")
     if cfg.schedule not in SCHEDULES:
@@ -336,20 +338,12 @@ def maybe_resume(cfg: PretrainConfig, model, optimizer, loader, env: DistEnv) ->
     A fresh (non-resume) run removes stale step checkpoints so that a later --resume
     cannot pick up a checkpoint of an older run.
     """
-    from gptlab.checkpoint import load_checkpoint, load_train_state
-
-    latest = resume_checkpoint(cfg.out, cfg.resume, env.is_main)
+    latest, state = resume_state(cfg.out, cfg.resume, env.is_main)
     if latest is None:
         return 0
-    state = load_train_state(latest)
     check_resume(latest, state.get("config", {}), {key: getattr(cfg, key) for key in _RESUME_FIXED})
-    weights = load_checkpoint(latest, device="cpu").model.state_dict()
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(state["optimizer"])
-    loader.load_state_dict(state["loader"])
-    set_rng_state(state["rng"])
-    print0(f"resumed from {latest} (step {state['step']})")
-    return int(state["step"])
+    return restore_step(latest, state, model, optimizer,
+                        restore_data=lambda st: loader.load_state_dict(st["loader"]))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -357,11 +351,7 @@ def maybe_resume(cfg: PretrainConfig, model, optimizer, loader, env: DistEnv) ->
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Pretrain a GPT as configured; returns the final checkpoint directory (out/final)."""
-    env = setup_dist(cfg.device)
-    try:
-        return _pretrain(cfg, env)
-    finally:
-        cleanup_dist()
+    return run_distributed(_pretrain, cfg)
 
 
 def _pretrain(cfg: PretrainConfig, env: DistEnv) -> Path:

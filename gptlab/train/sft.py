@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,17 +43,20 @@ from gptlab.chat import (
     TOO_LONG_POLICIES, Example, FitStats, collate, fit_examples, length_grouped_batches,
     render_records, text_examples,
 )
-from gptlab.train.loop import (
-    DistEnv, LoopConfig, LoopHooks, MetricsLogger, all_reduce_sum, autocast_context, barrier,
-    build_optimizer, check_resume, checkpoint_path, cleanup_dist, print0,
-    prune_checkpoints, resolve_dtype, resume_checkpoint, rng_state, run_loop,
-    seed_everything, set_rng_state, setup_dist, wrap_model,
+from gptlab.settings import cli_field as _f  # one definition of a --flag field for every stage
+from gptlab.train.checkpoints import (
+    check_resume, checkpoint_path, prune_checkpoints, restore_step, resume_state, rng_state,
 )
-
-from gptlab.train.loop import cli_field as _f  # one definition of a --flag field for every stage
-
-LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-
+from gptlab.train.dist import (
+    DistEnv, all_reduce_sum, autocast_context, barrier, print0, resolve_dtype, run_distributed,
+    seed_everything, wrap_model,
+)
+from gptlab.train.loop import LoopConfig, LoopHooks, run_loop
+from gptlab.train.lora import (
+    LORA_TARGETS, apply_lora, chat_token_ids, freeze_below, lora_state_dict, plain_model, save_final,
+)
+from gptlab.train.metrics import MetricsLogger
+from gptlab.train.optim import SCHEDULES, build_optimizer
 
 @dataclass
 class SFTConfig:
@@ -100,8 +102,6 @@ class SFTConfig:
 
 def validate_config(cfg: SFTConfig) -> None:
     """Raise ValueError (one clear line for the CLI) on settings that cannot work."""
-    from gptlab.train.loop import SCHEDULES
-
     if not cfg.init:
         raise ValueError("--init is required (a gptlab checkpoint or an HF Llama directory)")
     if not cfg.data:
@@ -245,6 +245,8 @@ def load_chat_records(source: str) -> list[dict]:
             raise FormatError(where, n, e.field, msg) from None
         meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
         out.append({"messages": conv["messages"], "meta": meta})
+        if "tools" in conv:  # tool definitions, rendered in the system turn (gptlab.tool_format)
+            out[-1]["tools"] = conv["tools"]
     return out
 
 
@@ -481,65 +483,6 @@ def evaluate_val(model, examples: list[Example], pad_id: int, seq_len: int, rows
     return total / max(count, 1)
 
 
-# --------------------------------------------------------------------------- partial / LoRA
-
-
-def freeze_below(model, top: int) -> None:
-    """Train only the top `top` blocks and the final norm. Nothing below them needs a
-    gradient, so autograd records nothing there and the backward pass is ~top/layers of a
-    full one: on SmolLM2-135M (30 blocks) the top 10 make a step ~1.8x cheaper than full
-    fine-tuning, cheaper than LoRA (whose backward still crosses every block)."""
-    layers = model.model.layers
-    if top > len(layers):
-        raise ValueError(f"--train-layers {top} > the model's {len(layers)} blocks")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for module in (*layers[len(layers) - top:], model.model.norm):
-        for p in module.parameters():
-            p.requires_grad_(True)
-
-
-
-def chat_token_ids(tokenizer, vocab_size: int) -> list[int]:
-    """The special tokens a chat uses: <|im_start|>, <|im_end|>, eos, end-of-turn."""
-    from gptlab.chat import stop_token_ids
-
-    ids = {tokenizer.im_start_id, tokenizer.im_end_id, *stop_token_ids(tokenizer)}
-    return sorted(i for i in ids if i is not None and 0 <= i < vocab_size)
-
-
-def apply_lora(model, cfg: SFTConfig, token_ids: list[int] | None = None):
-    """Wrap a GPT in a peft LoRA model: base weights frozen, adapters on
-    ``cfg.lora_targets``, and (``token_ids``) trainable embedding and output rows for
-    those tokens only (peft's trainable tokens; not with tied embeddings, whose merge
-    would change the output rows the adapter model leaves alone)."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
-    alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora_r
-    tokens = None
-    if token_ids and not model.config.tie_word_embeddings:
-        tokens = {"embed_tokens": list(token_ids), "lm_head": list(token_ids)}
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, bias="none", trainable_token_indices=tokens)
-    return get_peft_model(model, lcfg)
-
-
-def lora_state_dict(peft_model) -> dict:
-    """The adapter tensors (what LoRA trains), on CPU."""
-    from peft import get_peft_model_state_dict
-    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
-
-
-def plain_model(peft_model, merged: bool):
-    """A plain GPT copy holding the base weights, or the base weights with the adapters
-    merged in (W + B A alpha / r, trained token rows). The live model is untouched."""
-    import copy
-
-    clone = copy.deepcopy(peft_model)
-    return (clone.merge_and_unload() if merged else clone.unload()).eval()
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -571,52 +514,26 @@ def make_saver(model, optimizer, stream: SFTBatches, tokenizer, cfg: SFTConfig, 
             save_checkpoint(path, weights, tokenizer, train_state=state, meta=info)
             prune_checkpoints(out / "ckpt", cfg.keep_checkpoints)
             if final:
-                _save_final(out / "final", model, weights, tokenizer, cfg, info)
+                save_final(out / "final", model, weights, tokenizer, info,
+                           adapter_only=lora and not cfg.merge)
         barrier()
         return out / "final" if final else path
 
     return save
 
 
-def _save_final(path: Path, model, weights, tokenizer, cfg: SFTConfig, info: dict) -> None:
-    from gptlab.checkpoint import save_checkpoint
-
-    if cfg.lora_r > 0 and not cfg.merge:
-        save_checkpoint(path, plain_model(model, merged=False), tokenizer, meta=info)
-        tmp = path.with_name(f".{path.name}.adapter-tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp))  # adapter_config.json + adapter_model.safetensors
-        for f in tmp.iterdir():
-            if f.name != "README.md":  # peft's model card template
-                f.replace(path / f.name)
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        save_checkpoint(path, weights, tokenizer, meta=info)
-
-
 def maybe_resume(cfg: SFTConfig, model, optimizer, stream: SFTBatches, env: DistEnv) -> int:
     """Load the newest out/ckpt checkpoint when resuming; returns the step to start from.
     A fresh run removes step checkpoints of an earlier run."""
-    from gptlab.checkpoint import load_checkpoint, load_train_state
-
-    latest = resume_checkpoint(cfg.out, cfg.resume, env.is_main)
+    latest, state = resume_state(cfg.out, cfg.resume, env.is_main)
     if latest is None:
         return 0
-    state = load_train_state(latest)
     # settings the old run did not record compare as their defaults
     old = _resume_fixed(SFTConfig(**{k: v for k, v in state["config"].items()
                                      if k in {f.name for f in dataclasses.fields(SFTConfig)}}))
     check_resume(latest, old, _resume_fixed(cfg))
-    if cfg.lora_r > 0:
-        from peft import set_peft_model_state_dict
-        set_peft_model_state_dict(model, state["adapter"])
-    else:
-        model.load_state_dict(load_checkpoint(latest, device="cpu").model.state_dict())
-    optimizer.load_state_dict(state["optimizer"])
-    stream.load_state_dict(state["data"])
-    set_rng_state(state["rng"])
-    print0(f"resumed from {latest} (step {state['step']})")
-    return int(state["step"])
+    return restore_step(latest, state, model, optimizer, adapter=cfg.lora_r > 0,
+                        restore_data=lambda st: stream.load_state_dict(st["data"]))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -624,11 +541,7 @@ def maybe_resume(cfg: SFTConfig, model, optimizer, stream: SFTBatches, env: Dist
 
 def sft(cfg: SFTConfig) -> Path:
     """Fine-tune as configured; returns the final checkpoint directory (out/final)."""
-    env = setup_dist(cfg.device)
-    try:
-        return _sft(cfg, env)
-    finally:
-        cleanup_dist()
+    return run_distributed(_sft, cfg)
 
 
 def _sft(cfg: SFTConfig, env: DistEnv) -> Path:
