@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gptlab.data.curate import CurateConfig, curate, minhash, normalize, planted_corpus, NearDupIndex
+from gptlab.data.curate import CurateConfig, curate
+from gptlab.data.curate_fixture import planted_corpus
+from gptlab.data.curate_hash import NearDupIndex, minhash, normalize
 
 
 def parse_args(argv=None):

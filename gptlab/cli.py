@@ -6,74 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import typing
 from pathlib import Path
 
-EXAMPLES = {
-    "data world": "gptlab data world --out runs/demo/world --scale small --seed 0",
-    "tokenizer train": "gptlab tokenizer train --input runs/demo/world/corpus --out runs/demo/tokenizer --vocab-size 4096",
-    "pretrain": "gptlab pretrain --data runs/demo/world/corpus --tokenizer runs/demo/tokenizer --out runs/demo/pretrain --depth 4 --max-steps 600",
-    "generate": 'gptlab generate --model runs/demo/pretrain/final --prompt "The capital of France is" --max-new-tokens 20',
-    "speedrun": "gptlab speedrun --out runs/demo",
-    "import": "gptlab import smollm2 --out runs/smollm2",
-    "export": "gptlab export runs/demo/sft/final --to gguf --dtype q8_0 --out runs/demo/model.gguf",
-    "sft": "gptlab sft --init runs/demo/pretrain/final --data runs/demo/world --mix runs/demo/world/corpus:0.2 --out runs/demo/sft",
-    "chat": 'gptlab chat --model runs/demo/sft/final --system "Answer in one word."',
-    "eval": "gptlab eval --model runs/demo/sft/final --world runs/demo/world --suite world --suite bpb --limit 50",
-    "report": "gptlab report runs/demo",
-    "scaling sweep": "gptlab scaling sweep --out runs/scaling --workers 2",
-    "scaling fit": "gptlab scaling fit --out runs/scaling",
-    "scaling predict": "gptlab scaling predict --out runs/scaling --flops 2.5e13",
-    "scaling check": "gptlab scaling check --out runs/scaling --flops 2.5e13",
-}
-
-
-def _parser(sub, name: str, help_text: str, key: str | None = None,
-            example: str | list[str] | None = None) -> argparse.ArgumentParser:
-    """A (sub)command parser whose --help ends with its example(s): `example`, else
-    EXAMPLES[key or name]."""
-    examples = [example] if isinstance(example, str) else example or [EXAMPLES[key or name]]
-    heading = "example:" if len(examples) == 1 else "examples:"
-    return sub.add_parser(
-        name, help=help_text, description=help_text,
-        epilog=heading + "".join(f"\n  {e}" for e in examples),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
-
-# ---------------------------------------------------------------- dataclass -> flags
-
-def _field_type(field: dataclasses.Field, hints: dict) -> type:
-    """The scalar type a flag should parse to (Optional[X] -> X)."""
-    tp = hints.get(field.name, str)
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if args:
-        tp = args[0]
-    return tp if tp in (int, float, str, bool) else str
-
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
-    """One `--flag` per dataclass field, with its type, default and `help` metadata."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        help_text = f.metadata.get("help", "")
-        tp = _field_type(f, hints)
-        if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=default, help=help_text)
-        else:
-            shown = "" if default is None else f" (default: {default})"
-            parser.add_argument(flag, dest=f.name, type=tp, default=default,
-                                help=help_text + shown)
-
-
-def dataclass_from_args(cls, args: argparse.Namespace):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
+from gptlab.cli_align import (
+    add_dpo, add_feedback, add_moderate, add_redteam, add_reward, add_rl)
+from gptlab.cli_flags import EXAMPLES, add_config_command, add_dataclass_args, dataclass_from_args
+from gptlab.cli_flags import subcommand_parser as _parser
 
 
 # ---------------------------------------------------------------- handlers
@@ -101,13 +39,6 @@ def cmd_tokenizer_train(args) -> None:
     tok = train_tokenizer_from_source(args.input, args.out, vocab_size=args.vocab_size,
                                       max_chars=args.max_chars)
     print(f"trained a {tok.vocab_size}-token BPE on {args.input} -> {args.out}")
-
-
-def cmd_pretrain(args) -> None:
-    from gptlab.train.pretrain import PretrainConfig, pretrain
-    from gptlab.train.dist import print0
-    final = pretrain(dataclass_from_args(PretrainConfig, args))
-    print0(f"final checkpoint: {final}")
 
 
 def cmd_generate(args) -> None:
@@ -175,19 +106,9 @@ def cmd_speedrun(args) -> None:
 
 
 def _add_sft(sub) -> None:
-    p = _parser(sub, "sft", "supervised fine-tuning on chat data (full or LoRA; torchrun for "
-                "several processes) -> OUT/final", "sft")
-    from gptlab.train.sft import SFTConfig
-    add_dataclass_args(p, SFTConfig)
-    p.set_defaults(func=cmd_sft)
-
-
-def cmd_sft(args) -> None:
-    import os
     from gptlab.train.sft import SFTConfig, sft
-    final = sft(dataclass_from_args(SFTConfig, args))
-    if os.environ.get("RANK", "0") == "0":  # the process group is gone by now
-        print(f"final checkpoint: {final}")
+    add_config_command(sub, "sft", "supervised fine-tuning on chat data (full or LoRA; torchrun "
+                       "for several processes) -> OUT/final", SFTConfig, sft)
 
 
 def _add_chat(sub) -> None:
@@ -211,7 +132,7 @@ def _add_chat(sub) -> None:
 
 
 def cmd_chat(args) -> None:
-    from gptlab.chat_cli import run_chat
+    from gptlab.chat.terminal import run_chat
     run_chat(args.model, system=args.system, temperature=args.temperature, top_k=args.top_k,
              top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
              device=args.device, tools=args.tools, world=args.world, yes=args.yes)
@@ -331,130 +252,6 @@ def cmd_scaling(args) -> None:
         print(f"wrote {out / 'check.json'} and {out / 'scaling.png'}")
 
 
-def _add_feedback(sub) -> None:
-    """`gptlab feedback simulate | import | export | stats` (gptlab/align/simulate.py)."""
-    fb = sub.add_parser("feedback", help="the feedback store: simulate (judge-ranked samples), "
-                        "import, export, stats")
-    fb_sub = fb.add_subparsers(dest="feedback_command", required=True, metavar="SUBCOMMAND")
-
-    def parser(name, help_text, example):
-        return _parser(fb_sub, name, help_text, example=example)
-
-    p = parser("simulate", "sample K answers per prompt and store the gold judge's (noisy) "
-               "ranking; resumable", "gptlab feedback simulate --model runs/base/sft --prompts "
-               "runs/base/world --k 4 --n 250 --noise 0.25 --db runs/rm/feedback.db")
-    p.add_argument("--model", required=True, help="chat checkpoint that answers")
-    p.add_argument("--prompts", required=True,
-                   help="miniworld dir (prompts/*.jsonl, split train) or a jsonl of {messages, meta}")
-    p.add_argument("--db", required=True, help="feedback store: a path (SQLite) or an SQLAlchemy URL")
-    p.add_argument("--k", type=int, default=4, help="answers per prompt (default: 4)")
-    p.add_argument("--n", type=int, default=None, help="prompts (a seeded sample; default: all)")
-    p.add_argument("--noise", type=float, default=0.25,
-                   help="probability that each pairwise judge vote is flipped (default: 0.25)")
-    p.add_argument("--clean-db", default=None,
-                   help="also store the noiseless ranking of the same answers here")
-    p.add_argument("--world", default=None,
-                   help="miniworld dir with kb.json for the judge (default: --prompts)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="longest answer (default: 96)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per generation batch (default: 64)")
-    p.add_argument("--seed", type=int, default=0, help="prompt sample, sampling and label noise")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(func=cmd_feedback)
-    p = parser("import", "import preference pairs (UltraFeedback, HH-RLHF, TRL prompt/chosen/"
-               "rejected)", "gptlab feedback import prefs.jsonl --db runs/rm/feedback.db")
-    p.add_argument("file", help="jsonl / json / parquet file of preference records")
-    p.add_argument("--db", required=True, help="feedback store")
-    p.add_argument("--format", default="auto", help="auto (default), prefs, hh, ultrafeedback")
-    p.add_argument("--rater", default="", help="rater name stored with the pairs (default: file name)")
-    p.set_defaults(func=cmd_feedback)
-    p = parser("export", "write every pair (rankings expanded to C(K,2) pairs) as TRL "
-               "prompt/chosen/rejected jsonl", "gptlab feedback export --db runs/rm/feedback.db "
-               "--out runs/rm/pairs.jsonl")
-    p.add_argument("--db", required=True, help="feedback store")
-    p.add_argument("--out", required=True, help="jsonl file to write (atomically)")
-    p.add_argument("--kinds", default=None, help="only these rater kinds, comma-separated")
-    p.set_defaults(func=cmd_feedback)
-    p = parser("stats", "row counts, pairs by rater kind, prompt sources",
-               "gptlab feedback stats --db runs/rm/feedback.db")
-    p.add_argument("--db", required=True, help="feedback store")
-    p.set_defaults(func=cmd_feedback)
-
-
-def cmd_feedback(args) -> None:
-    import json
-    from gptlab.align import simulate
-    from gptlab.feedback import FeedbackStore
-    if args.feedback_command == "simulate":
-        r = simulate.simulate_feedback(
-            args.model, args.prompts, args.db, k=args.k, n=args.n, noise=args.noise,
-            temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, seed=args.seed, world=args.world,
-            clean_db=args.clean_db, progress=args.progress, device=args.device)
-        print(f"{r['new']} prompts ranked ({r['pairs_new']} pairs), {r['skipped']} already in "
-              f"{args.db}; {r['seconds']} s; store: {r['store']}, {r['pairs']} preference pairs "
-              f"(ties left out)")
-    elif args.feedback_command == "import":
-        n = FeedbackStore(args.db).import_file(args.file, args.format, rater=args.rater)
-        print(f"imported {n} pairs from {args.file} into {args.db}"
-              + (f" ({n.skipped} already there: skipped)" if n.skipped else ""))
-    elif args.feedback_command == "export":
-        kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
-        n = FeedbackStore(args.db).export_trl(args.out, kinds)
-        print(f"wrote {n} pairs to {args.out}")
-    else:
-        print(json.dumps(simulate.feedback_stats(args.db), indent=2))
-
-
-def _add_reward(sub) -> None:
-    """`gptlab reward`: train a reward model on the feedback store (gptlab/align/reward.py)."""
-    from gptlab.align.reward import RewardConfig
-    help_text = ("train a reward model (checkpoint + scalar head, Bradley-Terry over each "
-                 "ranking's pairs) on a feedback store -> OUT")
-    p = _parser(sub, "reward", help_text, example="gptlab reward --init runs/base/sft --db "
-                "runs/rm/feedback.db --out runs/rm/rm")
-    add_dataclass_args(p, RewardConfig)
-    p.set_defaults(func=cmd_reward)
-
-
-def cmd_reward(args) -> None:
-    from gptlab.align.reward import RewardConfig, train_reward
-    print(f"reward model: {train_reward(dataclass_from_args(RewardConfig, args))}")
-
-
-def _add_dpo(sub) -> None:
-    """`gptlab dpo`: Direct Preference Optimization on preference pairs (gptlab/align/dpo.py)."""
-    from gptlab.align.dpo import DPOConfig
-    help_text = ("align a chat model on preference pairs with DPO (reference log-probs cached; "
-                 "full or LoRA) -> OUT/final")
-    p = _parser(sub, "dpo", help_text, example="gptlab dpo --init runs/base/sft --db "
-                "runs/rm/feedback.db --max-pairs 1000 --out runs/align/dpo")
-    add_dataclass_args(p, DPOConfig)
-
-    def cmd_dpo(args) -> None:
-        from gptlab.align.dpo import run_dpo
-        print(f"final checkpoint: {run_dpo(dataclass_from_args(DPOConfig, args))}")
-
-    p.set_defaults(func=cmd_dpo)
-
-
-def _add_rl(sub) -> None:
-    """`gptlab rl --algo ppo|grpo`: RL against a reward (gptlab/align/rl.py)."""
-    from gptlab.align.rl import RLConfig
-    help_text = ("improve a chat model by RL against a reward model, the judge or a verifiable "
-                 "reward: PPO (value head, GAE) or GRPO (group baseline), KL to the init -> OUT/final")
-    p = _parser(sub, "rl", help_text, example="gptlab rl --algo ppo --init runs/base/sft "
-                "--reward runs/rm/rm --prompts runs/base/world --out runs/align/ppo")
-    add_dataclass_args(p, RLConfig)
-
-    def cmd_rl(args) -> None:
-        from gptlab.align.rl import run_rl
-        print(f"final checkpoint: {run_rl(dataclass_from_args(RLConfig, args))}")
-
-    p.set_defaults(func=cmd_rl)
-
-
 def _add_generate(sub) -> None:
     """Best-of-N flags on the existing `generate` command."""
     p = sub.choices["generate"]
@@ -491,69 +288,6 @@ def cmd_generate_best_of(args) -> None:
     print(r["best"])
 
 
-def _add_moderate(sub) -> None:
-    """`gptlab moderate train ...` trains a moderator; `gptlab moderate TEXT|--file F --model DIR`
-    classifies (gptlab/safety.py)."""
-    from gptlab.safety import ModeratorConfig
-    help_text = ("moderation: `moderate train` trains the classifier (-> OUT); `moderate TEXT` or "
-                 "`--file F` classifies with --model DIR")
-    p = _parser(sub, "moderate", help_text, example=[
-        "gptlab moderate train --data runs/base/world --out runs/moderator",
-        "gptlab moderate --model runs/moderator \"How do I kill a Python process?\""])
-    p.add_argument("words", nargs="*", metavar="TEXT", help="text to classify (or a file: one text per line), or the word train")
-    g = p.add_argument_group("classify")
-    g.add_argument("--model", default=None, help="moderator directory (from `moderate train`)")
-    g.add_argument("--file", default=None, help="classify each line of this text file (- = stdin)")
-    g.add_argument("--json", action="store_true", help="print OpenAI-shaped JSON results")
-    add_dataclass_args(p.add_argument_group("train (gptlab moderate train)"), ModeratorConfig)
-
-    def run(args) -> None:
-        import json
-
-        from gptlab import safety
-        if args.words[:1] == ["train"]:
-            if len(args.words) > 1:
-                raise ValueError(f"unexpected arguments after train: {args.words[1:]}")
-            out = safety.train_moderator(dataclass_from_args(safety.ModeratorConfig, args))
-            meta = json.loads((out / "moderator.json").read_text(encoding="utf-8"))
-            print(f"moderator: {out} ({meta['train_examples']} examples)")
-            if "eval" in meta:
-                print(safety.format_eval(meta["eval"]))
-            return
-        if not args.model:
-            raise ValueError("give --model DIR (a trained moderator) to classify text")
-        if not args.file and len(args.words) == 1 and Path(args.words[0]).is_file():
-            args.file = args.words[0]           # `gptlab moderate FILE`: one text per line
-        if args.file:
-            src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-            texts = [line.rstrip("\n") for line in src if line.strip()]
-        else:
-            texts = [" ".join(args.words)] if args.words else []
-        if not texts:
-            raise ValueError("nothing to classify: give TEXT or --file F")
-        safety.print_moderation(safety.Moderator.load(args.model).moderate(texts), texts, args.json)
-
-    p.set_defaults(func=run)
-
-
-def _add_redteam(sub) -> None:
-    """`gptlab redteam`: jailbreak attacks + benign contrasts, judged (gptlab/redteam.py)."""
-    from gptlab.redteam import RedteamConfig
-    help_text = ("red team a chat model (local, or a live server over the API): attack success "
-                 "rate per attack type and over-refusal on benign look-alikes -> OUT/redteam.md")
-    p = _parser(sub, "redteam", help_text, example="gptlab redteam --model runs/base/sft "
-                "--world runs/base/world --guard runs/moderator --out runs/redteam")
-    add_dataclass_args(p, RedteamConfig)
-
-    def run(args) -> None:
-        from gptlab.redteam import format_report, run_redteam
-        result = run_redteam(dataclass_from_args(RedteamConfig, args))
-        print(format_report(result).split("## ASR by category")[0].rstrip())
-        print(f"wrote {Path(args.out) / 'redteam.json'} and {Path(args.out) / 'redteam.md'}")
-
-    p.set_defaults(func=run)
-
-
 # ---------------------------------------------------------------- parser
 
 def _add_serve(sub) -> None:
@@ -583,7 +317,12 @@ def _add_serve(sub) -> None:
                                                "(auth on) (default: 8)"),
              ("--schema-workers", int, "threads per model that compile response_format schemas (default: 2)"),
              ("--schema-timeout-s", float, "a schema not compiled within this many seconds is a 400 "
-                                           "(default: 10)")]
+                                           "(default: 10)"),
+             ("--enable-tools", str, "built-in tools the server may run for the web chat, each call "
+                                     "confirmed by the person: lookup,calculator,python (default: none; "
+                                     "the API's tools stay client-side)"),
+             ("--world", str, "miniworld directory whose kb.json the lookup tool reads "
+                              "(needed by --enable-tools lookup)")]
     for flag, tp, help_text in flags:
         p.add_argument(flag, type=tp, default=argparse.SUPPRESS, help=help_text)
     p.add_argument("--auth", choices=["auto", "on", "off"], default=argparse.SUPPRESS,
@@ -609,6 +348,9 @@ def cmd_serve(args) -> None:
     loaded = [f"{name} ({dtype_name(e)})" for name, e in app.state.registry.entries.items()]
     print(f"serving {', '.join(loaded)} on http://{settings.host}:{settings.port}/v1 "
           f"(auth {auth}, db {settings.db})", flush=True)
+    if app.state.tools:
+        print(f"web chat tools: {', '.join(app.state.tools.names)} (each call runs only when the person "
+              "confirms it)", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
@@ -740,10 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on at most this many characters (default: 5e7)")
     p.set_defaults(func=cmd_tokenizer_train)
 
-    p = _parser(sub, "pretrain", "pretrain a GPT from scratch (torchrun for several processes)")
-    from gptlab.train.pretrain import PretrainConfig
-    add_dataclass_args(p, PretrainConfig)
-    p.set_defaults(func=cmd_pretrain)
+    from gptlab.train.pretrain import PretrainConfig, pretrain
+    add_config_command(sub, "pretrain", "pretrain a GPT from scratch (torchrun for several processes)",
+                       PretrainConfig, pretrain)
 
     p = _parser(sub, "generate", "sample a continuation from a checkpoint (streams to stdout)")
     p.add_argument("--model", required=True, help="checkpoint directory (gptlab or HF Llama)")
@@ -779,12 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_scaling(sub)
     _add_interop(sub)
-    _add_feedback(sub)
-    _add_reward(sub)
-    _add_dpo(sub); _add_rl(sub)
+    add_feedback(sub)
+    add_reward(sub)
+    add_dpo(sub); add_rl(sub)
     _add_generate(sub)
     _add_serve(sub); _add_keys(sub); _add_models(sub)
-    _add_moderate(sub); _add_redteam(sub)
+    add_moderate(sub); add_redteam(sub)
     return parser
 
 

@@ -126,6 +126,12 @@ def read_jsonl(path: str | Path, *, cut_tail_ok: bool = False) -> list:
     metrics.jsonl), a last line without its newline that does not parse -- what a killed
     writer leaves -- is dropped instead.
     """
+    return [record for _, record in read_jsonl_numbered(path, cut_tail_ok=cut_tail_ok)]
+
+
+def read_jsonl_numbered(path: str | Path, *, cut_tail_ok: bool = False) -> list[tuple[int, object]]:
+    """``read_jsonl`` with each record's line number: ``[(line, record), ...]``, for readers
+    that point back into the file (decontamination's "eval/x.jsonl:12")."""
     text = Path(path).read_text(encoding="utf-8")
     # split on "\n" only: str.splitlines would also cut at U+2028 and friends, which
     # json.dumps(ensure_ascii=False) leaves raw inside strings
@@ -135,7 +141,7 @@ def read_jsonl(path: str | Path, *, cut_tail_ok: bool = False) -> list:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            out.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             if cut_tail_ok and n == len(lines):   # the last piece has no newline after it
                 break

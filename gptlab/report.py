@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from gptlab.evals import runner as R
+from gptlab.evals import table as eval_table
 from gptlab.evals import tasks as T
 from gptlab.fileio import read_jsonl
 
@@ -103,7 +104,7 @@ def _scan(run: Path) -> tuple[list[Path], list[Path], list[Path]]:
             ckpts.append(d)
         if "metrics.jsonl" in filenames:
             metrics.append(d / "metrics.jsonl")
-        evals += [d / f for f in sorted(filenames) if f == R.EVAL_FILE or
+        evals += [d / f for f in sorted(filenames) if f == eval_table.EVAL_FILE or
                   (f.endswith(".eval.json"))]
     return ckpts, metrics, evals
 
@@ -268,7 +269,7 @@ def _slug(name: str) -> str:
 
 
 def _model_name(ctx: _Ctx, p: Path) -> str:
-    d = p.parent if p.name == R.EVAL_FILE else p.with_name(p.name.removesuffix(".eval.json"))
+    d = p.parent if p.name == eval_table.EVAL_FILE else p.with_name(p.name.removesuffix(".eval.json"))
     return ctx.rel(d)
 
 
@@ -286,10 +287,10 @@ def _evals(ctx: _Ctx, files: list[Path]) -> list[str]:
     out += ["Gold-judge metrics on the held-out miniworld sets (definitions: docs/EVALS.md); "
             "rates in percent. In the difference column a trailing `+` marks a change for "
             "the better, `-` for the worse.", ""]
-    every = R.metric_order({m for _, e in loaded for m in e["metrics"]})
-    head = [m for m in every if m in R.HEADLINE]
+    every = eval_table.metric_order({m for _, e in loaded for m in e["metrics"]})
+    head = [m for m in every if m in eval_table.HEADLINE]
     out += _side_by_side(loaded, names, kinds, head) + [""]
-    rest = [m for m in every if m not in R.HEADLINE]
+    rest = [m for m in every if m not in eval_table.HEADLINE]
     if rest:
         out += ["<details><summary>Per constraint type and per category</summary>", "",
                 *_side_by_side(loaded, names, kinds, rest), "", "</details>", ""]
@@ -316,11 +317,11 @@ def _side_by_side(loaded, names, kinds, metrics: list[str]) -> list[str]:
             "|---|" + "---:|" * (len(names) + diff)]
     for m in metrics:
         vals = [e["metrics"].get(m) for _, e in loaded]
-        cells = [R.fmt_value(m, v) for v in vals]
+        cells = [eval_table.fmt_value(m, v) for v in vals]
         if diff:
             ref = next((v for v in vals[:-1] if v is not None), None)
-            cells.append(R.fmt_delta(m, ref, vals[-1]))
-        rows.append(f"| {R._label(m)} | " + " | ".join(cells) + " |")
+            cells.append(eval_table.fmt_delta(m, ref, vals[-1]))
+        rows.append(f"| {eval_table.metric_label(m)} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -431,7 +432,7 @@ def _redteam(ctx: _Ctx) -> list[str]:
     rt = _read_json(ctx.run / "redteam" / "redteam.json")
     if not rt:
         return out + ["No red-team run yet (`gptlab redteam --model DIR --out RUN/redteam`).", ""]
-    from gptlab.redteam import format_report
+    from gptlab.safety.redteam import format_report
     body = format_report(rt).splitlines()
     # drop its title; demote its headings one level under this section
     body = [("#" + line if line.startswith("##") else line) for line in body

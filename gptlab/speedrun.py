@@ -294,7 +294,7 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
                                         encoder=a["moderator_encoder"], progress=False))
 
     def make_redteam():
-        from gptlab.redteam import RedteamConfig, run_redteam
+        from gptlab.safety.redteam import RedteamConfig, run_redteam
         best = best_model(out)
         big = p.get("assistant") and (out / "assistant") in best.parents  # a 135M model
         run_redteam(RedteamConfig(model=str(best), world=str(world),
@@ -411,7 +411,8 @@ STAGE_SECONDS = {"cpu-tiny": {
     "feedback": 10, "reward model": 9, "PPO": 60, "DPO": 18, "eval base": 3, "eval SFT": 24,
     "eval PPO": 25, "eval DPO": 21, "win rates": 15, "moderation": 102, "assistant SFT": 836,
     "eval unchanged init": 82, "eval assistant SFT": 157, "assistant feedback": 107,
-    "assistant DPO": 225, "eval assistant DPO": 241, "assistant win rate": 66, "red team": 288,
+    "assistant DPO": 225, "eval assistant DPO": 241, "eval assistant tools": 300,
+    "assistant win rate": 66, "red team": 288,
     "final": 1, "report": 2}}
 
 

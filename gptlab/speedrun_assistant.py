@@ -24,6 +24,8 @@ import torch
 # from its caller). sft_*: steps x rows of conversations; train_layers: top blocks trained
 # (None: all). eval_limit: held-out items per category for the models this track trains
 # (>= 100 for the one that may become runs/demo/final), baseline_limit for unchanged init.
+# tools_mix: share of SFT rows drawn from WORLD/tools/sft.jsonl (tool calling; 0: none);
+# tools_limit: held-out items per case for the final model's `tools` eval (lookups: twice).
 ASSISTANT_PRESETS = {
     # 300 x 16 conversations (~40% of miniworld small's SFT set) on the top 16 of 30 blocks
     # at 3e-4: val loss 0.38 and judge score 0.589, against 0.98 / 0.528 for 200 steps on 12
@@ -32,12 +34,15 @@ ASSISTANT_PRESETS = {
                      sft_lr=3e-4, train_layers=16, eval_limit=100, baseline_limit=30,
                      eval_batch=32, k=4, prompts=120, noise=0.0, max_new_tokens=64,
                      dpo_pairs=400, dpo_epochs=1.0, dpo_beta=0.1, dpo_lr=1e-5,
-                     winrate_per_category=20, tiebreak_samples=4),
+                     winrate_per_category=20, tiebreak_samples=4, tools_mix=0.15, tools_limit=50),
     "test": dict(init=None, dtype="float32", sft_steps=2, sft_batch=4, sft_lr=1e-3,
-                 train_layers=None, eval_limit=2, baseline_limit=1, eval_batch=8, k=2,
-                 prompts=6, noise=0.25, max_new_tokens=8, dpo_pairs=8, dpo_epochs=1.0,
-                 dpo_beta=0.1, dpo_lr=1e-4, winrate_per_category=1, tiebreak_samples=1),
+                 train_layers=None, eval_limit=2, baseline_limit=1, eval_batch=8, k=3,
+                 prompts=10, noise=0.25, max_new_tokens=8, dpo_pairs=8, dpo_epochs=1.0,
+                 dpo_beta=0.1, dpo_lr=1e-4, winrate_per_category=1, tiebreak_samples=1,
+                 tools_mix=0.2, tools_limit=1),
 }
+
+TOOLS_EVAL = "tools.eval.json"   # beside a model's eval.json: the `tools` suite's results
 
 # (label, folder under OUT/assistant) of the models this track trains, in order
 MODELS = [("assistant SFT", Path("sft")), ("assistant DPO", Path("dpo"))]
@@ -60,17 +65,19 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
 
     def make_sft():
         from gptlab.train.sft import SFTConfig, sft
-        sft(SFTConfig(init=str(resolve_init(init)), data=str(world), out=str(sft_dir),
+        tools = world / "tools" / "sft.jsonl"
+        mix = f"{tools}:{a['tools_mix']}" if a.get("tools_mix") and tools.is_file() else None
+        sft(SFTConfig(init=str(resolve_init(init)), data=str(world), mix=mix, out=str(sft_dir),
                       max_steps=a["sft_steps"], batch_size=a["sft_batch"],
                       device_batch_size=a["sft_batch"], lr=a["sft_lr"],
                       train_layers=a["train_layers"], dtype=a["dtype"],
                       eval_every=max(a["sft_steps"] // 4, 1), save_every=max(a["sft_steps"] // 2, 1),
                       val_records=100, resume=True))
 
-    def make_eval(model: Callable[[], Path], limit: int, dest: Path | None = None):
+    def make_eval(model: Callable[[], Path], limit: int, dest: Path | None = None, suite: str = "chat"):
         def run():
             from gptlab.evals import evaluate
-            evaluate(model(), world, ["chat"], limit=limit, out=dest, batch_size=a["eval_batch"],
+            evaluate(model(), world, [suite], limit=limit, out=dest, batch_size=a["eval_batch"],
                      dtype=a["dtype"])
         return run
 
@@ -104,6 +111,8 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
         ("assistant DPO", dpo_dir / "final" / "config.json", make_dpo),
         ("eval assistant DPO", dpo_dir / "final" / "eval.json",
          make_eval(lambda: dpo_dir / "final", a["eval_limit"])),
+        ("eval assistant tools", dpo_dir / "final" / TOOLS_EVAL,
+         make_eval(lambda: dpo_dir / "final", a["tools_limit"], dpo_dir / "final" / TOOLS_EVAL, "tools")),
         ("assistant win rate", root / "winrate.json", make_winrate),
     ]
 
@@ -152,6 +161,33 @@ TARGETS = [
       for r in ("capital", "continent", "currency", "languages", "neighbours", "population", "area",
                 "city_country", "city_population")],
 ]
+
+
+# (metric, label, target) of the final model's `tools` eval (docs/EVALS.md, "Tools")
+TOOL_TARGETS = [
+    ("tool_choice_accuracy", "tool choice (the expected tool is called)", ">= 90%"),
+    ("tool_args_exact_match", "tool arguments exact match", ">= 90%"),
+    ("tool_answer_accuracy", "final answer with tools", "-"),
+    ("qa_numeric_with_tools", "QA on numeric facts, with the lookup tool", ">= 90%"),
+    ("qa_numeric_without_tools", "the same questions, no tools (memory)", "-"),
+    ("tool_error_handled", "lookup of an invented entity: says it found nothing", "-"),
+    ("tool_false_calls", "false calls (no tool needed)", "<= 5%"),
+]
+
+
+def tools_table(out: Path) -> str:
+    """Markdown: the assistant DPO model's tool use (its `tools` eval), "" when not run."""
+    path = out / "assistant" / "dpo" / "final" / TOOLS_EVAL
+    if not path.is_file():
+        return ""
+    ev = json.loads(path.read_text())
+    lines = ["| tool use (assistant DPO) | value | target |", "| --- | --- | --- |"]
+    lines += [f"| {label} | {_cell(ev, key)} | {target} |" for key, label, target in TOOL_TARGETS
+              if key in ev["metrics"]]
+    if "tool_malformed_calls" in ev["metrics"]:
+        lines.append(f"| malformed tool calls | {ev['metrics']['tool_malformed_calls']:.0f} in "
+                     f"{ev['counts'].get('tool_malformed_calls', 0)} replies | 0 |")
+    return "\n".join(lines)
 
 
 def _greedy_note(r: dict) -> str:
@@ -211,4 +247,7 @@ def tracks_table(out: Path) -> str:
                      f"{r['win_rate']:.3f} with ties as 1/2, {no_ties} without ties "
                      f"({r['wins']} wins / {r['ties']} ties / {r['losses']} losses"
                      f"{_greedy_note(r)}); target >= 0.65")
+    tools = tools_table(out)
+    if tools:
+        lines += ["", tools]
     return "\n".join(lines)

@@ -58,9 +58,21 @@ def _install_hooks() -> None:
         torch.save = counted_save
 
 
+def _deterministic() -> None:
+    """torch.use_deterministic_algorithms(True) without its Inductor half: it also sets
+    Inductor's flag, and importing Inductor costs ~2 s of CPU in every child (a dozen per
+    run of test_train.py). Nothing here compiles, so the eager-mode flag is all that counts."""
+    set_eager_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_eager_flag is None:  # a torch without the private setter: the public call
+        torch.use_deterministic_algorithms(True)
+    else:
+        set_eager_flag(True)
+    assert torch.are_deterministic_algorithms_enabled()
+
+
 def main() -> None:
     torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    _deterministic()
     from gptlab.train.pretrain import PretrainConfig, pretrain
 
     _install_hooks()

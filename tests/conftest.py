@@ -108,3 +108,54 @@ def tiny_chat_ckpt(tiny_tokenizer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("chat") / "sft"
     save_checkpoint(out, GPT(preset(1, tok.vocab_size, 64)), tok, meta={"stage": "sft"})
     return out
+
+
+# The groups that take longest (CPU seconds of the test process and its children, on a
+# busy 2-core box: smollm2 ~115, test_train ~95, test_speedrun ~37, the rest 10-26 each),
+# handed out first: longest first keeps the last groups short, so no worker idles while
+# the other finishes a long one. A slow group missing here is only handed out later.
+SLOWEST_GROUPS = ["smollm2", "test_train.py", "test_speedrun.py", "test_scaling.py", "test_sft.py",
+                  "test_web.py", "test_safety.py", "compile", "test_serve_hardening.py",
+                  "test_web_tools.py", "test_world.py", "postgres"]
+
+
+def pytest_configure(config):
+    # xdist would hand out the groups with the most tests first; hand them out in collection
+    # order instead, which pytest_collection_modifyitems below sorts slowest first
+    if getattr(config.option, "dist", None) == "loadgroup":
+        config.option.loadscopereorder = False
+
+
+def _xdist_group(item) -> str:
+    """The worker-sharing group of a test: its `xdist_group` marks, else its module."""
+    names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                    for m in item.iter_markers("xdist_group")})
+    return "_".join(names) or item.path.name
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `-n N --dist loadgroup` (make test), run each module's tests on one worker,
+    unless `xdist_group` marks join tests across modules.
+
+    One worker per module: a module-scoped fixture (a trained model, a live server, a
+    speedrun) is built once, not once on each worker as when tests are dealt out one by one.
+    The groups are handed out in the order of the items: SLOWEST_GROUPS first, then the
+    others in file order, each worker taking the next group when it is nearly done.
+
+    The group travels as an "@group" suffix of the node id, which pytest-xdist (3.8) writes
+    into `item._nodeid`; pytest 9.2 keeps the id in `item._id`, so xdist's own suffix is
+    lost and every `xdist_group` mark silently ignored (pytest-dev/pytest-xdist#1386):
+    write it where pytest reads it."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        suffix = "@" + _xdist_group(item)
+        if item.nodeid.endswith(suffix):
+            continue  # xdist's own hook worked (pytest < 9.2 and an xdist_group mark)
+        if hasattr(item, "_id"):
+            item._id = type(item._id).parse(item.nodeid + suffix)
+        else:  # pytest < 9.2
+            item._nodeid = item.nodeid + suffix
+    rank = {name: i for i, name in enumerate(SLOWEST_GROUPS)}
+    items.sort(key=lambda item: rank.get(_xdist_group(item), len(rank)))  # stable: file order kept

@@ -1,8 +1,11 @@
 """The package's layering, read from its imports (issue #18): every module imports, no
-import cycle among gptlab modules, no `_private` name imported from another module."""
+import cycle among gptlab modules, imports only down the layers of docs/ARCHITECTURE.md,
+no `_private` name taken from another module, no module over 600 lines, and every module
+listed in docs/ARCHITECTURE.md."""
 from __future__ import annotations
 
 import ast
+import fnmatch
 import importlib
 from pathlib import Path
 
@@ -14,14 +17,8 @@ ROOT = Path(gptlab.__file__).parent
 
 # Known exceptions, each with its reason; the tests fail when one is no longer true, so
 # the list cannot go stale.
-CYCLE_EXCEPTIONS = {
-    # the web page imports the chat route's prompt builder, which app imports back inside a
-    # function (serve/ is being reworked separately)
-    frozenset({"gptlab.serve.app", "gptlab.serve.web"}),
-}
-PRIVATE_EXCEPTIONS = {
-    ("gptlab.serve.web", "gptlab.serve.app", "_chat_prompt"),
-}
+CYCLE_EXCEPTIONS: set[frozenset[str]] = set()
+PRIVATE_EXCEPTIONS: set[tuple[str, str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:
@@ -144,3 +141,135 @@ def test_the_checker_sees_a_cycle_and_a_private_import():
     assert cycles(graph) == [frozenset({"a", "b", "c"})]
     tree = ast.parse("def f():\n    from gptlab.engine import _x, y\n")
     assert ("gptlab.engine", "_x") in _imports(tree, ast.walk(tree))
+
+
+# ----------------------------------------------------------------------------- layers
+
+# docs/ARCHITECTURE.md draws these; a module imports only from its own layer or lower ones
+# (at import time and inside functions). A new module must be placed here to pass.
+LAYERS = [
+    ("leaves", ["gptlab", "gptlab.fileio", "gptlab.settings", "gptlab.sandbox",
+                "gptlab.data.phrases", "gptlab.evals.metrics", "gptlab.evals.plots",
+                "gptlab.scaling_fit"]),
+    ("core", ["gptlab.model", "gptlab.tokenizer", "gptlab.checkpoint", "gptlab.decode",
+              "gptlab.engine", "gptlab.chat", "gptlab.chat.*", "gptlab.tools", "gptlab.tool_format",
+              "gptlab.data", "gptlab.data.*", "gptlab.train", "gptlab.train.dist",
+              "gptlab.train.optim"]),
+    ("shared parts", ["gptlab.train.checkpoints", "gptlab.train.metrics", "gptlab.train.loop",
+                      "gptlab.train.lora", "gptlab.align", "gptlab.evals.tasks",
+                      "gptlab.evals.table", "gptlab.evals.tools_eval", "gptlab.evals.bpb",
+                      "gptlab.evals.calibration", "gptlab.safety.moderator",
+                      "gptlab.safety.examples", "gptlab.safety.attacks", "gptlab.judge",
+                      "gptlab.judge.*", "gptlab.feedback", "gptlab.interop", "gptlab.interop.*"]),
+    ("stages", ["gptlab.train.pretrain", "gptlab.train.sft", "gptlab.train.sft_data",
+                "gptlab.align.*", "gptlab.scaling", "gptlab.scaling_plot", "gptlab.safety",
+                "gptlab.safety.*", "gptlab.evals", "gptlab.evals.runner", "gptlab.serve",
+                "gptlab.serve.*"]),
+    ("entry points", ["gptlab.cli", "gptlab.cli_*", "gptlab.__main__", "gptlab.speedrun",
+                      "gptlab.speedrun_assistant", "gptlab.report", "gptlab.chat.terminal"]),
+]
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of a module: an exact name wins over a pattern."""
+    for exact in (True, False):
+        for i, (_, patterns) in enumerate(LAYERS):
+            if any(module == p if exact else fnmatch.fnmatchcase(module, p) for p in patterns):
+                return i
+    raise KeyError(f"{module} is in no layer of tests/test_architecture.py's LAYERS")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    return {(m, d) for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m)}
+
+
+def test_every_module_has_a_layer():
+    for name in MODULES:
+        layer_of(name)
+
+
+def test_imports_only_go_down_the_layers():
+    assert upward_imports(import_graph(top_level_only=False)) == set()
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert upward_imports({"gptlab.model": {"gptlab.cli"}}) == {("gptlab.model", "gptlab.cli")}
+
+
+def imports_of_own_package() -> set[tuple[str, str]]:
+    """(module, its package) where a module imports the `__init__` of a package it is in,
+    which only re-exports: a door in from outside, and a cycle waiting to happen inside. The
+    top package `gptlab` (its version string) is a leaf and may be imported anywhere."""
+    found = set()
+    for mod, path in MODULES.items():
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for target, _ in _imports(tree, ast.walk(tree)):
+            owner = _owner(target)
+            if owner != "gptlab" and mod.startswith(owner + "."):
+                found.add((mod, owner))
+    return found
+
+
+def test_a_package_s_modules_import_each_other_not_the_package():
+    assert imports_of_own_package() == set()
+
+
+# ----------------------------------------------------------------------------- sizes
+
+MAX_LINES = 600
+SIZE_EXCEPTIONS = {
+    "gptlab.data.world_templates": "miniworld's phrasing templates: data, not logic",
+}
+
+
+def oversized() -> dict[str, int]:
+    sizes = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in MODULES.items()}
+    return {m: n for m, n in sizes.items() if n > MAX_LINES}
+
+
+def test_no_module_over_the_size_limit():
+    found = oversized()
+    assert set(found) - set(SIZE_EXCEPTIONS) == set(), f"split these modules: {found}"
+    assert set(SIZE_EXCEPTIONS) - set(found) == set(), "a size exception is gone: drop it"
+
+
+# ----------------------------------------------------------------------------- private names
+
+def private_attributes() -> set[tuple[str, str, str]]:
+    """`alias._name` where alias is a gptlab module imported into another module."""
+    found = set()
+    for mod, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases.update({a.asname: a.name for a in node.names
+                                if a.asname and a.name in MODULES})
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names
+                                if f"{node.module}.{a.name}" in MODULES})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in aliases and node.attr.startswith("_") \
+                    and not node.attr.startswith("__") and aliases[node.value.id] != mod:
+                found.add((mod, aliases[node.value.id], node.attr))
+    return found
+
+
+def test_no_private_attribute_of_another_module():
+    assert private_attributes() == set()
+
+
+# ----------------------------------------------------------------------------- the map
+
+DOC = ROOT.parent / "docs" / "ARCHITECTURE.md"
+
+
+def test_every_module_is_in_the_architecture_doc():
+    """Each module's path under gptlab/ (`train/sft`, `serve/app`) stands in the doc's table."""
+    text = DOC.read_text(encoding="utf-8")
+    missing = [m for m, p in MODULES.items() if p.name != "__init__.py"
+               and f"`{p.relative_to(ROOT).with_suffix('').as_posix()}`" not in text]
+    assert missing == [], "add these modules to docs/ARCHITECTURE.md's module table"

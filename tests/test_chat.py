@@ -161,7 +161,7 @@ def test_segment_tokenization_equals_whole_text_on_miniworld(tok, tmp_path_facto
     built with tokenizer.encode(apply_chat_template(...)) match training), on every
     miniworld SFT record, with a tokenizer that never saw miniworld text."""
     from gptlab.data.world import generate_world
-    from gptlab.train.sft import load_chat_records
+    from gptlab.train.sft_data import load_chat_records
 
     world = tmp_path_factory.mktemp("world")
     generate_world(world, seed=0, scale="tiny")

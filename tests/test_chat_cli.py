@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from gptlab.chat import render_prompt, stop_token_ids
-from gptlab.chat_cli import BOT_PREFIX, ChatSession, chat_loop, read_message
+from gptlab.chat.terminal import BOT_PREFIX, ChatSession, chat_loop, read_message
 
 ROOT = Path(__file__).resolve().parents[1]
 

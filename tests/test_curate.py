@@ -10,8 +10,9 @@ import random
 import pytest
 
 from gptlab.cli import main
-from gptlab.data.curate import (_PII, REASONS, CurateConfig, _junk, _near, curate, planted_corpus,
-                                score_planted, scrub_pii)
+from gptlab.data.curate import REASONS, CurateConfig, curate, scrub_pii
+from gptlab.data.curate_fixture import (
+    PII_SAMPLES, junk_text, near_copy, planted_corpus, score_planted)
 from gptlab.data.loaders import DataError, iter_texts
 from gptlab.data.world import generate_world
 
@@ -129,11 +130,11 @@ def golden_corpus(inp, evals, seed: int = 0) -> None:
     items += ["Where is the mill?", "图书馆每天早上八点开门吗？请回答这个问题并说明理由，谢谢你的帮助。" * 2]
     docs = list(clean)
     docs += [t if rng.random() < 0.5 else "  " + t.upper() + " " for t in rng.sample(clean, 30)]
-    docs += [_near(rng, t) for t in rng.sample(clean[:500], 60)]
+    docs += [near_copy(rng, t) for t in rng.sample(clean[:500], 60)]
     for kind in ("symbols", "digits", "repetition", "too_short", "language"):
-        docs += [_junk(rng, kind) for _ in range(8)]
+        docs += [junk_text(rng, kind) for _ in range(8)]
     for i in range(24):
-        _, template, values = _PII[i % 3]
+        _, template, values = PII_SAMPLES[i % 3]
         docs.append(rng.choice(clean[:500]) + " " + template.format(values[(i // 3) % len(values)]))
     docs += [rng.choice(clean[:500]) + "\n\n" + item for item in rng.sample(items, 15)]
     docs += _ODD

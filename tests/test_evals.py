@@ -11,6 +11,7 @@ import torch
 
 from gptlab.judge import Verdict
 from gptlab.evals import metrics as M
+from gptlab.evals import bpb, calibration
 from gptlab.evals import runner as R
 from gptlab.evals import tasks as T
 
@@ -115,10 +116,10 @@ def test_bits_per_byte_of_uniform_logits():
     with torch.no_grad():
         model.lm_head.weight.zero_()            # logits all zero: the uniform distribution
     stream = np.random.default_rng(0).integers(0, V, 1000)
-    nats, n = R.stream_nats(model, stream, seq_len, batch_size=4)
+    nats, n = bpb.stream_nats(model, stream, seq_len, batch_size=4)
     assert n == 999
     assert nats == pytest.approx(999 * math.log(V), rel=1e-5)
-    res = R.bpb_of_stream(model, stream, n_bytes=1234, seq_len=seq_len, batch_size=3)
+    res = bpb.bpb_of_stream(model, stream, n_bytes=1234, seq_len=seq_len, batch_size=3)
     assert res["bpb"] == pytest.approx(math.log2(V) * 999 / 1234, rel=1e-5)
     assert M.bits_per_byte(math.log(2) * 8, 8) == pytest.approx(1.0)
 
@@ -127,31 +128,31 @@ def test_bpb_streams_from_shards_and_text_agree(tmp_path, world, tokenizer):
     from gptlab.data.loaders import build_shards
     shards = tmp_path / "shards"
     build_shards(world / "corpus", tokenizer, shards, val_docs=20, progress=False)
-    s1, b1 = R.bpb_stream_from_shards(shards, tokenizer, max_tokens=10**9)
-    s2, b2 = R.bpb_stream_from_text(world / "corpus", tokenizer, 10**9, max_docs=20)
+    s1, b1 = bpb.bpb_stream_from_shards(shards, tokenizer, max_tokens=10**9)
+    s2, b2 = bpb.bpb_stream_from_text(world / "corpus", tokenizer, 10**9, max_docs=20)
     assert s1.tolist() == s2.tolist() and b1 == b2
     assert b1 == json.loads((shards / "shards.json").read_text())["splits"]["val"]["bytes"]
     # a token cap cuts after a whole document (the stream ends with eos)
-    s3, b3 = R.bpb_stream_from_shards(shards, tokenizer, max_tokens=len(s1) // 2)
+    s3, b3 = bpb.bpb_stream_from_shards(shards, tokenizer, max_tokens=len(s1) // 2)
     assert len(s3) <= len(s1) // 2 + 1 and s3[-1] == tokenizer.eos_id and b3 < b1
     # the lineage lookup: via meta.data.shards, through a parent, not with another tokenizer
     parent = tmp_path / "pre"
     parent.mkdir()
     (parent / "gptlab.json").write_text(json.dumps({"stage": "pretrain", "data": {"shards": str(shards)}}))
-    assert R.find_val_shards(tmp_path / "x" / "y", {"parent": str(parent)}, tokenizer) == shards
+    assert bpb.find_val_shards(tmp_path / "x" / "y", {"parent": str(parent)}, tokenizer) == shards
     from gptlab.tokenizer import train_tokenizer
     other = train_tokenizer(["something else entirely"] * 50, vocab_size=300, progress=False)
-    assert R.find_val_shards(tmp_path / "x" / "y", {"parent": str(parent)}, other) is None
+    assert bpb.find_val_shards(tmp_path / "x" / "y", {"parent": str(parent)}, other) is None
 
 
 def test_letter_probs_from_a_next_token_distribution(tokenizer):
-    ids = R.letter_token_ids(tokenizer)
+    ids = calibration.letter_token_ids(tokenizer)
     assert len(ids) == 4 and all(ids) and len({i for x in ids for i in x}) == sum(map(len, ids))
     probs = torch.zeros(2, tokenizer.vocab_size)
     probs[0, ids[2][0]] = 0.3                 # C: all the letter mass
     probs[0, 5] = 0.7                         # not a letter
     probs[1, ids[0][0]], probs[1, ids[1][-1]] = 0.1, 0.1
-    norm, mass = R.letter_probs(probs, ids)
+    norm, mass = calibration.letter_probs(probs, ids)
     assert norm[0] == pytest.approx([0, 0, 1, 0]) and mass[0] == pytest.approx(0.3)
     assert norm[1] == pytest.approx([0.5, 0.5, 0, 0]) and mass[1] == pytest.approx(0.2)
 

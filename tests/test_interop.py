@@ -18,7 +18,7 @@ gguf = pytest.importorskip("gguf")
 
 from gptlab.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from gptlab.interop import export_model, import_model, resolve_source, source_sha256  # noqa: E402
-from gptlab.interop_gguf import detect_pre_tokenizer  # noqa: E402
+from gptlab.interop.gguf import detect_pre_tokenizer  # noqa: E402
 from gptlab.model import GPT, ModelConfig  # noqa: E402
 from gptlab.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
@@ -429,7 +429,7 @@ def test_source_errors_are_clear(tmp_path, monkeypatch):
 
 
 def test_ensure_model_imports_an_alias_once(tok, tmp_path, monkeypatch):
-    import gptlab.interop as interop
+    import gptlab.interop.hf as interop    # where ensure_model looks its helpers up
 
     model = random_gpt(tok.vocab_size, hidden=128)
     fake = tmp_path / "pkg" / "fake.gguf"

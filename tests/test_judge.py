@@ -1,4 +1,4 @@
-"""Tests for the gold judge (gptlab/judge.py): every check tells a hand-written good
+"""Tests for the gold judge (gptlab/judge/): every check tells a hand-written good
 response from a bad one, near misses included; compare / rank agree with score."""
 import json
 import random

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from gptlab.attacks import (ATTACKS, PHRASINGS, ZH, attack_messages, base_request, build_cases,
+from gptlab.safety.attacks import (ATTACKS, PHRASINGS, ZH, attack_messages, base_request, build_cases,
                             leetspeak, rejoin_parts, training_attack_records, unleet)
 from gptlab.fileio import read_jsonl
 
@@ -124,7 +124,7 @@ def test_run_redteam_on_a_tiny_model(world, tmp_path, tiny_tokenizer):
 
     from gptlab.checkpoint import save_checkpoint
     from gptlab.model import GPT, preset
-    from gptlab.redteam import RedteamConfig, run_redteam
+    from gptlab.safety.redteam import RedteamConfig, run_redteam
     from gptlab.tokenizer import Tokenizer
     tok = Tokenizer.load(tiny_tokenizer)
     torch.manual_seed(0)

@@ -17,9 +17,8 @@ import torch
 from gptlab.chat import render_prompt, stop_token_ids
 from gptlab.train.metrics import read_metrics
 from gptlab.train.lora import apply_lora, plain_model
-from gptlab.train.sft import (
-    SFTBatches, SFTConfig, load_chat_records, make_loss_fn, parse_mix, prepare_data, sft,
-)
+from gptlab.train.sft import SFTConfig, make_loss_fn, prepare_data, sft
+from gptlab.train.sft_data import SFTBatches, load_chat_records, parse_mix
 
 NAMES = ["alice", "bruno", "chen", "dara", "emil", "fatou", "goran", "hana", "ivan",
          "julia", "kenji", "lena", "mateo", "nadia", "omar", "priya"]

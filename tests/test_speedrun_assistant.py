@@ -15,9 +15,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def track(tiny_world, tiny_chat_ckpt, tmp_path_factory):
+def long_chat_ckpt(tiny_tokenizer, tmp_path_factory):
+    """conftest's tiny chat model with a context long enough for tool definitions."""
+    from gptlab.checkpoint import save_checkpoint
+    from gptlab.model import GPT, preset
+    from gptlab.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tiny_tokenizer)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("chat_long") / "sft"
+    save_checkpoint(out, GPT(preset(1, tok.vocab_size, 2048)), tok, meta={"stage": "sft"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def track(tiny_world, long_chat_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("assistant_run")
-    a = {**ASSISTANT_PRESETS["test"], "init": str(tiny_chat_ckpt)}
+    a = {**ASSISTANT_PRESETS["test"], "init": str(long_chat_ckpt)}
     names = []
     for name, done, run in assistant_stages(out, tiny_world, a, a["init"]):
         run()
@@ -30,7 +44,9 @@ def test_every_stage_writes_its_output(track):
     out, names = track
     assert names == ["assistant SFT", "eval unchanged init", "eval assistant SFT",
                      "assistant feedback", "assistant DPO", "eval assistant DPO",
-                     "assistant win rate"]
+                     "eval assistant tools", "assistant win rate"]
+    data = json.loads((out / "assistant" / "sft" / "data.json").read_text())
+    assert "tools" in json.dumps(data)  # the tools conversations were mixed into the SFT
     for sub in ("sft", "dpo"):
         meta = json.loads((out / "assistant" / sub / "final" / "gptlab.json").read_text())
         assert meta["stage"] == sub
@@ -48,6 +64,9 @@ def test_tracks_table_has_intervals_and_the_baseline(track):
     row = next(line for line in table.splitlines() if line.startswith("| harmful refusal |"))
     assert row.count("[") == 3 and "n=" in row and row.rstrip().endswith(">= 95% |")
     assert "DPO over its own SFT" in table
+    tool_row = next(line for line in table.splitlines() if line.startswith("| tool choice"))
+    assert ">= 90%" in tool_row and "n=" in tool_row
+    assert "malformed tool calls" in table
 
 
 def test_final_choice_sees_the_assistant_track(track):

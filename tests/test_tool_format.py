@@ -136,7 +136,7 @@ def test_explicit_system_message_gets_the_tools(smol_tok):
 def test_sft_file_with_tools_loads_and_masks(tok, tmp_path):
     """An OpenAI fine-tuning style record (tools, tool_calls, a tool turn) read by SFT's
     loader keeps its tool parts, and only the assistant turns are trained."""
-    from gptlab.train.sft import load_chat_records
+    from gptlab.train.sft_data import load_chat_records
 
     path = tmp_path / "tools.jsonl"
     path.write_text(json.dumps({"messages": CONV, "tools": [WEATHER]}) + "\n")

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from gptlab.chat_cli import DECLINED, ChatSession, _CallHider
+from gptlab.chat.terminal import DECLINED, ChatSession, _CallHider
 from gptlab.judge import Judge
 from gptlab.data.world_kb import build_kb
 from gptlab.data.world_tools import tools_eval_records

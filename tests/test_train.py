@@ -440,19 +440,23 @@ def test_non_finite_loss_stops_the_loop_before_saving(tmp_path):
         loop.check_finite_weights(model, 7)
 
 
-def test_cli_exits_non_zero_with_one_line_when_training_diverges(tiny_shards, tiny_tokenizer, tmp_path):
+def test_cli_exits_non_zero_with_one_line_when_training_diverges(tiny_shards, tiny_tokenizer, tmp_path,
+                                                                 capsys):
     """The issue's end state: a run whose loss turns NaN must not write a NaN final/ and
-    exit 0. A huge learning rate makes the loss non-finite within a few steps."""
+    exit 0. A huge learning rate makes the loss non-finite within a few steps. In this
+    process: `python -m gptlab` exits with what cli.main returns (a new process would spend
+    seconds importing torch)."""
+    from gptlab.cli import main
+
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "gptlab", "pretrain", "--data", str(tiny_shards),
-                        "--tokenizer", str(tiny_tokenizer), "--out", str(out), "--depth", "1",
-                        "--seq-len", "16", "--device-batch-size", "2", "--total-batch-tokens", "32",
-                        "--max-steps", "30", "--lr", "1e30", "--grad-clip", "0", "--no-progress",
-                        "--eval-every", "0", "--save-every", "0"],
-                       env=_child_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert r.returncode != 0, r.stdout[-2000:]
-    err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("gptlab: error: step ") and "stopping without saving" in err[0], r.stderr
+    code = main(["pretrain", "--data", str(tiny_shards), "--tokenizer", str(tiny_tokenizer),
+                 "--out", str(out), "--depth", "1", "--seq-len", "16", "--device-batch-size", "2",
+                 "--total-batch-tokens", "32", "--max-steps", "30", "--lr", "1e30", "--grad-clip", "0",
+                 "--no-progress", "--eval-every", "0", "--save-every", "0"])
+    r = capsys.readouterr()
+    assert code != 0, r.out[-2000:]
+    err = r.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gptlab: error: step ") and "stopping without saving" in err[0], r.err
     assert not (out / "final").exists()
     for line in (out / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))

@@ -5,7 +5,7 @@ engine, temperature 1 by default) and stores them with the gold judge's ranking,
 InstructGPT's labelers ranked K samples per prompt (Ouyang et al. 2022) and AlpacaFarm's
 simulated annotators stand in for people (Dubois et al. 2023).
 
-Label noise (``noise`` = p) is the judge's (gptlab/judge.py, ``Judge.rank``): each
+Label noise (``noise`` = p) is the judge's (gptlab/judge/, ``Judge.rank``): each
 of the C(K, 2) pairwise comparisons flips its strict preference with probability p (ties
 stay ties), and the ranking orders responses by their number of pairwise wins (a Copeland
 count), ties broken by the noiseless score, then the shorter response. Pairs with equal

@@ -48,6 +48,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from gptlab.data.curate_hash import Batch, DocStats, NearDupIndex, band_keys
+from gptlab.fileio import read_jsonl_numbered
+
 REASONS = ("exact_dup", "too_short", "symbols", "digits", "repetition", "language",
            "contamination", "near_dup")
 
@@ -75,194 +78,6 @@ class CurateConfig:
     shard_docs: int = 20000
     examples: int = 3
     progress: bool = True
-
-
-# ---------------------------------------------------------------------------- normalizing
-
-# Normalizing works on the UTF-8 bytes with numpy, no regular expressions: ASCII letters are
-# lowercased, ASCII digits kept, every other ASCII byte becomes a space, non-ASCII bytes
-# (whole UTF-8 sequences: accented letters, CJK, other punctuation) are kept as they are;
-# runs of spaces become one space. Words are the runs between spaces, and each CJK
-# character (a 3-byte sequence led by 0xE3..0xE9: U+3000..U+9FFF) is a word of its own.
-_MAP = np.full(256, 32, np.uint8)
-_MAP[48:58] = np.arange(48, 58)
-_MAP[97:123] = np.arange(97, 123)
-_MAP[65:91] = np.arange(97, 123)
-_MAP[128:] = np.arange(128, 256)
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_HAS_CJK = re.compile(f"[{_CJK}]")
-_PUNCT = b".,;:!?'\"()-/%&[]"
-_SYMBOL = np.array([c for c in list(range(0, 9)) + [11, 12] + list(range(14, 32)) + list(range(33, 127))
-                    if not chr(c).isalnum() and c not in _PUNCT], np.intp)
-_SPACE = np.array([9, 10, 13, 32], np.intp)
-
-# Polynomial prefix hashes mod 2**64 make the hash of any byte span (a word n-gram of the
-# normalized text is one contiguous span) two lookups and a multiply, for all spans at once.
-_P = np.uint64(0x100000001B3)                 # odd, so invertible mod 2**64
-_P_INV = np.uint64(pow(int(_P), -1, 2**64))
-_POW = np.ones(1, np.uint64)
-_INV = np.ones(1, np.uint64)
-
-
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    global _POW, _INV
-    if len(_POW) < n:
-        size = max(n, 2 * len(_POW), 4096)
-        with np.errstate(over="ignore"):
-            _POW = np.cumprod(np.full(size, _P, np.uint64)) * _P_INV   # P**0 .. P**(size-1)
-            _INV = np.cumprod(np.full(size, _P_INV, np.uint64)) * _P
-    return _POW, _INV
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """A 64-bit finalizer (splitmix64's), so every bit of the result depends on every input bit."""
-    h = h ^ (h >> np.uint64(30))
-    h = h * np.uint64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> np.uint64(27))
-    h = h * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
-
-
-@dataclass
-class DocStats:
-    """What the quality rules read about one document."""
-    norm: bytes            # normalized text
-    words: int
-    chars: int
-    digits: int
-    symbols: int
-    cjk: bool
-    dup_ngrams: float      # share of word 5-grams (10-grams for CJK) that repeat an earlier one
-    ngrams: int            # how many such n-grams
-
-
-class Batch:
-    """Many documents normalized and hashed at once: the texts are joined with a newline
-    (a space once normalized, so no word spans two documents) and every step is one numpy
-    call for the whole batch; results do not depend on which documents share a batch."""
-
-    def __init__(self, texts: list[str]):
-        with np.errstate(over="ignore"):
-            self._build(texts)
-
-    def _build(self, texts: list[str]) -> None:
-        enc = [t.encode("utf-8") for t in texts]
-        self.n_docs = D = len(texts)
-        lens = np.array([len(e) for e in enc], np.int64)
-        raw = np.frombuffer(b"\n".join(enc), np.uint8)
-        doc_of = np.repeat(np.arange(D), lens + 1)[: len(raw)]
-        counts = np.bincount(doc_of * 256 + raw, minlength=D * 256).reshape(D, 256)
-        counts[:-1, 10] -= 1                                      # the joining newlines
-        self.chars = lens - counts[:, 128:192].sum(1)             # minus continuation bytes
-        self.digits = counts[:, 48:58].sum(1)
-        self.symbols = counts[:, _SYMBOL].sum(1)
-        m = _MAP[raw]
-        ws = m == 32
-        keep = ~ws
-        keep[1:] |= ~ws[:-1]                                      # the first space of a run
-        self.m, self.doc_of = m[keep], doc_of[keep]
-        self.data = self.m.tobytes()
-        n = len(self.m)
-        ws = self.m == 32
-        lead = (self.m >= 0xE3) & (self.m <= 0xE9)
-        self.cjk = np.bincount(self.doc_of[lead], minlength=D) > 0
-        edge = np.zeros(n + 1, bool)
-        edge[0] = edge[n] = True
-        edge[1:n] = ws[1:] | ws[:-1] | lead[1:]
-        if n >= 3:
-            edge[3:] |= lead[:n - 2]                              # a CJK character ends 3 bytes after its lead
-        b = np.flatnonzero(edge)
-        word = ~ws[b[:-1]] if n else np.zeros(0, bool)
-        self.starts, self.ends = b[:-1][word], b[1:][word]
-        self.word_doc = self.doc_of[self.starts]
-        first = np.searchsorted(self.word_doc, np.arange(D))
-        last = np.searchsorted(self.word_doc, np.arange(D), side="right")
-        self.words = last - first
-        has = self.words > 0
-        # each document's normalized text: from its first word's start to its last word's end
-        self.lo = np.where(has, self.starts[np.minimum(first, len(self.starts) - 1)] if len(self.starts) else 0, 0)
-        self.hi = np.where(has, self.ends[np.maximum(last - 1, 0)] if len(self.ends) else 0, 0)
-        pw, self.inv = _powers(n + 1)
-        self.prefix = np.zeros(n + 1, np.uint64)
-        np.cumsum(self.m.astype(np.uint64) * pw[:n], out=self.prefix[1:])
-
-    def norm(self, i: int) -> bytes:
-        return self.data[self.lo[i]:self.hi[i]]
-
-    def ngrams(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(hash, document) of every word n-gram of every document."""
-        W = len(self.starts)
-        if W < n:
-            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        with np.errstate(over="ignore"):
-            s, e = self.starts[: W - n + 1], self.ends[n - 1:]
-            same = self.word_doc[: W - n + 1] == self.word_doc[n - 1:]
-            h = (self.prefix[e] - self.prefix[s]) * self.inv[s]
-        return h[same], self.word_doc[: W - n + 1][same]
-
-    def dup_ngrams(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per document: share of word n-grams that repeat an earlier one, and their number
-        (5-grams; 10-grams for documents with CJK, where a "word" is one character)."""
-        h, d = self.ngrams(5)
-        if self.cjk.any():
-            h10, d10 = self.ngrams(10)
-            pick5, pick10 = ~self.cjk[d], self.cjk[d10]
-            h = np.concatenate([h[pick5], h10[pick10]])
-            d = np.concatenate([d[pick5], d10[pick10]])
-        # the document id in the low bits of the key: one sort finds the repeats per document
-        bits = np.uint64(max(int(self.n_docs).bit_length(), 1))
-        key = np.sort((h << bits) | d.astype(np.uint64))
-        first = np.ones(len(key), bool)
-        first[1:] = key[1:] != key[:-1]
-        mask = (np.uint64(1) << bits) - np.uint64(1)
-        uniq = np.bincount((key[first] & mask).astype(np.int64), minlength=self.n_docs)
-        total = np.bincount(d, minlength=self.n_docs)
-        return (total - uniq) / np.maximum(total, 1), total
-
-    def stats(self) -> list[DocStats]:
-        frac, total = self.dup_ngrams()
-        return [DocStats(self.norm(i), int(self.words[i]), int(self.chars[i]), int(self.digits[i]),
-                         int(self.symbols[i]), bool(self.cjk[i]), float(frac[i]), int(total[i]))
-                for i in range(self.n_docs)]
-
-    def signatures(self, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint32[D, num_perm] one-permutation MinHash of each document's byte 8-grams,
-        bool[D] has a signature); see `minhash` for one document."""
-        D, K = self.n_docs, num_perm
-        sig = np.full(D * K, np.iinfo(np.uint32).max, np.uint32)
-        count = len(self.data) - 7
-        if count > 0:
-            windows = np.ndarray((count,), dtype="<u8", buffer=self.data, strides=(1,))
-            d = self.doc_of[:count]
-            pos = np.arange(count)
-            ok = (pos >= self.lo[d]) & (pos + 8 <= self.hi[d])    # inside one document's text
-            d = d[ok]
-            with np.errstate(over="ignore"):
-                h = _mix(windows[ok] * _SALT_BIN)
-            bits = K.bit_length() - 1
-            bins = (h >> np.uint64(64 - bits)).astype(np.int64)
-            np.minimum.at(sig, d * K + bins, (h & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-        sig = sig.reshape(D, K)
-        filled = sig != np.iinfo(np.uint32).max
-        has = filled.any(1)
-        sparse = np.flatnonzero(has & ~filled.all(1))
-        if len(sparse):              # densify by rotation, as `minhash` does
-            f2 = np.concatenate([filled[sparse], filled[sparse]], 1)
-            idx = np.where(f2, np.arange(2 * K), 2 * K)
-            nxt = np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1][:, :K]
-            rows = sig[sparse]
-            with np.errstate(over="ignore"):
-                sig[sparse] = np.take_along_axis(rows, nxt % K, 1) + \
-                    (nxt - np.arange(K)).astype(np.uint32) * np.uint32(0x9E3779B1)
-        for i in np.flatnonzero(~has & (self.hi > self.lo)):    # under 8 bytes: padded
-            sig[i] = minhash(self.norm(i), K)
-            has[i] = True
-        return sig, has
-
-
-def normalize(text: str) -> str:
-    """The normalized text (lowercase ASCII words and non-ASCII runs, single spaces)."""
-    return Batch([text]).norm(0).decode("utf-8")
 
 
 # ---------------------------------------------------------------------------- PII
@@ -350,50 +165,9 @@ def quality_reason(text: str, doc: DocStats, cfg: CurateConfig, allowed: frozens
     return None
 
 
-# ---------------------------------------------------------------------------- MinHash
-
-_SALT_BIN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def minhash(norm: bytes, num_perm: int) -> np.ndarray | None:
-    """One-permutation MinHash (uint32[num_perm]) of the byte 8-grams of `norm`, densified by
-    rotation (an empty bin takes the next non-empty bin's value, offset by the distance)."""
-    if not norm:
-        return None
-    buf = norm if len(norm) >= 8 else norm.ljust(8, b" ")
-    count = len(buf) - 7
-    # each 8-byte window read as one little-endian uint64: shingle = its bytes, exactly
-    windows = np.ndarray((count,), dtype="<u8", buffer=buf, strides=(1,))
-    h = _mix(windows * _SALT_BIN)
-    bits = num_perm.bit_length() - 1
-    bins = (h >> np.uint64(64 - bits)).astype(np.intp)
-    vals = (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    sig = np.full(num_perm, np.iinfo(np.uint32).max, np.uint32)
-    np.minimum.at(sig, bins, vals)
-    filled = np.flatnonzero(sig != np.iinfo(np.uint32).max)
-    if len(filled) < num_perm:
-        j = np.arange(num_perm)
-        src = filled[np.searchsorted(filled, j) % len(filled)]
-        dist = ((src - j) % num_perm).astype(np.uint32)
-        sig = sig[src] + dist * np.uint32(0x9E3779B1)
-    return sig
-
-
-def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
-    """LSH keys: one hash per band of `rows` signature values; sig may be [D, K] (-> [D, bands])."""
-    rows = sig.shape[-1] // bands
-    with np.errstate(over="ignore"):
-        m = sig[..., : bands * rows].reshape(*sig.shape[:-1], bands, rows).astype(np.uint64)
-        keys = (m * _BAND_MULT[:rows]).sum(axis=-1) + np.arange(bands, dtype=np.uint64) * _SALT_BIN
-        return _mix(keys)
-
-
-_BAND_MULT = _mix(np.arange(1, 65, dtype=np.uint64))
-
-
 # ---------------------------------------------------------------------------- eval n-grams
 
-def _eval_texts(record: dict) -> str:
+def eval_texts(record: dict) -> str:
     """The text of an eval record that it asks and expects: every string but its meta and
     the assistant turns given as context (those restate knowledge-base facts that the
     corpus teaches on purpose; the expected answer is the record's reference)."""
@@ -429,17 +203,9 @@ def load_eval_ngrams(paths: Iterable[str | Path], n: int = 13, min_words: int = 
     where: dict[int, str] = {}
     lengths, items, short = {n}, 0, 0
     for f in _eval_files(paths):
-        texts, lines = [], []
-        with open(f, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{f}:{lineno}: malformed JSON ({e.msg})") from None
-                texts.append(_eval_texts(rec) if isinstance(rec, dict) else str(rec))
-                lines.append(lineno)
+        numbered = read_jsonl_numbered(f)
+        lines = [lineno for lineno, _ in numbered]
+        texts = [eval_texts(rec) if isinstance(rec, dict) else str(rec) for _, rec in numbered]
         if not texts:
             continue
         b = Batch(texts)
@@ -517,37 +283,6 @@ def _process(texts: list[str]) -> dict:
             "line": [(json.dumps({"text": c}, ensure_ascii=False) + "\n").encode("utf-8") for c in clean]}
 
 
-# ---------------------------------------------------------------------------- near-dup index
-
-class NearDupIndex:
-    """LSH over MinHash signatures: band keys find candidates, the signatures decide."""
-
-    def __init__(self, num_perm: int, bands: int, threshold: float):
-        self.bands, self.threshold = bands, threshold
-        self.table: dict[int, int] = {}
-        self.sigs = np.zeros((1024, num_perm), np.uint32)
-        self.n = 0
-
-    def query_insert(self, sig: np.ndarray, keys: list[int] | None = None) -> tuple[int, float] | None:
-        """(index of a near-duplicate, estimated Jaccard), or None after indexing `sig`.
-        `keys`: its band keys, when already computed (the workers compute them in batches)."""
-        keys = band_keys(sig, self.bands).tolist() if keys is None else keys
-        candidates = set(map(self.table.get, keys))          # dict lookups at C speed
-        candidates.discard(None)
-        for j in sorted(candidates):
-            est = np.count_nonzero(self.sigs[j] == sig) / len(sig)
-            if est >= self.threshold:
-                return j, est
-        if self.n == len(self.sigs):
-            self.sigs = np.concatenate([self.sigs, np.zeros_like(self.sigs)])
-        self.sigs[self.n] = sig
-        self.table.update(dict.fromkeys(keys, self.n))      # a band key names its latest document
-        self.n += 1
-        return None
-
-
-# ---------------------------------------------------------------------------- writing
-
 class _JsonlShards:
     def __init__(self, folder: Path, shard_docs: int):
         self.folder, self.shard_docs = folder, shard_docs
@@ -593,17 +328,6 @@ class _Removed:
 
 # ---------------------------------------------------------------------------- the stage
 
-def _batches(texts: Iterator[str], n: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for t in texts:
-        batch.append(t)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _eval_paths(cfg: CurateConfig) -> list[str]:
     paths = list(cfg.evals)
     if cfg.world:
@@ -616,9 +340,9 @@ def _eval_paths(cfg: CurateConfig) -> list[str]:
 
 def _results(cfg: CurateConfig, evals: dict) -> Iterator[tuple[list[str], dict]]:
     """(batch of texts, _process(batch)) in input order, from worker processes when asked."""
-    from gptlab.data.loaders import iter_texts
+    from gptlab.data.loaders import batched, iter_texts
 
-    batches = _batches(iter_texts(cfg.input, cfg.text_field), cfg.batch_docs)
+    batches = batched(iter_texts(cfg.input, cfg.text_field), cfg.batch_docs)
     if cfg.workers <= 0:
         _init(cfg, evals)
         for b in batches:
@@ -747,130 +471,3 @@ def report_markdown(report: dict) -> str:
             text = ex["text"].replace("\n", " ").replace("|", "\\|")[:160]
             lines.append(f"- **{reason}** (#{ex['index']}, {ex['detail']}): {text}")
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------- measuring
-
-_FOREIGN = ["La ville est située au bord de la rivière et compte de nombreux habitants qui travaillent dans les usines.",
-            "Der Fluss fließt durch die Stadt, und im Sommer kommen viele Besucher aus dem ganzen Land hierher.",
-            "El mercado abre todos los días por la mañana y los vecinos compran pan, fruta y pescado fresco.",
-            "Il treno parte dalla stazione centrale ogni mattina e arriva in città dopo due ore di viaggio."]
-
-
-def _junk(rng, kind: str) -> str:
-    if kind == "symbols":
-        return " ".join("".join(rng.choice("@#$%^&*<>{}|~=+") for _ in range(rng.randint(2, 6)))
-                        + rng.choice(["", " data", " x"]) for _ in range(rng.randint(20, 60)))
-    if kind == "digits":
-        return "\n".join(" ".join(str(rng.randint(1000, 99999)) for _ in range(6)) for _ in range(rng.randint(5, 15)))
-    if kind == "repetition":
-        line = rng.choice(["Click here to subscribe to our newsletter", "Buy cheap watches online now",
-                           "Best prices guaranteed, order today"]) + f" (offer {rng.randint(1, 10**6)})"
-        return "\n".join([line] * rng.randint(8, 20))
-    if kind == "too_short":
-        return rng.choice(["Home | Login | {}", "Read more ({})", "Page {} of 90", "Share this {}"]).format(
-            rng.randint(1, 10**6))
-    if kind == "language":            # word salad from one language's sentence
-        words = rng.choice(_FOREIGN).rstrip(".").split()
-        return " ".join(rng.choice(words) for _ in range(rng.randint(25, 40))) + "."
-    raise ValueError(kind)
-
-
-def _near(rng, text: str) -> str:
-    """An edited copy: one word edit per 25 words (at least one), then case or spacing."""
-    zh = bool(_HAS_CJK.search(text))
-    parts = list(text) if zh else text.split(" ")
-    for _ in range(max(1, len(parts) // (60 if zh else 25))):
-        i = rng.randrange(len(parts))
-        op = rng.random()
-        if op < 0.4:
-            parts[i] = rng.choice(["很", "新"] if zh else ["very", "new", "old", "big"])
-        elif op < 0.7 and len(parts) > 3:
-            del parts[i]
-        else:
-            parts.insert(i, rng.choice(["也"] if zh else ["also", "really", "indeed"]))
-    out = ("" if zh else " ").join(parts)
-    return out.upper() if rng.random() < 0.3 else out.replace(". ", ".  ")
-
-
-_PII = [("email", "Write to {} for details.", ["jane.doe@example.org", "info@mail.example.com", "b.smith+news@example.co.uk"]),
-        ("phone", "Call {} to book.", ["+1 555 123 4567", "(555) 987-6543", "020 7946 0958", "+44 20 7946 0958"]),
-        ("ip", "The mirror runs at {}.", ["192.168.10.24", "10.0.0.7", "2001:0db8:85a3:0000:0000:8a2e:0370:7334", "fe80::1ff:fe23:4567:890a"])]
-
-
-def planted_corpus(world: str | Path, out: str | Path, seed: int = 0, n_exact: int = 40,
-                   n_near: int = 100, n_junk: int = 10, n_pii: int = 30, n_leak: int = 40) -> dict:
-    """A measuring fixture: miniworld's corpus (exact duplicates dropped) with planted
-    exact duplicates, near duplicates, junk of each kind, PII and leaked eval items, shuffled,
-    written to `out` (jsonl with {"text", "planted"}); returns {planted kind: count}. Leaks
-    are eval items long enough to check, verbatim, appended to a copy of a clean document."""
-    import random
-    from gptlab.data.loaders import iter_texts
-    from gptlab.fileio import atomic_write_text
-
-    rng = random.Random(seed)
-    world = Path(world)
-    clean, seen = [], set()
-    for t in iter_texts(world / "corpus"):
-        key = normalize(t)
-        if key not in seen:
-            seen.add(key)
-            clean.append(t)
-    items = []
-    for f in sorted((world / "eval").glob("*.jsonl")):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            text = _eval_texts(json.loads(line))
-            b = Batch([text])
-            if b.words[0] >= (26 if b.cjk[0] else 13):
-                items.append(text)
-    rng.shuffle(clean)
-    pii_base, leak_base, clean = clean[:n_pii], clean[n_pii:n_pii + n_leak], clean[n_pii + n_leak:]
-    docs = [(t, "clean") for t in clean]
-    docs += [(t if rng.random() < 0.5 else "  " + t.lower() + " ", "exact_dup") for t in rng.sample(clean, n_exact)]
-    docs += [(_near(rng, t), "near_dup") for t in rng.sample(clean, n_near)]
-    for kind in ("symbols", "digits", "repetition", "too_short", "language"):
-        docs += [(_junk(rng, kind), kind) for _ in range(n_junk)]
-    for i, t in enumerate(pii_base):         # these replace their clean originals
-        _, template, values = _PII[i % 3]
-        docs.append((t + " " + template.format(values[(i // 3) % len(values)]), "pii"))
-    docs += [(t + "\n\n" + item, "contamination") for t, item in zip(leak_base, rng.sample(items, n_leak))]
-    # originals come before their copies, so that the copy is the one counted as a duplicate
-    first, rest = docs[:len(clean)], docs[len(clean):]
-    rng.shuffle(rest)
-    order = first + rest
-    atomic_write_text(out, "".join(json.dumps({"text": t, "planted": k}, ensure_ascii=False) + "\n" for t, k in order))
-    counts: dict = {}
-    for _, k in order:
-        counts[k] = counts.get(k, 0) + 1
-    return counts
-
-
-def score_planted(fixture: str | Path, out: str | Path) -> dict:
-    """Per rule: recall (planted documents of that kind removed for that reason), precision
-    (removals for that reason that were planted as such); plus the clean documents removed
-    and, for PII, the share of planted documents kept with the PII replaced."""
-    planted = [json.loads(line) for line in Path(fixture).read_text(encoding="utf-8").splitlines()]
-    why: dict[int, str] = {}
-    for f in (Path(out) / "removed").glob("*.jsonl"):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            why[json.loads(line)["index"]] = f.stem
-    kept = "\n".join(json.loads(line)["text"] for f in sorted((Path(out) / "corpus").glob("*.jsonl"))
-                     for line in f.read_text(encoding="utf-8").splitlines())
-    result = {}
-    for rule in REASONS:
-        truth = {i for i, r in enumerate(planted) if r["planted"] == rule}
-        got = {i for i, r in why.items() if r == rule}
-        if truth or got:
-            result[rule] = {"planted": len(truth), "removed": len(got),
-                            "recall": len(truth & got) / max(len(truth), 1),
-                            "precision": len(truth & got) / max(len(got), 1)}
-    clean = [i for i, r in enumerate(planted) if r["planted"] == "clean"]
-    result["clean_removed"] = {"n": len(clean), "removed": sum(i in why for i in clean),
-                               "fraction": sum(i in why for i in clean) / max(len(clean), 1),
-                               "by_reason": {r: sum(why.get(i) == r for i in clean) for r in REASONS}}
-    pii = [i for i, r in enumerate(planted) if r["planted"] == "pii"]
-    values = [v for _, _, vs in _PII for v in vs]
-    leaked = sum(v in kept for v in values)
-    result["pii"] = {"planted": len(pii), "kept": sum(i not in why for i in pii),
-                     "values_left_in_kept_text": leaked}
-    return result

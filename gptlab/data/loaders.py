@@ -265,7 +265,8 @@ def _is_val(index: int, text: str, val_docs: int, val_fraction: float | None) ->
     return h / 2**64 < val_fraction
 
 
-def _batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
+def batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
+    """Lists of n items in order, the last one shorter (itertools.batched, Python 3.12)."""
     batch: list[str] = []
     for x in it:
         batch.append(x)
@@ -298,7 +299,7 @@ def build_shards(source: str | Path, tokenizer, out_dir: str | Path, *, val_docs
         writers = {s: _ShardWriter(tmp, s, dtype, shard_size) for s in ("train", "val")}
         index = 0
         with tqdm(desc="tokenizing", unit="doc", delay=2.0, disable=not progress) as bar:
-            for texts in _batched(iter_texts(source, text_field), 256):
+            for texts in batched(iter_texts(source, text_field), 256):
                 for text, ids in zip(texts, tokenizer.encode_batch(texts), strict=True):
                     src_hash.update(text.encode("utf-8") + b"\0")
                     split = "val" if _is_val(index, text, val_docs, val_fraction) else "train"

@@ -8,6 +8,8 @@ docs/DATA.md):
     sft/*.jsonl        {"messages", "meta"} one file per category
     prompts/*.jsonl    {"messages", "reference", "meta"} RL / rating prompts (train split)
     eval/*.jsonl       same shape, held out by entity and template; plus fact_completion
+    tools/sft.jsonl    conversations with tool definitions, calls and results (gptlab.data.world_tools);
+    tools/eval.jsonl   its held-out prompts (the `tools` eval suite)
     manifest.json      counts, shares, token estimates, sha256 of every file
 
 Same seed -> byte-identical files: one `random.Random(seed)` drives everything, JSON is
@@ -22,11 +24,12 @@ import json
 import random
 from pathlib import Path
 
-from gptlab.fileio import atomic_write_text
+from gptlab.fileio import atomic_write_text, read_jsonl
 
 from gptlab.data.world_chat import CATEGORIES, SFT_SHARES, build_chat, heldout_template_texts
 from gptlab.data.world_corpus import build_corpus
 from gptlab.data.world_kb import build_kb
+from gptlab.data.world_tools import generate_tools
 
 SCALES = {
     "tiny": {"docs_per_country": 1, "zh_per_country": 0.2, "docs_per_city": 1, "multi_docs": 20,
@@ -128,6 +131,12 @@ def generate_world(out_dir, seed: int = 0, scale: str = "small") -> dict:
     assert list(chat["sft"]) == CATEGORIES
     out = Path(out_dir)
     files = _write_all(out, kb, docs, chat, cfg["corpus_shard_docs"])
+    # tools/ sits beside sft/ rather than in it: the from-scratch track's SFT reads sft/ whole,
+    # and its short context cannot hold tool definitions; the assistant track mixes tools in.
+    generate_tools(out, seed, scale, kb=kb)
+    for name in ("sft", "eval"):
+        path = out / "tools" / f"{name}.jsonl"
+        files[f"tools/{name}.jsonl"] = _file_entry(path, read_jsonl(path))
     manifest = _manifest(seed, scale, files, chat)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1) + "\n")
     return manifest

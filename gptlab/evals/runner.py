@@ -27,27 +27,26 @@ logits (bpb, calibration) are then skipped.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
+from gptlab.chat import record_prompt, stop_token_ids
 from gptlab.evals import metrics as M
 from gptlab.evals import tasks as T
+from gptlab.evals.bpb import suite_bpb
+from gptlab.evals.calibration import suite_calibration
+from gptlab.evals.table import EVAL_FILE, format_table
 from gptlab.fileio import atomic_write_text
 
 SUITES = ("bpb", "fact", "chat", "tail", "calibration", "tools")
 DEFAULT_SUITES = {"base": ["bpb", "fact", "calibration"],
                   "chat": ["bpb", "chat", "tail", "calibration"]}
-EVAL_FILE = "eval.json"
 RELIABILITY_PNG = "eval_reliability.png"
 SCHEMA_VERSION = 1
-BPB_MAX_TOKENS = 1 << 18          # default cap on held-out tokens scored for bpb
-BPB_FALLBACK_DOCS = 1000          # pretrain's default val_docs
 
 Responder = Callable[..., list[str]]
 
@@ -92,11 +91,11 @@ class ModelResponder:
         self.model, self.tokenizer = model, tokenizer
         self.engine = Engine(model, tokenizer)
         self.batch_size, self.progress = batch_size, progress
-        self.stops = stop_ids(tokenizer)
+        self.stops = stop_token_ids(tokenizer)
         self.max_len = int(model.config.max_position_embeddings)
 
     def prompt_ids(self, record: dict) -> list[int]:
-        return render_prompt(self.tokenizer, record)
+        return record_prompt(self.tokenizer, record)
 
     def __call__(self, records: list[dict], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int | None = None, desc: str = "generate") -> list[str]:
@@ -123,29 +122,6 @@ class ModelResponder:
                         out[i] = self.tokenizer.decode(g, skip_special_tokens=True)
                 bar.update(len(chunk))
         return out
-
-
-def render_prompt(tokenizer, record: dict) -> list[int]:
-    """Prompt ids: a chat record rendered with the generation prompt exactly as SFT
-    tokenizes it (gptlab.chat.render_prompt), or BOS + text for a base-model prompt."""
-    if record.get("messages") is not None:
-        try:
-            from gptlab.chat import render_prompt as chat_prompt
-        except ImportError:   # equivalent for native ChatML: render, then encode
-            text = tokenizer.apply_chat_template(record["messages"], add_generation_prompt=True)
-            return tokenizer.encode(text)
-        return chat_prompt(tokenizer, record["messages"])
-    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else [tokenizer.eos_id]
-    return bos + tokenizer.encode(record["prompt"])
-
-
-def stop_ids(tokenizer) -> list[int]:
-    """End-of-turn tokens: eos, <|im_end|> and an imported template's own (gptlab.chat)."""
-    try:
-        from gptlab.chat import stop_token_ids
-    except ImportError:
-        return sorted({i for i in (tokenizer.eos_id, tokenizer.im_end_id) if i is not None})
-    return stop_token_ids(tokenizer)
 
 
 # ----------------------------------------------------------------------------- judged suites
@@ -213,211 +189,6 @@ def suite_tail(world_dir, categories, responder, judge, tokenizer, *, k: int, pr
             "k": k, "prompts": len(base),
             "by_kind": {c: {"median": M.percentile(s, 50), "p5": M.percentile(s, 5)}
                         for c, s in by_kind.items()}}
-
-
-# ----------------------------------------------------------------------------- bits per byte
-
-LOGITS_BUDGET = 1 << 27     # float32 logits per forward pass in bpb (512 MB)
-
-
-@torch.no_grad()
-def stream_nats(model, stream: list[int] | np.ndarray, seq_len: int, batch_size: int = 16,
-                progress: bool = False) -> tuple[float, int]:
-    """Total next-token nats over stream[1:] (each token given up to seq_len before it,
-    in rows that restart the context) and the number of scored tokens."""
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
-    s = torch.as_tensor(np.asarray(stream, dtype=np.int64))
-    n_scored = len(s) - 1
-    if n_scored <= 0:
-        raise ValueError("bits per byte needs at least two tokens")
-    device = next(model.parameters()).device
-    V = model.config.vocab_size
-    rows = math.ceil(n_scored / seq_len)
-    per = max(1, min(batch_size, LOGITS_BUDGET // (seq_len * V)))
-    total = 0.0
-    model.eval()
-    for b in tqdm(range(0, rows, per), desc="bpb", disable=not progress, leave=False):
-        n = min(per, rows - b)
-        x = torch.zeros(n, seq_len, dtype=torch.long)
-        y = torch.full((n, seq_len), -100, dtype=torch.long)
-        for j in range(n):
-            start = (b + j) * seq_len
-            row = s[start:start + seq_len + 1]
-            x[j, :len(row) - 1], y[j, :len(row) - 1] = row[:-1], row[1:]
-        logits = model(x.to(device)).float()
-        total += float(F.cross_entropy(logits.view(-1, V), y.to(device).view(-1),
-                                       ignore_index=-100, reduction="sum"))
-    return total, n_scored
-
-
-def bpb_of_stream(model, stream, n_bytes: int, seq_len: int, batch_size: int = 16,
-                  progress: bool = False) -> dict:
-    nats, n = stream_nats(model, stream, seq_len, batch_size, progress)
-    return {"bpb": M.bits_per_byte(nats, n_bytes), "nats": nats, "tokens": n, "bytes": n_bytes}
-
-
-def _tokenizer_sha(tokenizer) -> str:
-    import hashlib
-    return hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()
-
-
-def find_val_shards(model_dir: Path, meta: dict, tokenizer) -> Path | None:
-    """The val shards of the run that (directly or through `parent`) produced the model,
-    when they exist and were built with this tokenizer."""
-    sha = _tokenizer_sha(tokenizer)
-    cur, cur_meta = Path(model_dir), meta or {}
-    for _ in range(8):
-        cands = []
-        data = cur_meta.get("data")
-        if isinstance(data, dict) and data.get("shards"):
-            cands.append(Path(data["shards"]))
-        cands += [cur.parent / "shards", cur.parent.parent / "shards"]
-        for c in cands:
-            p = c / "shards.json"
-            if p.is_file():
-                sm = json.loads(p.read_text())
-                val = sm.get("splits", {}).get("val", {})
-                if val.get("tokens") and sm.get("tokenizer_sha256") in (None, sha):
-                    return c
-        parent = cur_meta.get("parent")
-        if not parent or not (Path(parent) / "gptlab.json").is_file():
-            return None
-        cur = Path(parent)
-        cur_meta = json.loads((cur / "gptlab.json").read_text())
-    return None
-
-
-def _cut_at_doc_end(stream: np.ndarray, max_tokens: int, eos: int) -> np.ndarray:
-    """The first <= max_tokens + 1 tokens, ending after the last complete document."""
-    if len(stream) <= max_tokens + 1:
-        return stream
-    head = stream[:max_tokens + 1]
-    ends = np.nonzero(head[1:] == eos)[0]
-    return head[:ends[-1] + 2] if len(ends) else head
-
-
-def bpb_stream_from_shards(shard_dir: Path, tokenizer, max_tokens: int) -> tuple[np.ndarray, int]:
-    """[eos] + the val split (documents each followed by eos), cut at a document end; the
-    byte count is that of the decoded text (exact for whole documents)."""
-    sm = json.loads((shard_dir / "shards.json").read_text())
-    parts = [np.memmap(shard_dir / f, dtype=np.dtype(sm["dtype"]), mode="r")
-             for f in sm["splits"]["val"]["files"] if (shard_dir / f).stat().st_size]
-    eos = int(sm.get("eos_id", tokenizer.eos_id))
-    stream = np.concatenate([np.array([eos], dtype=np.int64)] + [p.astype(np.int64) for p in parts])
-    stream = _cut_at_doc_end(stream, max_tokens, eos)
-    text = tokenizer.decode(stream.tolist(), skip_special_tokens=True)
-    return stream, len(text.encode("utf-8"))
-
-
-def bpb_stream_from_text(source, tokenizer, max_tokens: int, max_docs: int | None = None
-                         ) -> tuple[np.ndarray, int]:
-    """[eos] + encode(doc) + [eos] per document of `source` until max_tokens; bytes are the
-    raw documents' UTF-8 bytes."""
-    from gptlab.data.loaders import iter_texts
-
-    ids, n_bytes = [tokenizer.eos_id], 0
-    for i, doc in enumerate(iter_texts(source)):
-        if (max_docs is not None and i >= max_docs) or len(ids) > max_tokens:
-            break
-        ids += tokenizer.encode(doc) + [tokenizer.eos_id]
-        n_bytes += len(doc.encode("utf-8"))
-    return np.asarray(ids, dtype=np.int64), n_bytes
-
-
-def suite_bpb(model, tokenizer, model_dir, meta, world_dir, *, limit, bpb_text, batch_size,
-              progress) -> dict:
-    seq_len = int(min(model.config.max_position_embeddings, 2048))
-    max_tokens = BPB_MAX_TOKENS if limit is None else limit * seq_len
-    shards = None if bpb_text else find_val_shards(Path(model_dir), meta, tokenizer)
-    if bpb_text:
-        stream, n_bytes = bpb_stream_from_text(bpb_text, tokenizer, max_tokens)
-        source = str(bpb_text)
-    elif shards is not None:
-        stream, n_bytes = bpb_stream_from_shards(shards, tokenizer, max_tokens)
-        source = f"{shards} (val split)"
-    else:
-        corpus = Path(world_dir) / "corpus"
-        stream, n_bytes = bpb_stream_from_text(corpus, tokenizer, max_tokens, BPB_FALLBACK_DOCS)
-        source = f"{corpus} (first {BPB_FALLBACK_DOCS} documents: pretrain's default val split)"
-    res = bpb_of_stream(model, stream, n_bytes, seq_len, batch_size, progress)
-    return {"metrics": {"bpb": res["bpb"]}, "counts": {"bpb": res["tokens"]},
-            "source": source, "seq_len": seq_len, **res}
-
-
-# ----------------------------------------------------------------------------- calibration
-
-def letter_token_ids(tokenizer) -> list[list[int]]:
-    """For each letter, the ids of its single-token spellings ("A", " A")."""
-    out = []
-    for letter in T.LETTERS:
-        ids = sorted({t[0] for t in (tokenizer.encode(letter), tokenizer.encode(" " + letter))
-                      if len(t) == 1})
-        if not ids:
-            raise ValueError(f"the tokenizer has no single token for the letter {letter!r}")
-        out.append(ids)
-    return out
-
-
-@torch.no_grad()
-def next_token_probs(model, prompts: list[list[int]], batch_size: int = 16) -> torch.Tensor:
-    """(N, V) next-token distributions after each prompt (left-padded batches)."""
-    device = next(model.parameters()).device
-    out = []
-    for b in range(0, len(prompts), batch_size):
-        chunk = prompts[b:b + batch_size]
-        L = max(len(p) for p in chunk)
-        ids = torch.zeros(len(chunk), L, dtype=torch.long)
-        mask = torch.zeros(len(chunk), L, dtype=torch.bool)
-        for i, p in enumerate(chunk):
-            ids[i, L - len(p):] = torch.tensor(p)
-            mask[i, L - len(p):] = True
-        pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-        logits = model(ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                       logits_to_keep=1)[:, -1]
-        out.append(logits.float().softmax(-1).cpu())
-    return torch.cat(out)
-
-
-def letter_probs(probs: torch.Tensor, letter_ids: list[list[int]]) -> tuple[list[list[float]], list[float]]:
-    """Per item: the four letter probabilities renormalized, and their total raw mass."""
-    raw = torch.stack([probs[:, ids].sum(-1) for ids in letter_ids], dim=1)  # (N, 4)
-    mass = raw.sum(-1)
-    norm = raw / mass.clamp_min(1e-30)[:, None]
-    return norm.tolist(), mass.tolist()
-
-
-def suite_calibration(model, tokenizer, kind, world_dir, *, limit, shots, seed, batch_size,
-                      plot_path: Path | None) -> dict:
-    kb = json.loads((Path(world_dir) / "kb.json").read_text(encoding="utf-8"))
-    items = T.mc_items(kb, heldout=True, limit=limit, seed=seed)
-    if not items:
-        raise ValueError("no multiple-choice items: the kb has no held-out countries")
-    examples = T.mc_items(kb, heldout=False, seed=seed + 1)[:shots]
-    if kind == "chat":
-        prompts = [render_prompt(tokenizer, {"messages": T.mc_chat_messages(it, examples)})
-                   for it in items]
-    else:
-        prompts = [render_prompt(tokenizer, {"prompt": T.mc_base_prompt(it, examples)})
-                   for it in items]
-    max_len = int(model.config.max_position_embeddings)
-    prompts = [p[-max_len:] for p in prompts]
-    probs, mass = letter_probs(next_token_probs(model, prompts, batch_size),
-                               letter_token_ids(tokenizer))
-    answers = [it["answer"] for it in items]
-    cal = M.calibration_metrics(probs, answers)
-    cal["mc_letter_mass"] = sum(mass) / len(mass)
-    conf = [max(p) for p in probs]
-    correct = [max(range(4), key=p.__getitem__) == a for p, a in zip(probs, answers)]
-    bins = [vars(b) for b in M.reliability_bins(conf, correct)]
-    res = {"metrics": cal, "counts": {k: len(items) for k in cal}, "bins": bins,
-           "shots": len(examples), "items": len(items)}
-    if plot_path is not None:
-        from gptlab.evals.plots import reliability_plot
-        reliability_plot(bins, cal["ece"], plot_path, title=f"{len(items)} kb questions")
-        res["plot"] = plot_path.name
-    return res
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -631,92 +402,3 @@ def write_eval(path: Path, result: dict) -> Path:
     atomic_write_text(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(path.with_suffix(".md"), format_table(result) + "\n")
     return path
-
-
-# ----------------------------------------------------------------------------- tables
-
-HEADLINE = ["bpb", "fact_accuracy", "qa_accuracy", "multiturn_accuracy", "system_compliance",
-            "conflict_system_wins", "harmful_refusal", "over_refusal", "premise_correction",
-            "pushback_hold", "pushback_admit", "idk_rate", "arithmetic_accuracy",
-            "judge_score", "pass_rate", "tail_median", "tail_p5", "tail_mean",
-            "tail_worst_of_k", "ece", "mc_accuracy", "mc_confidence", "mc_brier",
-            "mc_letter_mass"]
-
-
-def metric_order(names) -> list[str]:
-    names = set(names)
-    head = [n for n in HEADLINE if n in names]
-    return head + sorted(names - set(head))
-
-
-def fmt_value(name: str, v) -> str:
-    if v is None:
-        return "-"
-    info = T.metric_info(name)
-    if info.unit == "rate":
-        return f"{100 * v:.1f}%"
-    if info.unit == "bits":
-        return f"{v:.4f}"
-    return str(int(v)) if info.unit == "count" else f"{v:.3f}"
-
-
-def fmt_delta(name: str, a, b) -> str:
-    if a is None or b is None:
-        return "-"
-    d = b - a
-    info = T.metric_info(name)
-    mark = "" if abs(d) < 1e-12 else (" +" if (d > 0) == info.higher_is_better else " -")
-    if info.unit == "rate":
-        return f"{100 * d:+.1f} pp{mark}"
-    return f"{d:+.4f}{mark}" if info.unit == "bits" else f"{d:+.3f}{mark}"
-
-
-def _label(name: str) -> str:
-    return name + (" (lower is better)" if not T.metric_info(name).higher_is_better else "")
-
-
-def format_table(result: dict) -> str:
-    """Markdown: one row per metric (value and the number of items it is over)."""
-    m, n = result.get("metrics", {}), result.get("counts", {})
-    lines = [f"### eval: {result.get('model') or 'responder'} ({result.get('model_kind')})", "",
-             "| metric | value | n |", "|---|---:|---:|"]
-    for name in metric_order(m):
-        lines.append(f"| {_label(name)} | {fmt_value(name, m[name])} | {n.get(name, '')} |")
-    for suite, why in result.get("skipped", {}).items():
-        lines.append(f"\n_{suite} skipped: {why}_")
-    return "\n".join(lines)
-
-
-def load_eval(path: str | Path) -> dict:
-    """An eval.json, given the file or the checkpoint directory holding it."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / EVAL_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: run `gptlab eval --model DIR --world WORLD` first")
-    return json.loads(p.read_text(encoding="utf-8"))
-
-
-def compare(a: str | Path | dict, b: str | Path | dict, names: tuple[str, str] | None = None) -> str:
-    """Side-by-side markdown of two eval.json files (or dirs): A, B and B - A.
-    A trailing '+' marks a change for the better, '-' for the worse."""
-    ra = a if isinstance(a, dict) else load_eval(a)
-    rb = b if isinstance(b, dict) else load_eval(b)
-    na, nb = names or (_short(a, ra), _short(b, rb))
-    if na == nb:
-        na, nb = f"A: {na}", f"B: {nb}"
-    ma, mb = ra.get("metrics", {}), rb.get("metrics", {})
-    lines = [f"| metric | {na} | {nb} | difference ({nb} - {na}) |", "|---|---:|---:|---:|"]
-    for name in metric_order(set(ma) | set(mb)):
-        va, vb = ma.get(name), mb.get(name)
-        lines.append(f"| {_label(name)} | {fmt_value(name, va)} | {fmt_value(name, vb)} | "
-                     f"{fmt_delta(name, va, vb)} |")
-    return "\n".join(lines)
-
-
-def _short(src, res: dict) -> str:
-    if isinstance(src, dict):
-        return str(res.get("model") or "model")
-    p = Path(src)
-    p = p.parent if p.name == EVAL_FILE else p
-    return "/".join(p.parts[-2:]) if len(p.parts) >= 2 else str(p)

@@ -2,10 +2,10 @@
 
 Every judged task reads `WORLD/eval/<category>.jsonl` (docs/MINIWORLD_SCHEMA.md), asks a
 responder for one reply per record, scores it with the gold judge
-(`gptlab.data.judge.Judge.score_record`) and turns the `Verdict`s into rates with
+(`gptlab.judge.Judge.score_record`) and turns the `Verdict`s into rates with
 :func:`aggregate`. The pass rule of each category is in :data:`KIND_METRICS`; a verdict
 "passes" when none of the judge's hard checks failed (the fact is right, nothing is
-refused that should not be, no loop, ...), see gptlab/data/judge.py.
+refused that should not be, no loop, ...), see gptlab/judge/rater.py.
 
 Multiple-choice items for calibration (:func:`mc_items`) are built from kb.json: the
 capital, continent and currency of each held-out country, with three distractors drawn

@@ -13,7 +13,9 @@ for everything it must remember:
 - ``/api/compare``: the A/B vote -> prompt + both responses + a ``Comparison``
   (``kind="human"``, ``rater`` = the API key or the client's address) -- the pairs the reward model and DPO train on;
 - ``/api/fit``: how many of the oldest turns to leave out so a chat fits the model's
-  context with room for the reply (counted with the model's own chat template).
+  context with room for the reply (counted with the model's own chat template);
+- ``/api/tools``: the built-in tools the operator enabled, run on the person's say-so
+  (gptlab.serve.web_tools; chats keep their tool calls and ``tool`` turns).
 
 Who is asking: the name the user typed once (header ``X-Gptlab-User``, percent-encoded since
 header values are latin-1; plain ASCII names need no encoding), scoped by the API key
@@ -24,6 +26,7 @@ subclass ``feedback.Base``.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import datetime, timezone
@@ -40,7 +43,10 @@ from sqlalchemy import JSON, DateTime, String, Text, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gptlab.feedback import Base, Comparison, Prompt, Rating, Response
-from gptlab.serve.errors import APIError, invalid
+from gptlab.serve.errors import APIError, invalid, rate_limited
+from gptlab.serve.prompts import chat_prompt
+from gptlab.serve.schemas import ChatCompletionRequest, ChatMessage, ToolCall
+from gptlab.serve.tools import plan_tools
 
 STATIC_DIR = Path(__file__).with_name("static")
 USER_HEADER = "X-Gptlab-User"
@@ -77,8 +83,10 @@ class WebUserSettings(Base):
 # --------------------------------------------------------------------------- request bodies
 
 class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: list[ToolCall] | None = None     # an assistant turn's calls (web chat tools)
+    tool_call_id: str | None = Field(None, max_length=256)   # the call a tool turn answers
 
 
 class ConversationIn(BaseModel):
@@ -114,6 +122,7 @@ class FitIn(BaseModel):
     model: str = Field(min_length=1, max_length=256)
     messages: list[Message] = Field(min_length=1)   # an optional system message, then the turns
     reply_tokens: int = Field(1, ge=1, le=2 ** 31)   # room to leave for the reply when possible
+    tools: list | None = None                        # the definitions the chat request will send
 
 
 class CompareIn(BaseModel):
@@ -125,7 +134,7 @@ class CompareIn(BaseModel):
 
 # --------------------------------------------------------------------------- helpers
 
-def _key_id(record) -> str:
+def key_id(record) -> str:
     """A stable id for the API key record `authenticate` returned (None without auth)."""
     if record is None:
         return ""
@@ -148,7 +157,7 @@ def owner(request: Request,
     if len(user) > MAX_USER_LEN or not re.fullmatch(r"[\w .@+-]+", user):
         raise invalid(f"bad user name {user[:80]!r}: up to {MAX_USER_LEN} letters, digits, spaces "
                       "and . @ + - _", USER_HEADER)
-    return f"{_key_id(record)}/{user}"
+    return f"{key_id(record)}/{user}"
 
 
 Owner = Annotated[str, Depends(owner)]
@@ -202,17 +211,19 @@ def _check_storable(value, param: str = "") -> None:
 
 def _check_messages(messages: list[dict]) -> None:
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool") \
                 or not isinstance(m.get("content"), str):
-            raise invalid(f"messages[{i}] must have role system/user/assistant and string content",
+            raise invalid(f"messages[{i}] must have role system/user/assistant/tool and string content",
                           f"messages[{i}]")
 
 
 def _prompt(messages: list[Message]) -> list[dict]:
-    """Chat messages for the feedback store: they must end with the user turn answered."""
-    out = [m.model_dump() for m in messages]
-    if out[-1]["role"] != "user":
-        raise invalid("messages must end with the user turn the answers reply to", "messages")
+    """Chat messages for the feedback store: they must end with the user turn answered (or,
+    after tool calls, the tool results the answer read)."""
+    out = [m.model_dump(exclude_none=True) for m in messages]
+    if out[-1]["role"] not in ("user", "tool"):
+        raise invalid("messages must end with the user turn (or the tool results) the answers reply to",
+                      "messages")
     return out
 
 
@@ -308,16 +319,12 @@ def _voter(request: Request, body) -> str:
     """Who a vote is attributed to -- the API key (auth on) or the client's address (auth
     off), never the name the page sends -- after its size and the voter's rate are checked
     (a vote trains the reward model: no 500 KB "human" votes, no floods)."""
-    import json
-
-    from gptlab.serve.errors import rate_limited
-
     size = len(json.dumps(body.model_dump(), ensure_ascii=False).encode())
     if size > MAX_VOTE_BYTES:
         raise invalid(f"a vote may hold at most {MAX_VOTE_BYTES} bytes of text, got {size}",
                       code="request_too_large")
     record = request.app.state.authenticate(request)
-    voter = f"key:{_key_id(record)}" if record else f"addr:{request.client.host if request.client else '?'}"
+    voter = f"key:{key_id(record)}" if record else f"addr:{request.client.host if request.client else '?'}"
     limiter = getattr(request.app.state, "vote_limiter", None)
     wait = limiter.hit(voter) if limiter else None
     if wait is not None:
@@ -392,25 +399,28 @@ def _add_fit_route(app: FastAPI) -> None:
         counts the messages after the system message (which is always kept) to leave out.
         It cuts at user turns only, and drops nothing when everything fits. When even the
         last user turn leaves less room than ``reply_tokens``, that turn alone is the prompt;
-        400 context_length_exceeded when it leaves no room at all."""
+        400 context_length_exceeded when it leaves no room at all. ``tools``: the definitions
+        the chat request will carry (they take prompt tokens too)."""
         _check_storable(body.model_dump())
         entry = request.app.state.registry.resolve(body.model)
-        dropped, tokens = fit_turns(entry, body.messages, body.reply_tokens)
+        dropped, tokens = fit_turns(entry, body.messages, body.reply_tokens, body.tools)
         return {"model": entry.name, "context_length": entry.context, "dropped": dropped,
                 "prompt_tokens": tokens}
 
 
-def fit_turns(entry, messages: list[Message], reply_tokens: int) -> tuple[int, int]:
-    """(messages after the system message to drop, prompt tokens of what is kept)."""
-    from gptlab.serve.app import _chat_prompt   # the chat route's own count: template + cleaning
-    from gptlab.serve.schemas import ChatMessage
-
+def fit_turns(entry, messages: list[Message], reply_tokens: int,
+              tools: list | None = None) -> tuple[int, int]:
+    """(messages after the system message to drop, prompt tokens of what is kept). A cut
+    falls only before a user turn, so a tool call and its results are kept or left out together."""
     system = [ChatMessage(role="system", content=m.content) for m in messages[:1] if m.role == "system"]
-    turns = [ChatMessage(role=m.role, content=m.content) for m in messages[len(system):]]
+    turns = [ChatMessage(role=m.role, content=m.content, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id)
+             for m in messages[len(system):]]
     cuts = sorted({0} | {i for i, m in enumerate(turns) if m.role == "user"})
+    plan = plan_tools(ChatCompletionRequest(model=entry.name, messages=system + turns, tools=tools)) \
+        if tools else None   # the definitions, checked as the chat route checks them
 
-    def count(k: int) -> int:
-        return len(_chat_prompt(entry, system + turns[cuts[k]:]))
+    def count(k: int) -> int:   # the chat route's own count: template, cleaning, tool definitions
+        return len(chat_prompt(entry, system + turns[cuts[k]:], plan))
 
     room = entry.context - reply_tokens
     whole = count(0)

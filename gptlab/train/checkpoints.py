@@ -11,12 +11,13 @@ Writing one checkpoint directory (atomic, hashed) is `gptlab.checkpoint`'s job.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -152,6 +153,34 @@ def check_resume(latest: Path, old: dict, fixed: dict) -> None:
     for key, value in fixed.items():
         if key in old and old[key] != value:
             raise ValueError(f"cannot resume {latest}: {key} was {old[key]!r}, now {value!r}")
+
+
+def resume_run(cfg, model, optimizer, fixed: Sequence[str], *, is_main: bool = True,
+               adapter: bool = False, restore_data: Callable[[dict], None] = lambda state: None
+               ) -> int:
+    """The resume path of a stage whose config has ``out`` and ``resume`` (every
+    ``TrainSettings``): 0 on a fresh start (stale step checkpoints of an older run removed);
+    else the step to continue from, once the settings named in ``fixed`` -- those that shape
+    the model or the data stream -- equal what the newest intact checkpoint recorded (a
+    setting an older run did not record counts as its default) and :func:`restore_step` has
+    put the weights, optimizer, data position and RNG back."""
+    latest, state = resume_state(cfg.out, cfg.resume, is_main)
+    if latest is None:
+        return 0
+    old = {**_field_defaults(type(cfg)), **state.get("config", {})}
+    check_resume(latest, old, {key: getattr(cfg, key) for key in fixed})
+    return restore_step(latest, state, model, optimizer, adapter=adapter, restore_data=restore_data)
+
+
+def _field_defaults(cls) -> dict:
+    """The default of each field of a config dataclass that has one."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def rng_state() -> dict:

@@ -28,10 +28,8 @@ from pathlib import Path
 
 import torch
 
-from gptlab.settings import cli_field as _f  # one definition of a --flag field for every stage
-from gptlab.train.checkpoints import (
-    check_resume, checkpoint_path, prune_checkpoints, restore_step, resume_state, rng_state,
-)
+from gptlab.settings import TrainSettings, cli_field as _f  # one definition of a --flag field for every stage
+from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, resume_run, rng_state
 from gptlab.train.dist import (
     DistEnv, autocast_context, barrier, print0, resolve_dtype, run_distributed, seed_everything,
     wrap_model,
@@ -45,7 +43,7 @@ from gptlab.train.optim import SCHEDULES, build_optimizer
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(TrainSettings):
     """Everything `gptlab pretrain` accepts; fields map 1:1 to CLI flags. None = derive."""
 
     data: str = _f("", "raw text (.txt/.jsonl/.parquet file or dir, hf:org/name) or a shard dir with shards.json")
@@ -70,20 +68,9 @@ class PretrainConfig:
     final_lr_frac: float | None = _f(None, "floor of the schedule as a fraction of the peak LR; unset: 0.1")
     warmdown_frac: float = _f(0.2, "fraction of steps in the final warmdown (schedule=wsd)")
     grad_clip: float | None = _f(None, "clip the global gradient norm to this (0 = off); unset: 1.0")
-    eval_every: int = _f(100, "validate every N steps (and at the end; 0 = only at the end)")
     eval_batches: int = _f(8, "validation batches (of device_batch_size rows per process)")
     val_docs: int = _f(1000, "documents held out for validation when building shards")
     data_tokens: int | None = _f(None, "stop reading --data once this many training tokens are tokenized (hub data sets are streamed); unset: all of it")
-    save_every: int = _f(500, "checkpoint every N steps (and at the end; 0 = only at the end)")
-    keep_checkpoints: int = _f(2, "how many step checkpoints to keep under out/ckpt (0 = all)")
-    seed: int = _f(0, "random seed (model init and data order)")
-    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = _f("auto", "auto (bf16 autocast on CUDA, else fp32), bfloat16 or float32")
-    compile: bool = _f(False, "torch.compile the model")
-    resume: bool = _f(False, "continue from the newest checkpoint in out/ckpt (fresh start if none)")
-    tensorboard: bool = _f(False, "also log to TensorBoard in out/tb (if installed)")
-    wandb: str | None = _f(None, "also log to this Weights & Biases project (if installed)")
-    progress: bool = _f(True, "show a progress bar")
 
 
 def depth_defaults(depth: int) -> dict:
@@ -332,20 +319,6 @@ def make_saver(model, optimizer, loader, tokenizer, cfg: PretrainConfig, env: Di
 _RESUME_FIXED = ("depth", "width", "seq_len", "total_batch_tokens", "seed", "optimizer")
 
 
-def maybe_resume(cfg: PretrainConfig, model, optimizer, loader, env: DistEnv) -> int:
-    """Load the newest out/ckpt checkpoint when resuming; returns the step to start from.
-
-    A fresh (non-resume) run removes stale step checkpoints so that a later --resume
-    cannot pick up a checkpoint of an older run.
-    """
-    latest, state = resume_state(cfg.out, cfg.resume, env.is_main)
-    if latest is None:
-        return 0
-    check_resume(latest, state.get("config", {}), {key: getattr(cfg, key) for key in _RESUME_FIXED})
-    return restore_step(latest, state, model, optimizer,
-                        restore_data=lambda st: loader.load_state_dict(st["loader"]))
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -370,7 +343,10 @@ def _pretrain(cfg: PretrainConfig, env: DistEnv) -> Path:
                                 weight_decay=cfg.weight_decay)
     loader = TokenBatchLoader(shard_dir, "train", cfg.device_batch_size, cfg.seq_len,
                               seed=cfg.seed, rank=env.rank, world_size=env.world_size)
-    start = maybe_resume(cfg, raw, optimizer, loader, env)
+    # --resume: the newest intact step checkpoint (a fresh run removes stale ones, so a later
+    # --resume cannot pick up an older run's)
+    start = resume_run(cfg, raw, optimizer, _RESUME_FIXED, is_main=env.is_main,
+                       restore_data=lambda st: loader.load_state_dict(st["loader"]))
     if start >= cfg.max_steps and (Path(cfg.out) / "final" / "config.json").is_file():
         print0(f"already trained {start} >= {cfg.max_steps} steps: {Path(cfg.out) / 'final'}")
         return Path(cfg.out) / "final"

@@ -26,11 +26,9 @@ Mixtures: `--mix SOURCE:WEIGHT[,SOURCE:WEIGHT...]` adds rows from other sources,
 pretraining text, with every token in the loss, so facts are not forgotten); a source is
 text (any `iter_texts` source) or chat (anything `--data` accepts).
 """
-
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import random
@@ -39,14 +37,9 @@ from pathlib import Path
 
 import torch
 
-from gptlab.chat import (
-    TOO_LONG_POLICIES, Example, FitStats, collate, fit_examples, length_grouped_batches,
-    render_records, text_examples,
-)
-from gptlab.settings import cli_field as _f  # one definition of a --flag field for every stage
-from gptlab.train.checkpoints import (
-    check_resume, checkpoint_path, prune_checkpoints, restore_step, resume_state, rng_state,
-)
+from gptlab.chat import TOO_LONG_POLICIES, Example, collate
+from gptlab.settings import TrainSettings, cli_field as _f  # one definition of a --flag field for every stage
+from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, resume_run, rng_state
 from gptlab.train.dist import (
     DistEnv, all_reduce_sum, autocast_context, barrier, print0, resolve_dtype, run_distributed,
     seed_everything, wrap_model,
@@ -57,9 +50,13 @@ from gptlab.train.lora import (
 )
 from gptlab.train.metrics import MetricsLogger
 from gptlab.train.optim import SCHEDULES, build_optimizer
+from gptlab.train.sft_data import (
+    MixPart, SFTBatches, SFTData, chat_examples, load_chat_records, parse_mix, records_sha,
+    source_kind, text_pool)
+
 
 @dataclass
-class SFTConfig:
+class SFTConfig(TrainSettings):
     """Everything `gptlab sft` accepts; fields map 1:1 to CLI flags. None = derive."""
 
     init: str = _f("", "checkpoint to fine-tune: a gptlab checkpoint or any HF Llama-family directory")
@@ -79,7 +76,6 @@ class SFTConfig:
     warmup_steps: int | None = _f(None, "linear warmup steps; unset: 3 percent of max_steps")
     schedule: str = _f("linear", "after warmup: linear | cosine decay, wsd, constant")
     final_lr_frac: float = _f(0.0, "floor of the schedule as a fraction of the peak LR")
-    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
     train_layers: int | None = _f(None, "full fine-tuning of only the top N transformer blocks and the final norm (embeddings, head and lower blocks frozen, so backward stops at block N from the top); unset: every weight")
     lora_r: int = _f(0, "LoRA rank; 0 = full fine-tuning")
     lora_alpha: float | None = _f(None, "LoRA alpha (the update is scaled by alpha / r); unset: 2 x lora_r")
@@ -89,15 +85,6 @@ class SFTConfig:
     merge: bool = _f(True, "LoRA: merge the adapter into out/final's weights (--no-merge: base weights + adapter files)")
     eval_every: int = _f(50, "validate every N steps (and at the start and end; 0 = only then)")
     save_every: int = _f(200, "checkpoint every N steps (and at the end; 0 = only at the end)")
-    keep_checkpoints: int = _f(2, "how many step checkpoints to keep under out/ckpt (0 = all)")
-    seed: int = _f(0, "random seed (data order, validation split, LoRA init)")
-    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = _f("auto", "auto (bf16 autocast on CUDA, else fp32), bfloat16 or float32")
-    compile: bool = _f(False, "torch.compile the model")
-    resume: bool = _f(False, "continue from the newest checkpoint in out/ckpt (fresh start if none)")
-    tensorboard: bool = _f(False, "also log to TensorBoard in out/tb (if installed)")
-    wandb: str | None = _f(None, "also log to this Weights & Biases project (if installed)")
-    progress: bool = _f(True, "show a progress bar")
 
 
 def validate_config(cfg: SFTConfig) -> None:
@@ -124,26 +111,6 @@ def validate_config(cfg: SFTConfig) -> None:
     parse_mix(cfg.mix)
 
 
-def parse_mix(spec: str | None) -> list[tuple[str, float]]:
-    """'a:0.2,hf:org/x:train:0.1' -> [('a', 0.2), ('hf:org/x:train', 0.1)]."""
-    out = []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        source, sep, weight = part.rpartition(":")
-        try:
-            w = float(weight)
-        except ValueError:
-            w = None
-        if not sep or not source or w is None or not 0 < w < 1:
-            raise ValueError(f"--mix entries are SOURCE:WEIGHT with 0 < WEIGHT < 1, got {part!r}")
-        out.append((source, w))
-    if sum(w for _, w in out) >= 1:
-        raise ValueError(f"--mix weights must sum to less than 1 (the rest is --data), got {spec!r}")
-    return out
-
-
 def default_lr(width: int, lora: bool) -> float:
     """1e-3 at width 256 (the CPU-tiny depth 4), scaled as 1/width; 2.5x for LoRA.
 
@@ -153,194 +120,10 @@ def default_lr(width: int, lora: bool) -> float:
     return 1e-3 * 256 / width * (2.5 if lora else 1.0)
 
 
-# --------------------------------------------------------------------------- reading data
-
-_CHAT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
-
-
-def _chat_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        if (path / "sft").is_dir():  # a miniworld directory: its SFT conversations
-            path = path / "sft"
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_CHAT_SUFFIXES)
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        if not files:
-            raise FileNotFoundError(f"no {', '.join(_CHAT_SUFFIXES)} files under {path}")
-        return files
-    if not path.exists():
-        raise FileNotFoundError(f"data source {path} does not exist")
-    return [path]
-
-
-def _file_rows(path: Path):
-    """(line or row number, raw record) of one file."""
-    import gzip
-
-    if path.name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-        n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for rec in batch.to_pylist():
-                n += 1
-                yield n, rec
-        return
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        if path.name.endswith(".json"):
-            yield from enumerate(json.load(f), 1)
-            return
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {i}: invalid JSON ({e.msg})") from None
-
-
-def _hf_rows(spec: str):
-    """hf:org/name | hf:org/name:split | hf:org/name:config:split -> (row number, record)."""
-    import datasets
-
-    parts = spec.split(":")
-    name, config, split = parts[0], None, "train"
-    if len(parts) == 2:
-        split = parts[1]
-    elif len(parts) == 3:
-        config, split = parts[1] or None, parts[2]
-    elif len(parts) > 3:
-        raise ValueError(f"hf:{spec}: expected hf:org/name[:split] or hf:org/name:config:split")
-    yield from enumerate(datasets.load_dataset(name, config, split=split), 1)
-
-
-def _rows(source: str):
-    """(where, number, raw record) for every record of a chat source."""
-    if source.startswith("hf:"):
-        for n, rec in _hf_rows(source[3:]):
-            yield source, n, rec
-        return
-    for f in _chat_files(Path(source)):
-        for n, rec in _file_rows(f):
-            yield str(f), n, rec
-
-
-def load_chat_records(source: str) -> list[dict]:
-    """Chat records ``{"messages", "meta"}`` from a miniworld dir, a file or directory of
-    messages / sharegpt records (.jsonl, .jsonl.gz, .json, .parquet), or ``hf:org/name``.
-
-    Formats are read by ``gptlab.data.formats``; each record's ``meta`` (e.g.
-    ``masked_turns``) is kept. A malformed record raises ``FormatError`` naming its file
-    and line."""
-    from gptlab.data.formats import KIND, FormatError, convert_record, detect_format
-
-    out, fmts = [], {}
-    for where, n, rec in _rows(source):
-        try:
-            if where not in fmts:
-                fmts[where] = detect_format(rec) if isinstance(rec, dict) else "messages"
-                if KIND[fmts[where]] != "chat":
-                    raise ValueError(f"{where}: holds {KIND[fmts[where]]} records, not chat conversations")
-            conv = convert_record(rec, fmts[where])
-        except FormatError as e:
-            msg = str(e).split(f"field '{e.field}': ", 1)[-1]
-            raise FormatError(where, n, e.field, msg) from None
-        meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-        out.append({"messages": conv["messages"], "meta": meta})
-        if "tools" in conv:  # tool definitions, rendered in the system turn (gptlab.tool_format)
-            out[-1]["tools"] = conv["tools"]
-    return out
-
-
-def source_kind(source: str) -> str:
-    """"chat" or "text": what the first record of a source holds."""
-    from gptlab.data.formats import KIND, detect_format
-
-    if not source.startswith("hf:"):
-        path = Path(source)
-        if path.is_dir() and (path / "sft").is_dir():
-            return "chat"
-        if path.is_file() and path.name.endswith((".txt", ".txt.gz")):
-            return "text"
-        if path.is_dir() and not any(p.name.endswith(_CHAT_SUFFIXES) for p in path.rglob("*")):
-            return "text"  # a directory of .txt files
-    for _, _, rec in _rows(source):
-        return KIND.get(detect_format(rec), "text") if isinstance(rec, dict) else "text"
-    raise ValueError(f"{source}: no records")
-
-
-def _records_sha(records: list[dict]) -> str:
-    h = hashlib.sha256()
-    for r in records:
-        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode("utf-8"))
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- the data set
-
-
-@dataclass
-class MixPart:
-    """A mixture source: its pool of examples and how many it gives per epoch."""
-
-    source: str
-    weight: float
-    kind: str
-    pool: list[Example]
-    per_epoch: int
-
-
-@dataclass
-class SFTData:
-    train: list[Example]          # the --data conversations used for training
-    val: list[Example]            # held out from --data
-    mixes: list[MixPart]
-    info: dict                    # counts for data.json / gptlab.json
-
-    @property
-    def epoch_size(self) -> int:
-        return len(self.train) + sum(m.per_epoch for m in self.mixes)
-
-    def epoch_examples(self, epoch: int) -> list[Example]:
-        """The examples of one epoch: all of train, plus each mixture's next slice of its
-        (cyclic) pool."""
-        out = list(self.train)
-        for m in self.mixes:
-            start = epoch * m.per_epoch
-            out += [m.pool[(start + i) % len(m.pool)] for i in range(m.per_epoch)]
-        return out
-
-
-def _chat_examples(tokenizer, records: list[dict], seq_len: int, policy: str
-                   ) -> tuple[list[Example], FitStats]:
-    rendered = render_records(tokenizer, records)
-    return fit_examples((Example.make(ids, mask) for ids, mask in rendered), seq_len, policy)
-
-
-def _text_pool(source: str, tokenizer, seq_len: int, needed: int, seed: int,
-               max_docs: int = 200_000) -> list[Example]:
-    """Tokenized text pieces for a mixture: local sources are read whole (up to max_docs
-    documents), streamed ones only as far as needed; shuffled with the seed."""
-    from gptlab.data.loaders import iter_texts
-
-    limit = max_docs if not source.startswith("hf:") else max(needed, 1)
-    docs = []
-    for text in iter_texts(source):
-        docs.append(text)
-        if len(docs) >= limit:
-            break
-    pool = []
-    for i in range(0, len(docs), 1000):
-        ids = tokenizer.encode_batch(docs[i:i + 1000])
-        pool += text_examples((d + [tokenizer.eos_id] for d in ids), seq_len)
-    random.Random(f"mix-{seed}-{source}").shuffle(pool)
-    if not pool:
-        raise ValueError(f"--mix {source}: no text")
-    return pool
-
-
 def prepare_data(cfg: SFTConfig, tokenizer, seq_len: int) -> SFTData:
     """Load, render, split and fit the conversations of --data, and the --mix pools."""
     records = load_chat_records(cfg.data)
-    sha = _records_sha(records)
+    sha = records_sha(records)
     rng = random.Random(f"sft-split-{cfg.seed}")
     order = list(range(len(records)))
     rng.shuffle(order)
@@ -349,8 +132,8 @@ def prepare_data(cfg: SFTConfig, tokenizer, seq_len: int) -> SFTData:
     n_val = min(cfg.val_records, len(order) // 10)
     val_recs = [records[i] for i in order[:n_val]]
     train_recs = [records[i] for i in order[n_val:]]
-    train, st_train = _chat_examples(tokenizer, train_recs, seq_len, cfg.too_long)
-    val, st_val = _chat_examples(tokenizer, val_recs, seq_len, cfg.too_long)
+    train, st_train = chat_examples(tokenizer, train_recs, seq_len, cfg.too_long)
+    val, st_val = chat_examples(tokenizer, val_recs, seq_len, cfg.too_long)
     if not train:
         raise ValueError(f"{cfg.data}: no conversation left to train on ({st_train.summary(seq_len, cfg.too_long)})")
     print0(f"sft data {cfg.data}: {len(records)} conversations -> train {st_train.summary(seq_len, cfg.too_long)}; "
@@ -361,12 +144,12 @@ def prepare_data(cfg: SFTConfig, tokenizer, seq_len: int) -> SFTData:
         per_epoch = max(1, round(w / share * len(train)))
         kind = source_kind(source)
         if kind == "chat":
-            pool, st = _chat_examples(tokenizer, load_chat_records(source), seq_len, cfg.too_long)
+            pool, st = chat_examples(tokenizer, load_chat_records(source), seq_len, cfg.too_long)
             random.Random(f"mix-{cfg.seed}-{source}").shuffle(pool)
             note = st.summary(seq_len, cfg.too_long)
         else:
             needed = per_epoch * max(1, math.ceil(cfg.epochs))
-            pool = _text_pool(source, tokenizer, seq_len, needed, cfg.seed)
+            pool = text_pool(source, tokenizer, seq_len, needed, cfg.seed)
             note = f"{len(pool)} text pieces"
         if not pool:
             raise ValueError(f"--mix {source}: nothing to train on")
@@ -378,76 +161,6 @@ def prepare_data(cfg: SFTConfig, tokenizer, seq_len: int) -> SFTData:
             "mix": [{"source": m.source, "kind": m.kind, "weight": m.weight,
                      "rows_per_epoch": m.per_epoch, "pool": len(m.pool)} for m in mixes]}
     return SFTData(train, val, mixes, info)
-
-
-class SFTBatches:
-    """The resumable stream of micro-batches.
-
-    The global stream is the concatenation of epochs, each cut into length-grouped
-    micro-batches of `rows` examples (`length_grouped_batches`). Optimizer step g uses
-    stream positions [g*A*W, (g+1)*A*W) (A accumulation steps, W processes); process r
-    takes positions g*A*W + a*W + r. Every process knows the whole step, so each computes
-    the step's total number of target tokens -- the loss normalizer -- without talking.
-    """
-
-    def __init__(self, data: SFTData, rows: int, pad_id: int, seq_len: int, *, seed: int,
-                 accum: int, rank: int = 0, world_size: int = 1, device=None,
-                 pad_multiple: int | None = None):
-        self.data, self.rows, self.pad_id, self.seq_len = data, rows, pad_id, seq_len
-        self.seed, self.accum, self.rank, self.world = seed, accum, rank, world_size
-        self.device = device
-        # rows padded to a multiple of 16 on accelerators (few shapes, aligned kernels);
-        # on CPU padding is only cost
-        cpu = device is None or torch.device(device).type == "cpu"
-        self.pad_multiple = pad_multiple or (1 if cpu else 16)
-        self.position = 0
-        self._epoch, self._examples, self._batches = -1, None, None
-        self._queue: list = []
-        self.batches_per_epoch = len(self._epoch_batches(0))
-
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        if epoch != self._epoch:
-            self._examples = self.data.epoch_examples(epoch)
-            lengths = [len(e) for e in self._examples]
-            self._batches = length_grouped_batches(lengths, self.rows, self.seed, epoch)
-            self._epoch = epoch
-        return self._batches
-
-    def _batch(self, pos: int) -> list[Example]:
-        epoch, i = divmod(pos, self.batches_per_epoch)
-        batches = self._epoch_batches(epoch)
-        return [self._examples[j] for j in batches[i]]
-
-    def next_batch(self):
-        """This process's next micro-batch: (x, y, target tokens, scale). The loss of the
-        micro-batch is mean_loss * tokens * scale (see `make_loss_fn`)."""
-        if not self._queue:
-            n = self.accum * self.world
-            step = [self._batch(self.position + k) for k in range(n)]
-            total = sum(e.n_targets for b in step for e in b)
-            scale = n / total
-            for a in range(self.accum):
-                b = step[a * self.world + self.rank]
-                x, y = collate(b, self.pad_id, pad_multiple=self.pad_multiple, seq_len=self.seq_len)
-                self._queue.append((x.to(self.device), y.to(self.device),
-                                    sum(e.n_targets for e in b), scale))
-            self.position += n
-        return self._queue.pop(0)
-
-    @property
-    def epoch(self) -> float:
-        return self.position / self.batches_per_epoch
-
-    def state_dict(self) -> dict:
-        return {"position": self.position, "batches_per_epoch": self.batches_per_epoch,
-                "rows": self.rows, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["batches_per_epoch"] != self.batches_per_epoch or state["rows"] != self.rows:
-            raise ValueError("cannot resume: the data or batch layout changed since the checkpoint "
-                             f"({state['batches_per_epoch']} batches of {state['rows']} per epoch then, "
-                             f"{self.batches_per_epoch} of {self.rows} now)")
-        self.position, self._queue = int(state["position"]), []
 
 
 def make_loss_fn():
@@ -486,12 +199,9 @@ def evaluate_val(model, examples: list[Example], pad_id: int, seq_len: int, rows
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _resume_fixed(cfg: SFTConfig) -> dict:
-    return {"init": cfg.init, "data": cfg.data, "mix": cfg.mix, "seed": cfg.seed,
-            "batch_size": cfg.batch_size, "device_batch_size": cfg.device_batch_size,
-            "lora_r": cfg.lora_r, "lora_chat_tokens": cfg.lora_chat_tokens,
-            "train_layers": cfg.train_layers,
-            "max_records": cfg.max_records, "val_records": cfg.val_records}
+# Settings that shape the model or the data stream: resuming with other values is an error.
+_RESUME_FIXED = ("init", "data", "mix", "seed", "batch_size", "device_batch_size", "lora_r",
+                 "lora_chat_tokens", "train_layers", "max_records", "val_records")
 
 
 def make_saver(model, optimizer, stream: SFTBatches, tokenizer, cfg: SFTConfig, env: DistEnv,
@@ -520,20 +230,6 @@ def make_saver(model, optimizer, stream: SFTBatches, tokenizer, cfg: SFTConfig, 
         return out / "final" if final else path
 
     return save
-
-
-def maybe_resume(cfg: SFTConfig, model, optimizer, stream: SFTBatches, env: DistEnv) -> int:
-    """Load the newest out/ckpt checkpoint when resuming; returns the step to start from.
-    A fresh run removes step checkpoints of an earlier run."""
-    latest, state = resume_state(cfg.out, cfg.resume, env.is_main)
-    if latest is None:
-        return 0
-    # settings the old run did not record compare as their defaults
-    old = _resume_fixed(SFTConfig(**{k: v for k, v in state["config"].items()
-                                     if k in {f.name for f in dataclasses.fields(SFTConfig)}}))
-    check_resume(latest, old, _resume_fixed(cfg))
-    return restore_step(latest, state, model, optimizer, adapter=cfg.lora_r > 0,
-                        restore_data=lambda st: stream.load_state_dict(st["data"]))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -574,7 +270,9 @@ def _sft(cfg: SFTConfig, env: DistEnv) -> Path:
     elif cfg.train_layers is not None:
         freeze_below(raw, cfg.train_layers)
     optimizer = build_optimizer(raw, lr=lr, weight_decay=cfg.weight_decay)
-    start = maybe_resume(cfg, raw, optimizer, stream, env)
+    start = resume_run(cfg, raw, optimizer, _RESUME_FIXED, is_main=env.is_main,
+                       adapter=cfg.lora_r > 0,
+                       restore_data=lambda st: stream.load_state_dict(st["data"]))
     out = Path(cfg.out)
     if start >= steps and (out / "final" / "config.json").is_file():
         print0(f"already trained {start} >= {steps} steps: {out / 'final'}")

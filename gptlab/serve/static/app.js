@@ -1,7 +1,12 @@
 // gptlab web chat: one page, no build step. Talks to the OpenAI-compatible API for replies
 // (/v1/models, /v1/chat/completions with stream: true) and to /api/* for history,
-// personalization, thumbs and A/B votes (see gptlab/serve/web.py).
+// personalization, thumbs and A/B votes (see gptlab/serve/web.py), and, when the server's
+// operator enabled tools, to /api/tools to run a tool call the person confirmed
+// (gptlab/serve/web_tools.py).
 "use strict";
+
+const MAX_TOOL_ROUNDS = 3;   // rounds of tool calls per message, as in `gptlab chat`
+const DECLINED = '{"error": "the user declined to run this call"}';   // what a skipped call tells the model
 
 const $ = (sel) => document.querySelector(sel);
 const store = window.localStorage;
@@ -17,6 +22,9 @@ const state = {
                        //   dropped (older messages left out of its prompt), error (a user turn not answered)}]}
   pending: null,       // an A/B pair waiting for a vote: {prompt, answers: [{text, model, sampling}], blind}
   busy: null,          // AbortController of the reply being streamed
+  tools: [],           // definitions of the tools the server runs (GET /api/tools; [] when off)
+  awaiting: null,      // the tool call waiting for Run / Skip: {id, decide(run)}
+  running: null,       // the id of the tool call running on the server
 };
 
 // ------------------------------------------------------------------ markdown (untrusted model output)
@@ -65,8 +73,9 @@ async function api(method, path, body) {
 
 // POST /v1/chat/completions with stream: true; calls onDelta(choiceIndex, text) per SSE chunk.
 // Returns {finish: {choiceIndex: finish_reason}, clamped: the max_tokens the server lowered
-// the request to (it may: we ask for the clamp policy), or null}. Throws on any error,
-// including one sent mid-stream and a stream that ends without [DONE].
+// the request to (it may: we ask for the clamp policy), or null, calls: {choiceIndex: the
+// tool calls, in OpenAI's message shape}}. Throws on any error, including one sent
+// mid-stream and a stream that ends without [DONE].
 async function streamChat(body, onDelta, signal) {
   const res = await fetch("v1/chat/completions", {
     method: "POST", headers: { ...headers(), "X-Gptlab-Max-Tokens": "clamp" }, signal,
@@ -77,6 +86,7 @@ async function streamChat(body, onDelta, signal) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   const finish = {};
+  const calls = {};
   let buf = "";
   for (;;) {
     const { value, done } = await reader.read();
@@ -89,18 +99,31 @@ async function streamChat(body, onDelta, signal) {
       for (const line of event.split("\n")) {
         if (!line.startsWith("data:")) continue;
         const data = line.slice(5).trim();
-        if (data === "[DONE]") return { finish, clamped };
+        if (data === "[DONE]") return { finish, clamped, calls };
         const chunk = JSON.parse(data);
         if (chunk.error) throw new Error(chunk.error.message || JSON.stringify(chunk.error));
         for (const choice of chunk.choices || []) {
-          const delta = choice.delta && choice.delta.content;
-          if (delta) onDelta(choice.index || 0, delta);
+          const delta = choice.delta || {};
+          if (delta.content) onDelta(choice.index || 0, delta.content);
+          for (const piece of delta.tool_calls || []) addCallPiece(calls, choice.index || 0, piece);
           if (choice.finish_reason) finish[choice.index || 0] = choice.finish_reason;
         }
       }
     }
   }
   throw new Error("The connection closed before the reply was finished.");
+}
+
+// One delta.tool_calls entry into calls[choice]: gptlab's server sends each call whole,
+// OpenAI's API may send the arguments in pieces (joined here by the call's index).
+function addCallPiece(calls, choice, piece) {
+  const list = calls[choice] || (calls[choice] = []);
+  const k = piece.index ?? list.length;
+  const call = list[k] || (list[k] = { id: "", type: "function", function: { name: "", arguments: "" } });
+  const fn = piece.function || {};
+  if (piece.id) call.id = piece.id;
+  if (fn.name) call.function.name = fn.name;
+  if (fn.arguments) call.function.arguments += fn.arguments;
 }
 
 // ------------------------------------------------------------------ settings
@@ -116,6 +139,12 @@ function abMode() {
   return $("#ab-toggle").checked ? document.querySelector("input[name=ab-mode]:checked").value : "off";
 }
 
+// The tool definitions to send: only when the operator enabled tools and the person ticked
+// Tools (A/B pairs are answered without tools).
+function toolsOn() {
+  return state.tools.length > 0 && $("#tools-toggle").checked && abMode() === "off" ? state.tools : null;
+}
+
 // The system message the model sees: this chat's system message + the user's custom instructions.
 function systemText() {
   return [state.conv.system.trim(), state.customInstructions.trim()].filter(Boolean).join("\n\n");
@@ -125,8 +154,17 @@ function systemText() {
 // `system` defaults to the current one; a rating uses the one its reply was written under,
 // and leaves out the `dropped` oldest messages its prompt left out.
 function promptMessages(upto, system = systemText(), dropped = 0) {
-  const history = state.conv.messages.slice(dropped, upto).map((m) => ({ role: m.role, content: m.content }));
+  const history = state.conv.messages.slice(dropped, upto).map(wireMessage);
   return system ? [{ role: "system", content: system }, ...history] : history;
+}
+
+// A stored message as the API takes it: role and content, an assistant's tool calls, and the
+// call a tool result answers (not the page's own marks).
+function wireMessage(m) {
+  const out = { role: m.role, content: m.content };
+  if (m.tool_calls) out.tool_calls = m.tool_calls;
+  if (m.role === "tool") out.tool_call_id = m.tool_call_id;
+  return out;
 }
 
 // ------------------------------------------------------------------ fitting the model's context
@@ -134,13 +172,14 @@ function promptMessages(upto, system = systemText(), dropped = 0) {
 // What to send `model` so the prompt fits its context with room for a reply: the oldest
 // turns are left out when they no longer fit (never the system message; the stored chat
 // keeps them), and max_tokens never asks for more than the context has left.
+// `tools`: the definitions the request will carry (they take prompt tokens too), or null.
 // -> {messages, sampling, dropped, context}
-async function fitPrompt(model, messages, samp) {
+async function fitPrompt(model, messages, samp, tools = null) {
   const ctx = state.contexts[model];
   if (!ctx) return { messages, sampling: samp, dropped: 0, context: null };   // unknown model: the server says why
   // Room kept for the reply when older turns must go: max tokens, but at most a quarter of the context.
   const room = Math.min(samp.max_tokens, Math.max(16, Math.floor(ctx / 4)));
-  const fit = await api("POST", "api/fit", { model, messages, reply_tokens: room });
+  const fit = await api("POST", "api/fit", { model, messages, reply_tokens: room, ...(tools ? { tools } : {}) });
   const maxTokens = Math.max(1, Math.min(samp.max_tokens, ctx - fit.prompt_tokens));
   return { messages: dropOldest(messages, fit.dropped), sampling: { ...samp, max_tokens: maxTokens },
            dropped: fit.dropped, context: ctx };
@@ -256,15 +295,20 @@ function renderMessages() {
   const box = $("#messages");
   box.querySelectorAll(".msg, .ab-pair, .actions.retry").forEach((el) => el.remove());
   $("#empty").hidden = state.conv.messages.length > 0 || !!state.pending;
-  state.conv.messages.forEach((m, i) => box.append(m.ab ? pairView(m, i) : messageView(m, i)));
+  state.conv.messages.forEach((m, i) => {
+    const view = m.ab ? pairView(m, i) : messageView(m, i);
+    if (view) box.append(view);
+  });
   const last = state.conv.messages[state.conv.messages.length - 1];
-  if (last && last.role === "user" && !state.busy && !state.pending) box.append(retryView());
+  const unanswered = last && (last.role === "user" || last.role === "tool");
+  if (unanswered && !state.busy && !state.pending) box.append(retryView());
   if (state.pending) box.append(pendingView());
   updateComposer();
   box.scrollTop = box.scrollHeight;
 }
 
 function messageView(m, i) {
+  if (m.role === "tool") return null;   // a tool result is shown in its call's card
   const el = document.createElement("article");
   el.className = "msg " + m.role;
   const body = document.createElement("div");
@@ -272,6 +316,7 @@ function messageView(m, i) {
   if (m.role === "assistant") body.append(renderMarkdown(m.content));
   else body.textContent = m.content;
   el.append(body);
+  for (const call of m.tool_calls || []) el.append(callCard(call, i));
   if (m.role === "user" && m.error) {
     const failed = document.createElement("div");
     failed.className = "failed";
@@ -281,8 +326,124 @@ function messageView(m, i) {
   const note = m.role === "assistant" && droppedNote(m);
   if (note) el.prepend(note);
   const last = i === state.conv.messages.length - 1;
-  if (m.role === "assistant" && !(state.busy && last)) el.append(actionsView(m, i));
+  if (m.role === "assistant" && !m.tool_calls && !(state.busy && last)) el.append(actionsView(m, i));
   return el;
+}
+
+// ------------------------------------------------------------------ tool calls
+
+// A call the model made (in message i): its name and arguments, then Run / Skip while it
+// waits for the person, and its result (or that it was skipped) once there is one.
+function callCard(call, i) {
+  const card = document.createElement("div");
+  card.className = "tool-call";
+  card.dataset.callId = call.id;
+  const head = document.createElement("div");
+  head.className = "tool-head";
+  head.textContent = "Tool call: " + call.function.name;
+  const args = document.createElement("pre");
+  args.className = "tool-args";
+  args.textContent = prettyJson(call.function.arguments);
+  card.append(head, args);
+  const result = toolResult(i, call.id);
+  if (result) card.append(resultView(result));
+  else if (state.awaiting && state.awaiting.id === call.id) card.append(confirmView(state.awaiting));
+  else if (state.running === call.id) card.append(toolNote("Running on the server…"));
+  return card;
+}
+
+// The tool turn answering call `id` of message i: among the tool turns right after it.
+function toolResult(i, id) {
+  const messages = state.conv.messages;
+  for (let j = i + 1; j < messages.length && messages[j].role === "tool"; j++) {
+    if (messages[j].tool_call_id === id) return messages[j];
+  }
+  return null;
+}
+
+function prettyJson(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch (_) {
+    return text;   // shown as the model wrote it; the server's run says what is wrong with it
+  }
+}
+
+function confirmView(awaiting) {
+  const bar = document.createElement("div");
+  bar.className = "tool-confirm";
+  const ask = document.createElement("span");
+  ask.textContent = "Run this call on the server?";
+  const run = document.createElement("button");
+  run.type = "button";
+  run.className = "tool-run";
+  run.textContent = "Run";
+  run.onclick = () => awaiting.decide(true);
+  const skip = document.createElement("button");
+  skip.type = "button";
+  skip.className = "tool-skip";
+  skip.textContent = "Skip";
+  skip.onclick = () => awaiting.decide(false);
+  bar.append(ask, run, skip);
+  return bar;
+}
+
+function resultView(m) {
+  const el = document.createElement("div");
+  el.className = "tool-result" + (m.ok || m.skipped ? "" : " failed");
+  const label = document.createElement("div");
+  label.className = "tool-label";
+  label.textContent = m.skipped ? "Skipped: the model is told you declined" : m.ok ? "Result" : "Tool error";
+  el.append(label);
+  if (!m.skipped) {
+    const out = document.createElement("pre");
+    out.textContent = m.content;
+    el.append(out);
+  }
+  return el;
+}
+
+function toolNote(text) {
+  const el = document.createElement("div");
+  el.className = "tool-note";
+  el.textContent = text;
+  return el;
+}
+
+// Wait for the person's Run (true) or Skip (false) on `call`; Stop rejects.
+function confirmCall(call, signal) {
+  return new Promise((resolve, reject) => {
+    const stop = () => {
+      state.awaiting = null;
+      reject(new DOMException("The reply was stopped.", "AbortError"));
+    };
+    if (signal.aborted) return stop();
+    signal.addEventListener("abort", stop, { once: true });
+    state.awaiting = { id: call.id, decide: (run) => {
+      signal.removeEventListener("abort", stop);
+      state.awaiting = null;
+      resolve(run);
+    } };
+    renderMessages();
+  });
+}
+
+// Show one call, run it on the server if the person says Run, and add its result as a tool turn.
+async function runCall(call, signal) {
+  const run = await confirmCall(call, signal);
+  let result = { ok: false, content: DECLINED };
+  if (run) {
+    state.running = call.id;
+    renderMessages();
+    try {
+      result = await api("POST", "api/tools/run", { name: call.function.name, arguments: call.function.arguments });
+    } finally {
+      state.running = null;
+    }
+  }
+  state.conv.messages.push({ role: "tool", tool_call_id: call.id, name: call.function.name,
+                             content: result.content, ok: result.ok, skipped: !run });
+  renderMessages();
 }
 
 // A user turn left without a reply (an error, or Stop before the first token): ask again.
@@ -339,7 +500,8 @@ function actionsView(m, i) {
   if (m.model) {
     const tag = document.createElement("span");
     tag.className = "tag";
-    tag.textContent = m.model + (m.finish === "length" ? " · cut at max tokens" : m.finish === "stopped" ? " · stopped" : "") +
+    tag.textContent = m.model + (m.finish === "length" ? " · cut at max tokens" : m.finish === "stopped" ? " · stopped" :
+      m.finish === "tool_limit" ? ` · stopped after ${MAX_TOOL_ROUNDS} rounds of tool calls` : "") +
       (m.clamped ? " · max tokens lowered to fit the context" : "");
     bar.append(tag);
   }
@@ -411,7 +573,8 @@ function updateComposer() {
   $("#send").hidden = busy;
   $("#stop").hidden = !busy;
   $("#input").disabled = !!state.pending;
-  $("#hint").textContent = state.pending && !busy ? "Pick the better answer to continue." : "";
+  $("#hint").textContent = state.pending && !busy ? "Pick the better answer to continue."
+    : state.awaiting ? "Run or skip the tool call to continue." : "";
 }
 
 function showError(err) {
@@ -452,9 +615,11 @@ async function send(text) {
 
 async function regenerate() {
   if (state.busy) return;
-  const last = state.conv.messages[state.conv.messages.length - 1];
+  const messages = state.conv.messages;
+  const last = messages[messages.length - 1];
   if (!last || last.role !== "assistant") return;
-  state.conv.messages.pop();
+  // The whole answer goes, with any tool calls made on the way to it.
+  while (messages.length && messages[messages.length - 1].role !== "user") messages.pop();
   await reply();
 }
 
@@ -491,30 +656,57 @@ function errorText(err) {
   return String(err && err.message ? err.message : err);
 }
 
+// One answer. With tools on, a reply that calls tools shows each call for Run / Skip, the
+// results go back to the model, and it replies again, for at most MAX_TOOL_ROUNDS rounds.
 async function replyOne() {
   const model = $("#model").value;
   const samp = sampling();
   const signal = state.busy.signal;
-  const fit = await fitPrompt(model, promptMessages(state.conv.messages.length), samp);
+  const tools = toolsOn();
+  const start = state.conv.messages.length;
+  let msg = null;
+  try {
+    for (let round = 0; ; round++) {
+      msg = null;   // set as soon as this round's reply is shown, so a failure can drop it
+      msg = await streamReply(model, samp, tools, signal, (m) => { msg = m; });
+      if (!msg.tool_calls) return;
+      if (round >= MAX_TOOL_ROUNDS) {   // bounded: the calls of one round too many are not run
+        delete msg.tool_calls;
+        msg.finish = "tool_limit";
+        return;
+      }
+      for (const call of msg.tool_calls) await runCall(call, signal);
+    }
+  } catch (err) {
+    // Stop keeps an answer written so far; an error, or a stop among tool calls, drops this
+    // reply's turns (the user turn stays, to retry).
+    if (msg) msg.finish = "stopped";
+    const keep = err.name === "AbortError" && msg && msg.content && !msg.tool_calls;
+    if (!keep) state.conv.messages.splice(start);
+    throw err;
+  }
+}
+
+// Stream one reply to the conversation so far and append it (`started` gets it as soon as
+// it is shown): {role: "assistant", content, tool_calls (when it called tools), ...}.
+async function streamReply(model, samp, tools, signal, started) {
+  const fit = await fitPrompt(model, promptMessages(state.conv.messages.length), samp, tools);
   const msg = { role: "assistant", content: "", model, sampling: fit.sampling, system: systemText(),
                 dropped: fit.dropped, context: fit.context };
   state.conv.messages.push(msg);
+  started(msg);
   renderMessages();
   const bubbles = $("#messages").querySelectorAll(".msg.assistant .body");
   const target = bubbles[bubbles.length - 1];
   target.parentElement.classList.add("streaming");
   const draw = liveRenderer(() => target);
-  try {
-    const { finish, clamped } = await streamChat({ model, messages: fit.messages, ...fit.sampling },
-      (_, delta) => { msg.content += delta; draw(() => msg.content); }, signal);
-    msg.finish = finish[0] || "stop";
-    if (clamped) Object.assign(msg, { clamped: true, sampling: { ...msg.sampling, max_tokens: clamped } });
-  } catch (err) {
-    // Stop keeps what was written so far; an error drops the half reply.
-    msg.finish = "stopped";
-    if (err.name !== "AbortError" || !msg.content) state.conv.messages.pop();
-    throw err;
-  }
+  const body = { model, messages: fit.messages, ...fit.sampling, ...(tools ? { tools } : {}) };
+  const { finish, clamped, calls } = await streamChat(body,
+    (_, delta) => { msg.content += delta; draw(() => msg.content); }, signal);
+  msg.finish = finish[0] || "stop";
+  if (clamped) Object.assign(msg, { clamped: true, sampling: { ...msg.sampling, max_tokens: clamped } });
+  if (calls[0] && calls[0].length) msg.tool_calls = calls[0];
+  return msg;
 }
 
 async function replyPair(mode) {
@@ -616,6 +808,15 @@ function showContext() {
   $("#context-note").textContent = ctx ? `(model context: ${ctx} tokens, prompt included)` : "";
 }
 
+// The Tools toggle is there only when the server's operator enabled tools (off by default).
+async function loadTools() {
+  const { tools } = await api("GET", "api/tools");
+  state.tools = tools;
+  $("#tools-label").hidden = !tools.length;
+  $("#tools-names").textContent = tools.length ? "(" + tools.map((t) => t.function.name).join(", ") + ")" : "";
+  if (!tools.length) $("#tools-toggle").checked = false;
+}
+
 async function loadSettings() {
   const s = await api("GET", "api/settings");
   state.customInstructions = s.custom_instructions;
@@ -646,6 +847,7 @@ async function start() {
   try {
     await loadModels();
     await loadSettings();
+    await loadTools();
     if (!state.conv) await reopenOrStart();
     else await refreshConversationList();
   } catch (err) {
@@ -683,6 +885,8 @@ function bindControls() {
   });
   $("#input").addEventListener("input", autosize);
   $("#stop").onclick = () => state.busy && state.busy.abort();
+  // A/B pairs are answered without tools: the toggle says so by being greyed out.
+  $("#ab-toggle").addEventListener("change", () => { $("#tools-toggle").disabled = $("#ab-toggle").checked; });
   $("#new-chat").onclick = startNewChat;
   $("#system").addEventListener("input", () => { state.conv.system = $("#system").value; });
   $("#save-system-default").onclick = () => { state.defaultSystem = $("#system").value; putSettings().catch(showError); };

@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from gptlab.chat import fit_history, render_prompt, stop_token_ids
+from gptlab.chat.render import render_prompt, stop_token_ids
+from gptlab.chat.session import fit_history
 from gptlab.tool_format import TOOL_CALL_OPEN, openai_tool_calls, parse_tool_calls
 from gptlab.tools import KnowledgeBase, load_kb, parse_tool_names, run_tool, tool_specs
 
@@ -348,7 +349,7 @@ def run_chat(model_dir: str, *, system: str | None = None, temperature: float = 
     miniworld whose kb.json the lookup reads; `yes`: run every call without asking."""
     import torch
 
-    from gptlab.chat import load_chat_model
+    from gptlab.chat.session import load_chat_model
     from gptlab.train.dist import resolve_device
 
     names = parse_tool_names(tools) if tools else []

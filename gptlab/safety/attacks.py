@@ -26,7 +26,7 @@ Two phrasing sets: "eval" (the red team, on eval-split seeds) and "train" (for
 refusals generalize to wrappers never seen in training. The wrappers only wrap miniworld's
 templated requests; nothing here writes harmful content.
 
-The red team that runs them is `gptlab.redteam`; the moderator trains on them too
+The red team that runs them is `gptlab.safety.redteam`; the moderator trains on them too
 (`gptlab.safety.augmented_examples`).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GGUF files (llama.cpp's format) to and from gptlab models. Used by gptlab.interop.
+"""GGUF files (llama.cpp's format) to and from gptlab models. Used by gptlab.interop.hf.
 
 Reading (`read_gguf`): tensors are dequantized to float32 with the `gguf` package (F32, F16,
 BF16, Q8_0, Q4_0, Q4_1, Q5_0/1, the K-quants Q2_K..Q6_K and whatever else the installed

