@@ -5,22 +5,31 @@ documents each (~2.5 KB, about the size of a web page of pretraining text; miniw
 documents average 0.3 KB, where per-document overhead dominates), plus the planted fixture
 of tests/test_curate.py (duplicates, junk, PII, leaks). `--compare-datasketch` also times
 the near-duplicate step alone with datasketch's MinHash + MinHashLSH against ours.
+`--baseline REV` also runs the curation code of git revision REV (its curate.py and
+curate_hash.py, loaded from `git show`) on the same input, alternating with the current
+code, so that both are measured under the same load.
 
     nice python bench/curate.py                      # ~20 MB, 2 workers
+    nice python bench/curate.py --baseline HEAD --repeat 3
     nice python bench/curate.py --mb 5 --workers 0 --compare-datasketch
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import itertools
 import json
+import os
 import random
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gptlab.data.curate import CurateConfig, curate
+import gptlab.data.curate  # noqa: F401  (the code measured)
 from gptlab.data.curate_fixture import planted_corpus
 from gptlab.data.curate_hash import NearDupIndex, minhash, normalize
 
@@ -33,7 +42,48 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--raw", action="store_true", help="curate miniworld's documents as they are, not pages")
     p.add_argument("--compare-datasketch", action="store_true")
+    p.add_argument("--baseline", metavar="REV", help="also time the curation code of this git revision")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each code (default 1)")
     return p.parse_args(argv)
+
+
+def load_revision(rev: str, folder: Path):
+    """gptlab.data.curate as it was at git revision `rev`, importable beside the current one
+    (its curate_hash is loaded from the same revision)."""
+    root = Path(__file__).resolve().parent.parent
+    def show(path: str) -> str:
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "baseline_curate_hash.py").write_text(show("gptlab/data/curate_hash.py"))
+    (folder / "baseline_curate.py").write_text(show("gptlab/data/curate.py").replace(
+        "from gptlab.data.curate_hash import", "from baseline_curate_hash import"))
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("baseline_curate", folder / "baseline_curate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_curate"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed_run(module, src: Path, out: Path, world: Path, workers: int) -> dict:
+    """One curation of `src`: its report plus wall seconds and CPU seconds (parent, workers)."""
+    cpu0, t0 = _cpu(), time.time()
+    rep = module.curate(module.CurateConfig(input=str(src), out=str(out), world=str(world),
+                                            workers=workers, progress=False))
+    wall = time.time() - t0
+    parent, children = (b - a for a, b in zip(cpu0, _cpu()))
+    return {"report": rep, "wall": wall, "parent": parent, "workers": children}
+
+
+def describe(name: str, run: dict, workers: int) -> str:
+    rep, wall, parent, children = run["report"], run["wall"], run["parent"], run["workers"]
+    cpu = parent + children
+    mb = rep["total"]["bytes"] / 1e6
+    return (f"{name}: {rep['total']['docs']} docs, {mb:.1f} MB (mean {1e3 * mb / rep['total']['docs']:.2f} KB), "
+            f"workers {workers}: {mb / wall:.1f} MB/s wall, {mb / cpu:.1f} MB per CPU second "
+            f"(parent {parent:.2f} s + workers {children:.2f} s of CPU; {cpu / wall:.2f} cores busy on "
+            f"average; load average {os.getloadavg()[0]:.2f})")
 
 
 def _cpu() -> tuple[float, float]:
@@ -93,17 +143,20 @@ def main(argv=None) -> None:
             generate_world(world, seed=0, scale="small")
         src = tmp / "input.jsonl"
         build_input(world, src, args.mb, args.docs_per_page, args.raw)
-        cpu0, t0 = _cpu(), time.time()
-        rep = curate(CurateConfig(input=str(src), out=str(tmp / "out"), world=str(world),
-                                  workers=args.workers, progress=False))
-        wall = time.time() - t0
-        parent, workers = (b - a for a, b in zip(cpu0, _cpu()))
-        cpu = parent + workers
-        mb = rep["total"]["bytes"] / 1e6
-        print(f"{rep['total']['docs']} docs, {mb:.1f} MB (mean {1e3 * mb / rep['total']['docs']:.2f} KB), "
-              f"workers {args.workers}: {mb / wall:.1f} MB/s wall, {mb / cpu:.1f} MB per CPU second "
-              f"(parent {parent:.1f} s + workers {workers:.1f} s of CPU; {cpu / wall:.2f} cores busy on average)")
-        print(json.dumps({r: s["docs"] for r, s in rep["removed"].items()}))
+        codes = [("current", sys.modules["gptlab.data.curate"])]
+        if args.baseline:
+            codes.insert(0, (f"baseline {args.baseline}", load_revision(args.baseline, tmp / "baseline")))
+        warm = tmp / "warm.jsonl"         # imports and first calls outside the timing
+        with open(src, encoding="utf-8") as f:
+            warm.write_text("".join(itertools.islice(f, 300)), encoding="utf-8")
+        for _, module in codes:
+            timed_run(module, warm, tmp / "warm_out", world, args.workers)
+        for k in range(args.repeat):
+            for name, module in codes:
+                run = timed_run(module, src, tmp / f"out{k}", world, args.workers)
+                shutil.rmtree(tmp / f"out{k}")
+                print(describe(name, run, args.workers), flush=True)
+        print(json.dumps({r: s["docs"] for r, s in run["report"]["removed"].items()}))
         if args.compare_datasketch:
             texts = [json.loads(line)["text"] for line in src.read_text(encoding="utf-8").splitlines()[:3000]]
             compare_datasketch(texts)

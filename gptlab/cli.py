@@ -166,6 +166,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print two eval.json files (or checkpoint dirs) side by side")
+    p.add_argument("--api-base", default=None,
+                   help="instead of --model: run the tools suite through this OpenAI-compatible "
+                        "server, e.g. http://127.0.0.1:8000/v1 of `gptlab serve` (its constrained decoding)")
+    p.add_argument("--api-model", default=None, help="the served model's name (default: the first it lists)")
+    p.add_argument("--api-key", default=None, help="the server's API key (default: $OPENAI_API_KEY)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -174,15 +179,19 @@ def cmd_eval(args) -> None:
     if args.compare:
         print(compare(*args.compare))
         return
-    if not args.model or not args.world:
-        raise ValueError("gptlab eval needs --model and --world (or --compare A B)")
+    if not (args.model or args.api_base) or not args.world:
+        raise ValueError("gptlab eval needs --model (or --api-base URL) and --world (or --compare A B)")
     result = evaluate(args.model, args.world, args.suite, args.limit, kind=args.kind,
                       out=args.out, batch_size=args.batch_size, tail_k=args.tail_k,
                       tail_prompts=args.tail_prompts, max_new_tokens=args.max_new_tokens,
                       bpb_text=args.bpb_text, mc_shots=args.mc_shots, seed=args.seed,
-                      device=args.device, progress=args.progress, dtype=args.dtype)
+                      device=args.device, progress=args.progress, dtype=args.dtype,
+                      api_base=args.api_base, api_model=args.api_model, api_key=args.api_key)
     print(format_table(result))
-    print(f"\nwrote {args.out or Path(args.model) / 'eval.json'}")
+    if args.out or args.model:
+        print(f"\nwrote {args.out or Path(args.model) / 'eval.json'}")
+    else:
+        print("\nnot written: pass --out FILE to keep the eval.json")
 
 
 def _add_report(sub) -> None:

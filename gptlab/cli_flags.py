@@ -56,6 +56,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
     """One `--flag` per dataclass field, with its type, default and `help` metadata."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") is False:  # a setting the stage does not use (settings.not_used)
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

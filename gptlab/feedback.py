@@ -46,34 +46,39 @@ class Base(DeclarativeBase):
     """Shared by every table of the store (the serving layer adds its own tables to it)."""
 
 
-class Prompt(Base):
-    __tablename__ = "prompts"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    messages: Mapped[list] = mapped_column(JSON)            # chat messages ending with a user turn
-    source: Mapped[str] = mapped_column(String(64), default="")   # miniworld / web / import file
-    meta: Mapped[dict] = mapped_column(JSON, default=dict)  # e.g. the miniworld record's meta
+class _Row:
+    """What every row of the store has: an id, first, and when it was written, last (after
+    the table's own columns: SQLAlchemy places a mixin's columns after them)."""
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
-class Response(Base):
+class _Judgement(_Row):
+    """A rater's verdict: who gave it, and which kind of rater (RATER_KINDS)."""
+    rater: Mapped[str] = mapped_column(String(128), default="")
+    kind: Mapped[str] = mapped_column(String(16), default="human")
+
+
+class Prompt(_Row, Base):
+    __tablename__ = "prompts"
+    messages: Mapped[list] = mapped_column(JSON)            # chat messages ending with a user turn
+    source: Mapped[str] = mapped_column(String(64), default="")   # miniworld / web / import file
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)  # e.g. the miniworld record's meta
+
+
+class Response(_Row, Base):
     __tablename__ = "responses"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
     text: Mapped[str] = mapped_column(Text)
     model: Mapped[str] = mapped_column(String(256), default="")   # model name / version
     sampling: Mapped[dict] = mapped_column(JSON, default=dict)    # temperature, top_p, seed...
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
-class Ranking(Base):
+class Ranking(_Judgement, Base):
     """A K-wise ranking of responses to one prompt, best first."""
     __tablename__ = "rankings"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
     response_ids: Mapped[list] = mapped_column(JSON)
-    rater: Mapped[str] = mapped_column(String(128), default="")
-    kind: Mapped[str] = mapped_column(String(16), default="human")  # human / judge / import
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 class RankingTie(Base):
@@ -84,32 +89,26 @@ class RankingTie(Base):
     pairs: Mapped[list] = mapped_column(JSON)
 
 
-class Comparison(Base):
+class Comparison(_Judgement, Base):
     """One pairwise vote: `chosen` was preferred over `rejected`."""
     __tablename__ = "comparisons"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
     chosen_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
     rejected_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
-    rater: Mapped[str] = mapped_column(String(128), default="")
-    kind: Mapped[str] = mapped_column(String(16), default="human")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     # sha256 of (prompt, chosen, rejected) for imported pairs, so a re-import adds nothing;
     # NULL for votes (two people may cast the same vote). Older stores: see _migrate.
-    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+    # Last of the columns (sort_order), as it was added last.
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None,
+                                                     sort_order=1)
 
     __table_args__ = (Index("ix_comparisons_content_hash", "content_hash", unique=True),)
 
 
-class Rating(Base):
+class Rating(_Judgement, Base):
     """Thumbs up (+1) or down (-1) on one response (or a score in between)."""
     __tablename__ = "ratings"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     response_id: Mapped[int] = mapped_column(ForeignKey("responses.id"), index=True)
     value: Mapped[float] = mapped_column(Float)
-    rater: Mapped[str] = mapped_column(String(128), default="")
-    kind: Mapped[str] = mapped_column(String(16), default="human")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 def database_url(url_or_path: str | Path) -> str:

@@ -526,16 +526,8 @@ class GPT(nn.Module):
         kv_cache: a ``KVCache``; keys/values are written at ``kv_cache.pos``, which advances by T.
         logits_to_keep: if > 0, only the last that many positions get logits (generation).
         """
-        B, T = input_ids.shape
-        past = kv_cache.pos if kv_cache is not None else 0
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self._rope_for(T, past, position_ids, kv_cache, x)
-        mask = self._mask(B, T, past, attention_mask, kv_cache, x.device)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, kv_cache)
-        if kv_cache is not None:
-            kv_cache.pos += T
-        x = self.model.norm(x)
+        x = self.hidden_states(input_ids, kv_cache=kv_cache, attention_mask=attention_mask,
+                               position_ids=position_ids)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         if targets is None:
@@ -548,6 +540,22 @@ class GPT(nn.Module):
         keep = targets != ignore_index
         h, targets = h[keep], targets[keep]
         return linear_cross_entropy(h, self.lm_head.weight, targets, ignore_index)
+
+    def hidden_states(self, input_ids, *, kv_cache: KVCache | None = None, attention_mask=None,
+                      position_ids=None) -> torch.Tensor:
+        """input_ids (B, T) -> the final-norm hidden states (B, T, hidden_size) that the LM
+        head reads (``forward``'s arguments mean the same here); also what a reward head or
+        an embedding pools."""
+        B, T = input_ids.shape
+        past = kv_cache.pos if kv_cache is not None else 0
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self._rope_for(T, past, position_ids, kv_cache, x)
+        mask = self._mask(B, T, past, attention_mask, kv_cache, x.device)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.model.norm(x)
 
     def _rope_for(self, T, past, position_ids, kv_cache, x):
         """cos/sin shaped to broadcast over (B, T, heads, head_dim)."""

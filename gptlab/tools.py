@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import operator
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -44,10 +45,12 @@ TOOL_SPECS = {
             "required": ["entity", "relation"], "additionalProperties": False}}},
     "calculator": {"type": "function", "function": {
         "name": "calculator",
-        "description": "Evaluate an arithmetic expression with + - * / ** and parentheses.",
+        "description": "Evaluate an arithmetic expression with + - * / ** and parentheses, or "
+                       "convert units: '26.2 mi to km' (km, m, mi, ft, kg, g, lb, oz, C, F).",
         "parameters": {
             "type": "object",
-            "properties": {"expression": {"type": "string", "description": "e.g. (12 + 3) * 4"}},
+            "properties": {"expression": {"type": "string",
+                                          "description": "e.g. (12 + 3) * 4 or 70 kg to lb"}},
             "required": ["expression"], "additionalProperties": False}}},
     "python": {"type": "function", "function": {
         "name": "python",
@@ -131,19 +134,65 @@ def format_number(value: Fraction) -> str:
     return "0" if text == "-0" else text
 
 
+# Unit conversion ("26.2 mi to km"). A small model copies the units out of a question far more
+# reliably than it recalls a factor and its direction (most of the tools eval's unit failures
+# were "kg -> lb" computed as "* 0.4536"), so the calculator converts itself. Factors are the
+# exact definitions (1 mi = 1609.344 m, 1 lb = 0.45359237 kg), to one base unit a dimension.
+_MILE, _POUND = Fraction("1609.344"), Fraction("0.45359237")
+UNITS = {"km": ("length", Fraction(1000)), "m": ("length", Fraction(1)), "mi": ("length", _MILE),
+         "ft": ("length", Fraction("0.3048")), "kg": ("mass", Fraction(1)),
+         "g": ("mass", Fraction(1, 1000)), "lb": ("mass", _POUND), "oz": ("mass", _POUND / 16),
+         "c": ("temperature", None), "f": ("temperature", None)}
+UNIT_NAMES = {
+    **{n: "km" for n in ("kilometre", "kilometres", "kilometer", "kilometers")},
+    **{n: "m" for n in ("metre", "metres", "meter", "meters")},
+    **{n: "mi" for n in ("mile", "miles")}, **{n: "ft" for n in ("foot", "feet")},
+    **{n: "kg" for n in ("kilogram", "kilograms", "kilo", "kilos", "kgs")},
+    **{n: "g" for n in ("gram", "grams")}, **{n: "lb" for n in ("pound", "pounds", "lbs")},
+    **{n: "oz" for n in ("ounce", "ounces")},
+    **{n: "c" for n in ("°c", "celsius", "degrees celsius", "degree celsius", "deg c")},
+    **{n: "f" for n in ("°f", "fahrenheit", "degrees fahrenheit", "degree fahrenheit", "deg f")},
+}
+_CONVERSION = re.compile(r"^(?P<x>.*?[\d)])\s*(?P<src>[^\d\s()*/+-][^\d()*/+]*?)\s+(?:to|in|into)\s+"
+                         r"(?P<dst>[^\d()*/+]+?)\s*$", re.IGNORECASE)
+
+
+def _unit(name: str) -> str:
+    key = " ".join(name.split()).casefold()
+    key = UNIT_NAMES.get(key, key)
+    if key not in UNITS:
+        raise ToolError(f"unknown unit {name.strip()!r}; use one of km, m, mi, ft, kg, g, lb, oz, C, F")
+    return key
+
+
+def _convert(value: Fraction, src: str, dst: str) -> Fraction:
+    (dim_a, fa), (dim_b, fb) = UNITS[src], UNITS[dst]
+    if dim_a != dim_b:
+        raise ToolError(f"cannot convert {dim_a} ({src}) to {dim_b} ({dst})")
+    if dim_a != "temperature":
+        return value * fa / fb
+    celsius = value if src == "c" else (value - 32) * Fraction(5, 9)
+    return celsius if dst == "c" else celsius * Fraction(9, 5) + 32
+
+
 def calculate(expression: str) -> str:
-    """The value of an arithmetic expression, as text; ToolError when it is not one."""
+    """The value of an arithmetic expression or a unit conversion ("70 kg to lb"), as text;
+    ToolError when it is neither."""
     if not isinstance(expression, str) or not expression.strip():
         raise ToolError("the expression is empty")
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ToolError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
-    text = expression.replace("×", "*").replace("÷", "/").replace("^", "**")
+    text = expression.replace("×", "*").replace("÷", "/").replace("^", "**").strip()
     try:
-        return format_number(_calc(ast.parse(text.strip(), mode="eval")))
+        conversion = _CONVERSION.match(text)
+        if conversion:
+            value = _calc(ast.parse(conversion["x"].strip(), mode="eval"))
+            return format_number(_convert(value, _unit(conversion["src"]), _unit(conversion["dst"])))
+        return format_number(_calc(ast.parse(text, mode="eval")))
     except ToolError:
         raise
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
-        raise ToolError(f"cannot evaluate {expression!r} as arithmetic") from None
+        raise ToolError(f"cannot evaluate {expression!r} as arithmetic or a unit conversion") from None
 
 
 # ---------------------------------------------------------------------------- lookup

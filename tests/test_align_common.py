@@ -158,3 +158,29 @@ def test_merge_tiebreak_turns_ties_into_decisions_by_sign():
     assert r["tiebreak"]["greedy_ties_decided"] == 2 and r["greedy"] is greedy
     with pytest.raises(ValueError, match="one score difference per greedy tie"):
         C.merge_tiebreak(greedy, [0.1], samples=2, temperature=0.8)
+
+
+def test_load_prompt_records_cuts_references_keeps_train_and_names_bad_lines(tmp_path):
+    import json
+
+    world = tmp_path / "world"
+    (world / "prompts").mkdir(parents=True)
+    user = lambda text: {"role": "user", "content": text}  # noqa: E731
+    rows = [{"messages": [user("a")], "meta": {"split": "train"}},
+            {"messages": [user("b"), {"role": "assistant", "content": "ref"}], "meta": {"split": "eval"}},
+            {"messages": [user("c")]}]
+    (world / "prompts" / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = C.load_prompt_records(world)
+    assert [r["messages"] for r in recs] == [[user("a")], [user("b")], [user("c")]]
+    assert recs[2]["meta"] == {}
+    assert [r["messages"][0]["content"] for r in C.load_prompt_records(world, train_only=True)] == ["a", "c"]
+    assert len(C.load_prompt_records(world / "prompts")) == 3          # a plain dir of jsonl files
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"messages": [{"role": "system", "content": "s"}]}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:2: the prompt must end with a user message"):
+        C.load_prompt_records(bad)
+    bad.write_text('{"meta": {}}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: .*non-empty 'messages'"):
+        C.load_prompt_records(bad)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        C.load_prompt_records(tmp_path / "missing")

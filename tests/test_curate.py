@@ -183,3 +183,51 @@ def test_output_is_byte_identical_to_the_golden(tmp_path, workers):
     got = _digests(tmp_path / "out")
     assert got["counts"] == GOLDEN["counts"]
     assert got["files"] == GOLDEN["files"]
+
+
+# ---------------------------------------------------------------------------- fast paths are exact
+
+def test_digit_leads_cover_every_unicode_digit():
+    """pii_candidates reads a digit's first UTF-8 byte from _DIGIT_LEADS; `\\d` matches these."""
+    import re
+    import sys
+    from gptlab.data.curate import _DIGIT_LEADS
+    digit = re.compile(r"\d")
+    leads = {chr(c).encode("utf-8")[0] for c in range(128, sys.maxunicode + 1)
+             if not 0xD800 <= c < 0xE000 and digit.match(chr(c))}
+    assert leads <= set(_DIGIT_LEADS)
+
+
+def test_pii_candidates_never_miss_what_scrub_pii_finds():
+    from gptlab.data.curate import pii_candidates
+    rng = random.Random(1)
+    pieces = list("0123456789") * 3 + list(" .-()+:") * 3 + list("ab@fE") + \
+        ["٣", "３", "७", "𝟙", "é", "中", "\n", "١٢٣", "::", "a@b.cc"]
+    docs = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))) for _ in range(20000)]
+    docs += [template.format(v) for _, template, values in PII_SAMPLES for v in values]
+    maybe, phone = pii_candidates([d.encode("utf-8") for d in docs])
+    assert 0 < maybe.sum() < len(docs)
+    for d, m, p in zip(docs, maybe, phone):
+        assert (scrub_pii(d, p) if m else (d, {})) == scrub_pii(d), d
+
+
+def test_word_shares_count_as_split_does():
+    from gptlab.data.curate import _EN_WORDS
+    from gptlab.data.curate_hash import Batch
+    rng = random.Random(0)
+    vocab = ["the", "of", "a", "中", "there", "which", "x", "1", "the中", "中the", "of.", " "]
+    docs = [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 400))) for _ in range(500)]
+    docs += ["".join(rng.choice(vocab) for _ in range(rng.randint(0, 400))) for _ in range(200)]
+    docs += ["x" * k + " the there" for k in range(985, 1003)] + ["", " ", "the", "中the", "the中"]
+    b = Batch(docs)
+    hits, words = b.word_shares(_EN_WORDS, 1000)
+    for i in range(len(docs)):
+        split = b.norm(i)[:1000].split()
+        assert (hits[i], words[i]) == (sum(w in _EN_WORDS for w in split), len(split)), docs[i]
+
+
+def test_orjson_lines_match_json_dumps():
+    import orjson
+    text = "".join(map(chr, range(0, 0xD800))) + "\U0001F642 \u2028 \"q\" \\"
+    assert b'{"text": ' + orjson.dumps(text) + b'}\n' == \
+        (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")

@@ -151,3 +151,20 @@ def test_cli_and_clear_errors(chat_ckpt, pairs_file, tmp_path, capsys):
     bad.write_text('{"prompt": "hi", "chosen": "a"}\n')
     with pytest.raises(ValueError, match="bad.jsonl"):
         run_dpo(_cfg(chat_ckpt, bad, tmp_path / "y"))
+
+
+def test_config_shares_the_fine_tuning_settings_and_refuses_what_it_does_not_use():
+    import argparse
+
+    from gptlab.cli_flags import add_dataclass_args
+    from gptlab.settings import FinetuneSettings
+
+    assert issubclass(DPOConfig, FinetuneSettings)
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, DPOConfig)
+    flags = {a.dest for a in parser._actions}
+    assert {"seed", "resume", "tensorboard", "wandb", "lora_r", "merge", "beta"} <= flags
+    assert "compile" not in flags                      # dpo runs eagerly: no flag that does nothing
+    assert parser.parse_args([]).keep_checkpoints == 1   # its own default over the shared one (2)
+    with pytest.raises(ValueError, match="compile"):
+        DPOConfig(compile=True)

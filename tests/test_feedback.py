@@ -106,7 +106,7 @@ def test_simulate_rejects_bad_prompts(chat_model, world, tmp_path, capsys):
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"meta": {}}\n')
     assert main(["feedback", "simulate", "--model", str(chat_model), "--prompts", str(bad),
                  "--world", str(world), "--db", str(tmp_path / "x.db"), "--no-progress"]) == 2
-    assert "bad.jsonl: record 2" in capsys.readouterr().err
+    assert "bad.jsonl:2: " in capsys.readouterr().err   # file:line, as rl says it
 
 
 # ----------------------------------------------------------------------------- import / export

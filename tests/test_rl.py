@@ -105,14 +105,14 @@ def test_k3_is_zero_at_the_reference_and_positive_elsewhere():
 
 
 def test_kl_penalty_is_zero_when_policy_equals_reference(chat_ckpt, prompts, tmp_path):
-    from gptlab.align.rl import load_prompts
+    from gptlab.align.common import load_prompt_records
     from gptlab.chat import load_chat_model
 
     ck = load_chat_model(chat_ckpt)
     policy, ref = ck.model, copy.deepcopy(ck.model)
     head = torch.nn.Linear(policy.config.hidden_size, 1)
     cfg = _cfg(chat_ckpt, prompts, tmp_path, kl_coef=0.5, unfinished_penalty=0.25)
-    recs = load_prompts(str(prompts))
+    recs = load_prompt_records(prompts)
     ro = rollout(policy, ck.tokenizer, recs, ContainsE(), cfg, seed=1, device="cpu")
     score_tokens(policy, ref, head, ro)
     assert torch.equal(ro.logp, ro.ref_logp)
@@ -184,3 +184,19 @@ def test_bad_config_is_a_clear_error(chat_ckpt, prompts, tmp_path):
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"meta": {}}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         run_rl(_cfg(chat_ckpt, bad, tmp_path), reward=ContainsE())
+
+
+def test_config_keeps_out_the_training_settings_rl_does_not_use():
+    import argparse
+
+    from gptlab.cli_flags import add_dataclass_args
+    from gptlab.settings import TrainSettings
+
+    assert issubclass(RLConfig, TrainSettings)
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, RLConfig)
+    args = parser.parse_args([])
+    assert (args.lr, args.warmup_steps, args.keep_checkpoints, args.tensorboard) == (1e-4, 3, 1, False)
+    assert not hasattr(args, "dtype") and not hasattr(args, "compile")
+    with pytest.raises(ValueError, match="dtype"):
+        RLConfig(dtype="bfloat16")

@@ -100,13 +100,20 @@ def test_wrong_tools_wrong_arguments_and_false_calls_count(records, kb):
     assert m["tool_choice_accuracy"] == 1.0 and m["tool_args_exact_match"] == 0.0
 
 
+UNIT_WORDS = {"km": "kilometres", "mi": "miles", "kg": "kilograms", "lb": "pounds", "C": "°C",
+              "F": "degrees Fahrenheit"}
+
+
 def test_equivalent_arguments_match(records, kb):
     def respaced(rec):
         calls = rec["meta"]["expected_calls"]
         if not calls:
             return rec["reference"]
         args = calls[0]["arguments"]
-        if "expression" in args:   # same value, other spelling
+        if " to " in args.get("expression", ""):   # a unit conversion, other unit names
+            x, src, _, dst = args["expression"].split()
+            args = {"expression": f"({x}) {UNIT_WORDS[src]} in {UNIT_WORDS[dst]}"}
+        elif "expression" in args:   # same value, other spelling
             args = {"expression": "(" + args["expression"].replace(" ", "") + ")"}
         else:
             args = {"entity": args["entity"].upper(), "relation": args["relation"]}

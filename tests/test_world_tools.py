@@ -46,6 +46,19 @@ def test_calculator_is_exact_arithmetic():
     assert calculate("(98 - 32) * 5 / 9") == "36.666667"
 
 
+def test_calculator_converts_units_exactly():
+    assert calculate("10 mi to km") == "16.09344"            # 1 mi is 1609.344 m by definition
+    assert calculate("1 kg to lb") == calculate("1 kilogram in pounds") == "2.204623"
+    assert calculate("100 C to F") == calculate("100 °C to °F") == "212"
+    assert calculate("(98 - 32) F to C") == calculate("66 degrees Fahrenheit to Celsius") == "18.888889"
+    assert calculate("-40 celsius into fahrenheit") == "-40"
+    assert calculate("16 oz to lb") == "1" and calculate("1000 m to km") == "1"
+    with pytest.raises(ToolError, match="cannot convert mass"):
+        calculate("3 kg to km")
+    with pytest.raises(ToolError, match="unknown unit 'parsecs'"):
+        calculate("3 parsecs to km")
+
+
 @pytest.mark.parametrize("expr", [
     "__import__('os').system('true')", "x + 1", "(1).real", "abs(-1)", "[1, 2]", "'a' * 3",
     "1 if 1 else 2", "1 < 2", "True + 1", "lambda: 1",

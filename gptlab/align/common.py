@@ -1,5 +1,6 @@
 """Pieces every alignment stage shares (reward model, best-of-N, RL, DPO).
 
+- ``load_prompt_records``: the prompts RL and simulated feedback answer;
 - ``heldout_records``: a balanced sample of miniworld's held-out chat records;
 - ``generate_answers``: one batched reply per record (the KV-cache engine);
 - ``win_rate``: gold-judge win rate of one set of answers over another (ties count 1/2, as
@@ -39,6 +40,38 @@ def prompt_messages(record_or_messages) -> list[dict]:
     if messages[-1].get("role") == "assistant":
         messages = messages[:-1]
     return messages
+
+
+def load_prompt_records(source: str | Path, *, train_only: bool = False) -> list[dict]:
+    """The {"messages", "meta"} records to answer (RL rollouts, simulated feedback): a
+    miniworld dir's prompts/*.jsonl (with ``train_only``, its "train" split only), any
+    other dir's *.jsonl, or one jsonl file. Each record needs a non-empty messages list
+    that, once a trailing reference answer is cut (``prompt_messages``), ends with a user
+    turn; a bad record is an error naming its file and line."""
+    path = Path(source)
+    if path.is_dir():
+        folder = path / "prompts" if (path / "prompts").is_dir() else path
+        files = sorted(folder.glob("*.jsonl"))
+        if not files:
+            raise FileNotFoundError(f"no prompts/*.jsonl or *.jsonl under {path} (is it a miniworld dir?)")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"prompt source {path}: no such file or directory")
+    out = []
+    for f in files:
+        for n, rec in enumerate(read_jsonl(f), 1):
+            if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list) \
+                    or not rec["messages"]:
+                raise ValueError(f"{f}:{n}: a prompt record needs a non-empty 'messages' list")
+            meta = rec.get("meta") or {}
+            if train_only and path.is_dir() and meta.get("split", "train") != "train":
+                continue
+            messages = prompt_messages(rec)
+            if messages[-1].get("role") != "user":
+                raise ValueError(f"{f}:{n}: the prompt must end with a user message")
+            out.append({"messages": messages, "meta": meta})
+    return out
 
 
 def heldout_records(world_dir, n_per_category: int = 20, seed: int = 0,

@@ -38,47 +38,33 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gptlab.settings import cli_field as _f
-from gptlab.train.lora import LORA_TARGETS
+from gptlab.settings import FinetuneSettings, cli_field as _f, not_used
 
 IGNORE = -100
 
 
 @dataclass
-class DPOConfig:
-    """Everything `gptlab dpo` accepts; fields map 1:1 to CLI flags."""
+class DPOConfig(FinetuneSettings):
+    """Everything `gptlab dpo` accepts; fields map 1:1 to CLI flags (the shared ones from
+    `FinetuneSettings`, as for `gptlab sft`)."""
 
+    out: str = _f("runs/dpo", "output directory (checkpoints, final model, metrics)")
+    lr: float = _f(1e-4, "peak AdamW learning rate (LoRA usually wants ~10x more)")
+    warmup_steps: int | None = _f(None, "linear warmup steps; unset: 10 percent of max_steps")
+    eval_every: int = _f(20, "held-out pair metrics every N steps (and at the start and end)")
+    save_every: int = _f(100, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = _f(1, "how many step checkpoints to keep (0 = all)")
+    compile: bool = not_used(False, "dpo runs the model eagerly")
     init: str = _f("", "the chat model to align (also the frozen reference): an SFT checkpoint directory")
     db: str | None = _f(None, "feedback database (URL or SQLite path): its comparisons and rankings as pairs")
     data: str | None = _f(None, "preference pairs instead of --db: TRL prompt/chosen/rejected jsonl, UltraFeedback or HH-RLHF")
-    out: str = _f("runs/dpo", "output directory (checkpoints, final model, metrics)")
     max_pairs: int | None = _f(None, "use at most this many pairs (the first ones, in store order)")
     val_frac: float = _f(0.1, "share of pairs held out for val_loss / val_acc (at most 200)")
     beta: float = _f(0.1, "DPO beta: strength of the implicit KL constraint to the reference")
     nll_weight: float = _f(0.0, "weight of the chosen answers' NLL added to the loss (RPO); 0 = plain DPO")
-    epochs: float = _f(2.0, "passes over the training pairs when max_steps is unset")
-    max_steps: int | None = _f(None, "optimizer steps; unset: from epochs")
     batch_size: int = _f(32, "pairs per optimizer step")
     device_batch_size: int = _f(16, "pairs per micro-batch (batch_size / this = accumulation)")
-    lr: float = _f(1e-4, "peak AdamW learning rate (LoRA usually wants ~10x more)")
-    warmup_steps: int | None = _f(None, "linear warmup steps; unset: 10 percent of max_steps")
-    schedule: str = _f("linear", "after warmup: linear | cosine decay, wsd, constant")
-    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
     seq_len: int | None = _f(None, "longest prompt + answer in tokens; unset: the model's context")
-    train_layers: int | None = _f(None, "full fine-tuning of only the top N blocks and the final norm (as in gptlab sft); unset: every weight")
-    dtype: str = _f("auto", "auto (bf16 autocast on CUDA, else fp32), bfloat16 or float32")
-    lora_r: int = _f(0, "LoRA rank; 0 = full fine-tuning")
-    lora_alpha: float | None = _f(None, "LoRA alpha; unset: 2 x lora_r")
-    lora_dropout: float = _f(0.0, "dropout on the LoRA input")
-    lora_targets: str = _f(LORA_TARGETS, "comma-separated module names that get LoRA adapters")
-    merge: bool = _f(True, "LoRA: merge the adapter into out/final (--no-merge: base + adapter files)")
-    eval_every: int = _f(20, "held-out pair metrics every N steps (and at the start and end)")
-    save_every: int = _f(100, "checkpoint every N steps (and at the end)")
-    keep_checkpoints: int = _f(1, "how many step checkpoints to keep (0 = all)")
-    seed: int = _f(0, "random seed (split, order)")
-    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
-    resume: bool = _f(False, "continue from the newest checkpoint in out/ckpt")
-    progress: bool = _f(True, "show a progress bar")
 
 
 # --------------------------------------------------------------------------- sequences
@@ -351,7 +337,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     stats: dict = {}
     meta = {"stage": "dpo", "parent": str(cfg.init), "parent_stage": ckpt.meta.get("stage"),
             "data": info, "config": {k: v for k, v in dataclasses.asdict(cfg).items()
-                                     if k not in ("progress", "resume")}}
+                                     if k not in ("progress", "resume", "tensorboard", "wandb")}}
 
     def evaluate() -> dict:
         rec = evaluate_pairs(model, val, ref_val, tok.pad_id, env.device, cfg.beta)
@@ -373,7 +359,9 @@ def run_dpo(cfg: DPOConfig) -> Path:
                           schedule=cfg.schedule, final_lr_frac=0.0, grad_clip=cfg.grad_clip,
                           eval_every=cfg.eval_every, save_every=cfg.save_every,
                           progress=cfg.progress, desc="dpo")
-    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start or None)
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start or None,
+                           tensorboard_dir=out / "tb" if cfg.tensorboard else None,
+                           wandb_project=cfg.wandb, wandb_config=dataclasses.asdict(cfg))
     try:
         if start >= steps:
             return save(start, True)
@@ -405,12 +393,9 @@ def _save(cfg, model, tok, optimizer, stream: PairStream, step: int, final: bool
 
 
 def _maybe_resume(cfg: DPOConfig, model, optimizer, stream: PairStream) -> int:
-    from gptlab.train.checkpoints import check_resume, restore_step, resume_state
+    from gptlab.train.checkpoints import resume_run
 
-    latest, state = resume_state(cfg.out, cfg.resume)
-    if latest is None:
-        return 0
-    check_resume(latest, state["config"], {key: getattr(cfg, key) for key in (
-        "init", "db", "data", "max_pairs", "seed", "batch_size", "device_batch_size", "lora_r")})
-    return restore_step(latest, state, model, optimizer, adapter=cfg.lora_r > 0,
-                        restore_data=lambda st: setattr(stream, "position", int(st["position"])))
+    return resume_run(cfg, model, optimizer, ("init", "db", "data", "max_pairs", "seed", "batch_size",
+                                              "device_batch_size", "lora_r"),
+                      adapter=cfg.lora_r > 0,
+                      restore_data=lambda st: setattr(stream, "position", int(st["position"])))

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.align.common import pad_batch, prompt_messages, render_response
-from gptlab.settings import cli_field
+from gptlab.settings import RunSettings, cli_field
 
 HEAD_FILE = "reward_head.safetensors"
 INFO_FILE = "reward.json"
@@ -72,18 +72,6 @@ def batch_ranking_loss(rewards: torch.Tensor, sizes: Sequence[int],
 
 # --------------------------------------------------------------------------- the model
 
-def last_hidden(gpt, ids: torch.Tensor) -> torch.Tensor:
-    """Final-norm hidden states (B, T, D) of a right-padded batch (causal attention: the
-    padding after a row never reaches its real tokens)."""
-    B, T = ids.shape
-    x = gpt.model.embed_tokens(ids)
-    cos, sin = gpt._rope_for(T, 0, None, None, x)
-    mask = gpt._mask(B, T, 0, None, None, x.device)
-    for layer in gpt.model.layers:
-        x = layer(x, cos, sin, mask, None)
-    return gpt.model.norm(x)
-
-
 class RewardModel(nn.Module):
     """A decoder plus a linear head on the last token. ``forward`` gives raw rewards;
     ``score`` gives normalized ones for (prompt, response) pairs."""
@@ -102,7 +90,7 @@ class RewardModel(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) right-padded, lengths (B,) -> raw rewards (B,) read at the last token."""
-        h = last_hidden(self.backbone, ids)
+        h = self.backbone.hidden_states(ids)  # right-padded: causal attention keeps padding out
         last = h[torch.arange(ids.shape[0], device=ids.device), lengths - 1]
         return self.head(last).squeeze(-1).float()
 
@@ -284,28 +272,26 @@ def group_rewards(rm: RewardModel, groups: Sequence[Group], batch_size: int = 64
 # --------------------------------------------------------------------------- training
 
 @dataclass
-class RewardConfig:
-    """Everything `gptlab reward` accepts; fields map 1:1 to CLI flags."""
+class RewardConfig(RunSettings):
+    """Everything `gptlab reward` accepts; fields map 1:1 to CLI flags (the shared ones from
+    `RunSettings`: the reward model trains in one go and is written once, at the end)."""
 
+    out: str = cli_field("runs/rm/rm", "output directory (the reward model)")
+    lr: float = cli_field(3e-4, "peak AdamW learning rate (backbone and head)")
+    warmup_steps: int | None = cli_field(None, "linear warmup steps; unset: 5 percent of the steps")
+    eval_every: int = cli_field(0, "held-out accuracy every N steps (0: at the start and the end)")
     init: str = cli_field("", "chat checkpoint the reward model starts from (usually the SFT model)")
     db: str = cli_field("", "feedback store: a path (SQLite) or an SQLAlchemy URL")
-    out: str = cli_field("runs/rm/rm", "output directory (the reward model)")
     kinds: str | None = cli_field(None, "train on these rater kinds only, comma-separated (judge, human, import; default: all)")
     epochs: float = cli_field(2.0, "passes over the training rankings")
     batch_size: int = cli_field(8, "rankings (prompts) per optimizer step; all pairs of a ranking share a step")
-    lr: float = cli_field(3e-4, "peak AdamW learning rate (backbone and head)")
     weight_decay: float = cli_field(0.0, "decoupled weight decay on matrices")
-    warmup_steps: int | None = cli_field(None, "linear warmup steps; unset: 5 percent of the steps")
     val_frac: float = cli_field(0.1, "share of prompts held out for pairwise accuracy (when no --val-db)")
     val_db: str | None = cli_field(None, "held-out feedback store (e.g. simulated on eval prompts): measure on it and train on all of --db")
     train_layers: int | None = cli_field(None, "fine-tune only the last N transformer blocks (+ final norm and head; 0: the head alone); unset: everything")
     max_len: int | None = cli_field(None, "tokens per prompt + response, oldest cut first (default: the model's context)")
     norm_samples: int = cli_field(2000, "stored responses scored to set the normalization (mean 0, std 1)")
     world: str | None = cli_field(None, "miniworld dir whose judge re-labels held-out pairs without noise (default: the store's prompt source, if it is one)")
-    eval_every: int = cli_field(0, "held-out accuracy every N steps (0: at the start and the end)")
-    seed: int = cli_field(0, "random seed (split, order, head init)")
-    device: str = cli_field("auto", "auto, cpu, cuda, cuda:N or mps")
-    progress: bool = cli_field(True, "show a progress bar")
 
 
 def _batches(train: list[Group], batch_size: int, seed: int):
@@ -414,8 +400,8 @@ def train_reward(cfg: RewardConfig) -> Path:
                       save=lambda step, final: None, loss_fn=loss_fn, evaluate=evaluate)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * steps)
     loop_cfg = LoopConfig(max_steps=steps, warmup_steps=warmup, schedule="cosine",
-                          final_lr_frac=0.1, eval_every=cfg.eval_every, progress=cfg.progress,
-                          desc="reward")
+                          final_lr_frac=0.1, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
+                          progress=cfg.progress, desc="reward")
     logger = _Records()
     run_loop(rm, build_optimizer(rm, lr=cfg.lr, weight_decay=cfg.weight_decay), loop_cfg, hooks,
              env=DistEnv(device=device), logger=logger)

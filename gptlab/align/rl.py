@@ -44,22 +44,33 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from gptlab.align.common import load_prompt_records
 from gptlab.align.dpo import pad_rows, token_logprobs
-from gptlab.settings import cli_field as _f
+from gptlab.settings import TrainSettings, cli_field as _f, not_used
 
 ALGOS = ("ppo", "grpo")
 
 
 @dataclass
-class RLConfig:
-    """Everything `gptlab rl` accepts; fields map 1:1 to CLI flags."""
+class RLConfig(TrainSettings):
+    """Everything `gptlab rl` accepts; fields map 1:1 to CLI flags (the shared ones from
+    `TrainSettings`)."""
 
+    out: str = _f("runs/rl", "output directory (metrics, checkpoints, final model)")
+    lr: float = _f(1e-4, "AdamW learning rate (constant after a short warmup)")
+    warmup_steps: int = _f(3, "linear warmup steps")
+    eval_every: int = _f(10, "gold-judge eval of the fixed held-out batch every N steps (0 = start and end only)")
+    save_every: int = _f(20, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = _f(1, "step checkpoints kept (0 = all)")
+    # policy and reference load in float32 (load_chat_model); rollouts, scoring and updates
+    # run without autocast or torch.compile
+    dtype: str = not_used("auto", "rl runs in float32")
+    compile: bool = not_used(False, "rl runs the model eagerly")
     algo: str = _f("ppo", "ppo (value head + GAE) or grpo (group baseline)")
     init: str = _f("", "the chat model to improve (also the frozen KL reference)")
     reward: str = _f("judge", "reward: a reward-model directory, judge (gold-judge score) or verifiable (1 if no hard check fails)")
     prompts: str = _f("", "RL prompts: a miniworld dir (its prompts/*.jsonl) or a jsonl of {messages, meta} records")
     world: str | None = _f(None, "miniworld dir for the judge and the gold eval; unset: --prompts when it is one")
-    out: str = _f("runs/rl", "output directory (metrics, checkpoints, final model)")
     steps: int = _f(30, "RL steps (one batch of rollouts and its update each)")
     batch_size: int = _f(32, "answers sampled per step: as many prompts (ppo), or batch_size / group_size prompts x group_size answers (grpo)")
     group_size: int = _f(4, "grpo: answers sampled per prompt")
@@ -68,8 +79,6 @@ class RLConfig:
     top_k: int | None = _f(None, "sample from the top k tokens only (unset: all)")
     kl_coef: float = _f(0.05, "weight of the per-token KL penalty against the reference")
     unfinished_penalty: float = _f(0.5, "subtracted from the reward of an answer with no end-of-turn token")
-    lr: float = _f(1e-4, "AdamW learning rate (constant after a short warmup)")
-    warmup_steps: int = _f(3, "linear warmup steps")
     ppo_epochs: int = _f(2, "passes over each batch of rollouts")
     minibatch_size: int = _f(32, "rollouts per optimizer step")
     clip: float = _f(0.2, "PPO clip range of the probability ratio")
@@ -77,15 +86,7 @@ class RLConfig:
     gamma: float = _f(1.0, "ppo: discount")
     lam: float = _f(0.95, "ppo: GAE lambda")
     entropy_coef: float = _f(0.0, "entropy bonus weight (0 = off; entropy is logged either way)")
-    grad_clip: float = _f(1.0, "clip the global gradient norm (0 = off)")
-    eval_every: int = _f(10, "gold-judge eval of the fixed held-out batch every N steps (0 = start and end only)")
     eval_per_category: int = _f(6, "held-out prompts per category in the eval batch (0 = no gold eval)")
-    save_every: int = _f(20, "checkpoint every N steps (and at the end)")
-    keep_checkpoints: int = _f(1, "step checkpoints kept (0 = all)")
-    seed: int = _f(0, "random seed (prompt order, sampling)")
-    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
-    resume: bool = _f(False, "continue from the newest checkpoint in out/ckpt")
-    progress: bool = _f(True, "show a progress bar")
 
 
 # --------------------------------------------------------------------------- math
@@ -159,33 +160,6 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- prompts
-
-
-def load_prompts(source: str) -> list[dict]:
-    """{"messages", "meta"} records: a miniworld dir's prompts/*.jsonl, or a jsonl file."""
-    from gptlab.align.common import prompt_messages
-    from gptlab.fileio import read_jsonl
-
-    path = Path(source)
-    if path.is_dir():
-        files = sorted((path / "prompts").glob("*.jsonl")) if (path / "prompts").is_dir() \
-            else sorted(path.glob("*.jsonl"))
-        if not files:
-            raise FileNotFoundError(f"no prompts/*.jsonl or *.jsonl under {path}")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FileNotFoundError(f"--prompts {source}: no such file or directory")
-    out = []
-    for f in files:
-        for n, rec in enumerate(read_jsonl(f), 1):
-            if not isinstance(rec, dict) or not rec.get("messages"):
-                raise ValueError(f"{f}:{n}: a prompt record needs 'messages'")
-            msgs = prompt_messages(rec)
-            if msgs[-1].get("role") != "user":
-                raise ValueError(f"{f}:{n}: the prompt must end with a user message")
-            out.append({"messages": msgs, "meta": rec.get("meta") or {}})
-    return out
 
 
 class PromptStream:
@@ -424,7 +398,7 @@ def run_rl(cfg: RLConfig, reward=None) -> Path:
     tok, policy = ckpt.tokenizer, ckpt.model
     if tok is None:
         raise ValueError(f"{cfg.init} has no tokenizer.json")
-    records = load_prompts(cfg.prompts)  # first: a wrong path is the likeliest mistake
+    records = load_prompt_records(cfg.prompts)  # first: a wrong path is the likeliest mistake
     world = _world_of(cfg)
     reward_name = cfg.reward if reward is None else type(reward).__name__
     reward = reward if reward is not None else load_reward(cfg.reward, world_dir=world, device=str(device))
@@ -442,11 +416,14 @@ def run_rl(cfg: RLConfig, reward=None) -> Path:
     start = _maybe_resume(cfg, policy, value_head, optimizer, stream)
     meta = {"stage": "rl", "algo": cfg.algo, "parent": str(cfg.init),
             "parent_stage": ckpt.meta.get("stage"), "reward": str(cfg.reward),
-            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "resume")}}
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                       if k not in ("progress", "resume", "tensorboard", "wandb")}}
     if start >= cfg.steps and (out / "final" / "config.json").is_file():
         return out / "final"
     gold = GoldEval(world, cfg.eval_per_category, tok, ref, reward, cfg)
-    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start or None)
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start or None,
+                           tensorboard_dir=out / "tb" if cfg.tensorboard else None,
+                           wandb_project=cfg.wandb, wandb_config=dataclasses.asdict(cfg))
     print(f"rl: {cfg.algo}, {len(records)} prompts, {cfg.batch_size} answers per step"
           + (f" ({cfg.batch_size // cfg.group_size} prompts x {cfg.group_size})" if cfg.algo == "grpo" else "")
           + f", {cfg.steps} steps, reward {reward_name}, "
@@ -539,17 +516,12 @@ def _save(cfg, policy, value_head, tok, optimizer, stream, step: int, final: boo
 
 
 def _maybe_resume(cfg: RLConfig, policy, value_head, optimizer, stream: PromptStream) -> int:
-    from gptlab.train.checkpoints import check_resume, restore_step, resume_state
-
-    latest, state = resume_state(cfg.out, cfg.resume)
-    if latest is None:
-        return 0
-    check_resume(latest, state["config"], {key: getattr(cfg, key) for key in (
-        "algo", "init", "prompts", "seed", "batch_size", "group_size")})
+    from gptlab.train.checkpoints import resume_run
 
     def restore_data(st: dict) -> None:   # the value head counts as data here: not in the weights
         if value_head is not None:
             value_head.load_state_dict(st["value_head"])
         stream.position = int(st["position"])
 
-    return restore_step(latest, state, policy, optimizer, restore_data=restore_data)
+    return resume_run(cfg, policy, optimizer, ("algo", "init", "prompts", "seed", "batch_size", "group_size"),
+                      restore_data=restore_data)

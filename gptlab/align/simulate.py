@@ -25,33 +25,7 @@ from pathlib import Path
 
 import torch
 
-from gptlab.align.common import generate_answers, prompt_messages
-from gptlab.fileio import read_jsonl
-
-
-def load_prompt_records(prompts: str | Path) -> list[dict]:
-    """A miniworld dir (its prompts/*.jsonl, split "train") or a jsonl of {"messages",
-    "meta"?} records; every record must have a non-empty messages list."""
-    path = Path(prompts)
-    if path.is_dir():
-        files = sorted((path / "prompts").glob("*.jsonl"))
-        if not files:
-            raise FileNotFoundError(f"{path} has no prompts/*.jsonl (is it a miniworld dir?)")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FileNotFoundError(f"prompt source {path} does not exist")
-    out = []
-    for f in files:
-        for n, rec in enumerate(read_jsonl(f), 1):
-            if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list) \
-                    or not rec["messages"]:
-                raise ValueError(f"{f}: record {n}: needs a non-empty 'messages' list")
-            meta = rec.get("meta") or {}
-            if path.is_dir() and meta.get("split", "train") != "train":
-                continue
-            out.append({"messages": prompt_messages(rec), "meta": meta})
-    return out
+from gptlab.align.common import generate_answers, load_prompt_records
 
 
 def pick_prompts(records: list[dict], n: int | None, seed: int) -> list[dict]:
@@ -84,7 +58,7 @@ def simulate_feedback(model: str | Path, prompts: str | Path, db: str, *, k: int
         raise FileNotFoundError(f"the judge needs a miniworld kb.json: pass --world "
                                 f"(looked in {world})")
     judge = Judge.from_dir(world)
-    chosen = pick_prompts(load_prompt_records(prompts), n, seed)
+    chosen = pick_prompts(load_prompt_records(prompts, train_only=True), n, seed)
     stores = [FeedbackStore(db)] + ([FeedbackStore(clean_db)] if clean_db else [])
     done = stores[0].ranked_prompt_keys(source)
     todo = [r for r in chosen if prompt_key(r["messages"]) not in done]

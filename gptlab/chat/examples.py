@@ -45,19 +45,32 @@ class Example:
 
 @dataclass
 class FitStats:
-    """What ``fit_examples`` did, for the log and data.json."""
+    """What ``fit_examples`` did, for the log and data.json. Only the events are counted;
+    every example is kept (its length in ``lengths``) or dropped (too long, or no target),
+    and a too-long one is either truncated or dropped, so the totals follow."""
 
-    total: int = 0
-    kept: int = 0
-    too_long: int = 0
     truncated: int = 0
     dropped_too_long: int = 0
     dropped_no_targets: int = 0
     max_len: int = 0
-    lengths: list = field(default_factory=list, repr=False)
+    lengths: list = field(default_factory=list, repr=False)   # of the kept examples
+
+    @property
+    def kept(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def too_long(self) -> int:
+        return self.truncated + self.dropped_too_long
+
+    @property
+    def total(self) -> int:
+        return self.kept + self.dropped_too_long + self.dropped_no_targets
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in vars(self).items() if k != "lengths"}
+        d = {"total": self.total, "kept": self.kept, "too_long": self.too_long,
+             "truncated": self.truncated, "dropped_too_long": self.dropped_too_long,
+             "dropped_no_targets": self.dropped_no_targets, "max_len": self.max_len}
         if self.lengths:
             arr = np.asarray(self.lengths)
             d.update(mean_len=round(float(arr.mean()), 1), p50_len=int(np.median(arr)),
@@ -90,10 +103,8 @@ def fit_examples(examples: Iterable[Example], seq_len: int, policy: str = "drop"
         raise ValueError(f"too-long policy must be one of {TOO_LONG_POLICIES}, got {policy!r}")
     kept, st = [], FitStats()
     for ex in examples:
-        st.total += 1
         st.max_len = max(st.max_len, len(ex))
         if len(ex) > seq_len + 1:
-            st.too_long += 1
             if policy == "drop":
                 st.dropped_too_long += 1
                 continue
@@ -104,7 +115,6 @@ def fit_examples(examples: Iterable[Example], seq_len: int, policy: str = "drop"
             continue
         kept.append(ex)
         st.lengths.append(len(ex))
-    st.kept = len(kept)
     return kept, st
 
 

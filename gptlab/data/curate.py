@@ -37,7 +37,6 @@ on the number of workers or on the batch size.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import re
@@ -47,8 +46,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import orjson
 
-from gptlab.data.curate_hash import Batch, DocStats, NearDupIndex, band_keys
+from gptlab.data.curate_hash import Batch, NearDupIndex, band_keys
 from gptlab.fileio import read_jsonl_numbered
 
 REASONS = ("exact_dup", "too_short", "symbols", "digits", "repetition", "language",
@@ -102,25 +102,65 @@ PII_RULES = (("email", _EMAIL, "[EMAIL]", lambda t: "@" in t),
              ("phone", _PHONE, "[PHONE]", lambda t: _MAYBE_PHONE.search(t) is not None))
 
 
-def scrub_pii(text: str) -> tuple[str, dict]:
-    """(text with PII replaced, {kind: count}). IPs before phones: 10.0.0.12 is an IP."""
+def scrub_pii(text: str, maybe_phone: bool = True) -> tuple[str, dict]:
+    """(text with PII replaced, {kind: count}). IPs before phones: 10.0.0.12 is an IP.
+    `maybe_phone=False` skips the phone rule (`pii_candidates` found no digits around a separator)."""
     counts: dict = {}
     for kind, pattern, repl, maybe in PII_RULES:
-        if maybe(text):
+        if (maybe_phone or kind != "phone") and maybe(text):
             text, n = pattern.subn(repl, text)
             if n:
                 counts[kind] = counts.get(kind, 0) + n
     return text, counts
 
 
+# The phone pre-test regex starts with \d, so it is tried at every character (~120 MB/s).
+# Any match of it holds 3 digits, a separator [ .-], 3 digits; numpy finds the separators
+# with a digit on both sides in the UTF-8 bytes of a whole batch at once. \d is Unicode: a
+# digit is an ASCII digit or a multi-byte character, whose first byte is one of those that
+# start a Unicode decimal digit (tests/test_curate.py checks the list against `re`) and
+# whose last byte is a continuation byte.
+_DIGIT_LEADS = (0xD9, 0xDB, 0xDF, 0xE0, 0xE1, 0xEA, 0xEF, 0xF0, 0xF1, 0xF2, 0xF3, 0xF4)
+_SEPARATOR = bytes(c in b" .-" for c in range(256))
+_DIGIT_END = bytes(48 <= c <= 57 or 0x80 <= c <= 0xBF for c in range(256))
+_DIGIT_START = bytes(48 <= c <= 57 or c in _DIGIT_LEADS for c in range(256))
+_DIGIT_BYTE = np.array([48 <= c <= 57 or c >= 0x80 for c in range(256)])
+
+
+def pii_candidates(encoded: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Per document (its UTF-8 bytes), numpy over the whole batch: (may any PII pre-test of
+    `scrub_pii` pass, may the phone one). False means it cannot; True, that the regular
+    expressions decide. E-mail needs an @; IPv4 a dot then a digit twice, 13 bytes apart at
+    most; IPv6 "::" or 3 colons, 5 bytes apart at most; a phone 3 digits, separator, 3 digits."""
+    joined = b"\n".join(encoded) + b"\n"
+    raw = np.frombuffer(joined, np.uint8)
+    starts = np.frombuffer(joined.translate(_DIGIT_START), bool)
+    at = np.flatnonzero(np.frombuffer(joined.translate(_SEPARATOR), bool)[3:-3]
+                        & np.frombuffer(joined.translate(_DIGIT_END), bool)[2:-4] & starts[4:-2]) + 3
+    for k in (-3, -2, 2, 3):        # digits take one byte at least: 3 digit bytes each side
+        at = at[_DIGIT_BYTE[raw[at + k]]]
+    dots = np.flatnonzero((raw[:-1] == 46) & starts[1:])
+    colons = np.flatnonzero(raw == 58)
+    gaps = np.diff(colons)
+    others = [np.flatnonzero(raw == 64), dots[:-1][np.diff(dots) <= 13],
+              colons[:-2][(gaps[:-1] <= 5) & (gaps[1:] <= 5)], colons[:-1][gaps == 1]]
+    off = np.cumsum([len(e) + 1 for e in encoded])
+    phone = np.zeros(len(encoded), bool)
+    phone[np.searchsorted(off, at, side="right")] = True
+    any_pii = phone.copy()
+    any_pii[np.searchsorted(off, np.concatenate(others), side="right")] = True
+    return any_pii, phone
+
+
 # ---------------------------------------------------------------------------- quality
 
-def _lang(text: str, doc: DocStats, allowed: frozenset) -> str | None:
-    """The detected language when CLD2 is sure it is not an allowed one, else None."""
+def _lang(text: str, english: float, allowed: frozenset) -> str | None:
+    """The detected language when CLD2 is sure it is not an allowed one, else None.
+    `english`: the share of English function words among the first words (`_EN_WORDS`)."""
     import pycld2
     # English function words first: cheaper than CLD2, and CLD2 takes short English text
     # full of place names for Malay or Guarani ("Kuala Lumpur is located in Malaysia.").
-    if "en" in allowed and _english_share(doc) >= 0.1:
+    if "en" in allowed and english >= 0.1:
         return None
     try:
         reliable, _, details = pycld2.detect(text[:2000])
@@ -132,37 +172,48 @@ def _lang(text: str, doc: DocStats, allowed: frozenset) -> str | None:
     return code
 
 
+# counted among the words of the first 1000 normalized bytes (Batch.word_shares)
 _EN_WORDS = frozenset(b"the of and a an in is are was to for with by on at as from it its this that "
                       b"which has have be or not also about than".split())
 
 
-def _english_share(doc: DocStats) -> float:
-    words = doc.norm[:1000].split()
-    return sum(map(_EN_WORDS.__contains__, words)) / max(len(words), 1)
+def quality_reasons(texts: list[str], batch: Batch, cfg: CurateConfig,
+                    allowed: frozenset) -> list[tuple[str, str] | None]:
+    """Per document: (reason, detail) of the first quality rule it fails, or None. The
+    ratios are numpy over the batch; lines and language are looked at one by one."""
+    words, chars = batch.words.tolist(), batch.chars
+    with np.errstate(divide="ignore", invalid="ignore"):
+        symbols = (batch.symbols / chars).tolist()
+        digits = (batch.digits / chars).tolist()
+    dup, ngrams = batch.dup_ngrams()
+    dup_ngrams = ((ngrams >= 10) & (dup > cfg.max_dup_ngram_fraction)).tolist()
+    dup = dup.tolist()
+    hits, words_seen = batch.word_shares(_EN_WORDS, 1000)
+    english = (hits / np.maximum(words_seen, 1)).tolist()
+    out: list[tuple[str, str] | None] = []
+    for i, text in enumerate(texts):
+        if words[i] < cfg.min_words:
+            out.append(("too_short", f"{words[i]} words"))
+        elif symbols[i] > cfg.max_symbol_ratio:
+            out.append(("symbols", f"symbol ratio {symbols[i]:.2f}"))
+        elif digits[i] > cfg.max_digit_ratio:
+            out.append(("digits", f"digit ratio {digits[i]:.2f}"))
+        elif (lines := _dup_lines(text)) is not None and lines > cfg.max_dup_line_fraction:
+            out.append(("repetition", f"{lines:.0%} duplicate lines"))
+        elif dup_ngrams[i]:
+            out.append(("repetition", f"{dup[i]:.0%} duplicate word n-grams"))
+        else:
+            lang = _lang(text, english[i], allowed)
+            out.append(("language", lang) if lang else None)
+    return out
 
 
-def quality_reason(text: str, doc: DocStats, cfg: CurateConfig, allowed: frozenset) -> tuple[str, str] | None:
-    """(reason, detail) of the first quality rule the document fails, or None."""
-    if doc.words < cfg.min_words:
-        return "too_short", f"{doc.words} words"
-    symbols = doc.symbols / doc.chars
-    if symbols > cfg.max_symbol_ratio:
-        return "symbols", f"symbol ratio {symbols:.2f}"
-    digits = doc.digits / doc.chars
-    if digits > cfg.max_digit_ratio:
-        return "digits", f"digit ratio {digits:.2f}"
-    if text.count("\n") >= 2:
-        lines = [s for s in (line.strip() for line in text.splitlines()) if s]
-        if len(lines) >= 3:
-            dup = 1 - len(set(lines)) / len(lines)
-            if dup > cfg.max_dup_line_fraction:
-                return "repetition", f"{dup:.0%} duplicate lines"
-    if doc.ngrams >= 10 and doc.dup_ngrams > cfg.max_dup_ngram_fraction:
-        return "repetition", f"{doc.dup_ngrams:.0%} duplicate word n-grams"
-    lang = _lang(text, doc, allowed)
-    if lang:
-        return "language", lang
-    return None
+def _dup_lines(text: str) -> float | None:
+    """Share of the non-blank lines that repeat an earlier one; None under 3 lines."""
+    if text.count("\n") < 2:
+        return None
+    lines = [s for s in (line.strip() for line in text.splitlines()) if s]
+    return 1 - len(set(lines)) / len(lines) if len(lines) >= 3 else None
 
 
 # ---------------------------------------------------------------------------- eval n-grams
@@ -263,24 +314,24 @@ def _leaks(batch: Batch, evals: dict) -> list[int | None]:
 def _process(texts: list[str]) -> dict:
     """Everything about a batch of documents that does not depend on other documents."""
     cfg, evals, allowed = _STATE["cfg"], _STATE["evals"], _STATE["allowed"]
-    scrubbed = [scrub_pii(t) for t in texts]
-    clean = [c for c, _ in scrubbed]
-    batch = Batch(clean)
-    stats = batch.stats()
-    reasons = [quality_reason(t, st, cfg, allowed) for t, st in zip(clean, stats)]
+    encoded = [t.encode("utf-8") for t in texts]
+    clean, clean_encoded, scrubbed, pii = list(texts), list(encoded), [None] * len(texts), [{}] * len(texts)
+    maybe, phones = pii_candidates(encoded)
+    for i in np.flatnonzero(maybe).tolist():
+        c, counts = scrub_pii(texts[i], phones[i])
+        if counts:
+            clean[i] = scrubbed[i] = c
+            clean_encoded[i] = c.encode("utf-8")
+            pii[i] = counts
+    batch = Batch(clean, clean_encoded)
+    reasons = quality_reasons(clean, batch, cfg, allowed)
     leaks = _leaks(batch, evals)
     sig, has_sig = batch.signatures(cfg.num_perm)
-    return {"scrubbed": [c if pii else None for c, pii in scrubbed],
-            "pii": [pii for _, pii in scrubbed],
-            "digest": [hashlib.blake2b(st.norm, digest_size=16).digest() for st in stats],
-            "reason": reasons,
+    return {"scrubbed": scrubbed, "pii": pii, "digest": batch.digests(), "reason": reasons,
             "leak": [leak if r is None else None for leak, r in zip(leaks, reasons)],
             "sig": sig, "has_sig": has_sig.tolist(), "keys": band_keys(sig, cfg.bands),
-            # the parent only counts and writes: sizes and the kept-record JSON come from here
-            "bytes": [len(t.encode("utf-8")) for t in texts],
-            "clean_bytes": [len(c.encode("utf-8")) for c in clean],
-            # UTF-8 bytes: the encoding is done here, in parallel, and the parent writes bytes
-            "line": [(json.dumps({"text": c}, ensure_ascii=False) + "\n").encode("utf-8") for c in clean]}
+            # the parent only counts and writes: the sizes come from here
+            "bytes": list(map(len, encoded)), "clean_bytes": list(map(len, clean_encoded))}
 
 
 class _JsonlShards:
@@ -289,13 +340,16 @@ class _JsonlShards:
         folder.mkdir(parents=True, exist_ok=True)
         self.n, self._f = 0, None
 
-    def write_line(self, line: bytes) -> None:
-        """Append one JSON line, UTF-8 encoded (the workers encode the records)."""
-        if self.n % self.shard_docs == 0:
-            self.close()
-            self._f = open(self.folder / f"part_{self.n // self.shard_docs:03d}.jsonl", "wb")
-        self._f.write(line)
-        self.n += 1
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Append JSON lines, UTF-8 encoded."""
+        while lines:
+            if self.n % self.shard_docs == 0:
+                self.close()
+                self._f = open(self.folder / f"part_{self.n // self.shard_docs:03d}.jsonl", "wb")
+            room = self.shard_docs - self.n % self.shard_docs
+            self._f.write(b"".join(lines[:room]))
+            self.n += len(lines[:room])
+            lines = lines[room:]
 
     def close(self) -> None:
         if self._f is not None:
@@ -365,7 +419,7 @@ def curate(cfg: CurateConfig) -> dict:
     """Run the curation stage; returns the report (also written as DIR/report.json)."""
     from tqdm.auto import tqdm
 
-    from gptlab.checkpoint import atomic_dir
+    from gptlab.fileio import atomic_dir
 
     if cfg.num_perm & (cfg.num_perm - 1) or cfg.num_perm % cfg.bands:
         raise ValueError(f"num_perm ({cfg.num_perm}) must be a power of two divisible by bands ({cfg.bands})")
@@ -383,26 +437,27 @@ def curate(cfg: CurateConfig) -> dict:
                 # one array from the worker (a pickled buffer, not 32 ints per document), as
                 # Python ints once per batch for the LSH dict
                 res["keys"] = res["keys"].tolist()
-                nbytes_batch = 0
-                for i, text in enumerate(texts):
-                    nbytes = res["bytes"][i]
-                    nbytes_batch += nbytes
-                    doc = total["docs"]
-                    total["docs"] += 1
-                    total["bytes"] += nbytes
-                    clean = res["scrubbed"][i] or text
-                    if res["pii"][i]:
-                        pii["docs"] += 1
-                        for k, v in res["pii"][i].items():
-                            pii[k] += v
-                    verdict = _verdict(res, i, seen, index, evals)
+                first = total["docs"]
+                total["docs"] += len(texts)
+                total["bytes"] += sum(res["bytes"])
+                for counts in filter(None, res["pii"]):
+                    pii["docs"] += 1
+                    for k, v in counts.items():
+                        pii[k] += v
+                keep = []
+                for i, verdict in enumerate(_verdicts(res, seen, index, evals)):
                     if verdict:
-                        removed.add(verdict[0], doc, clean, nbytes, verdict[1])
-                        continue
-                    corpus.write_line(res["line"][i])
-                    kept["docs"] += 1
-                    kept["bytes"] += res["clean_bytes"][i]
-                bar.update(nbytes_batch)
+                        removed.add(verdict[0], first + i, res["scrubbed"][i] or texts[i],
+                                    res["bytes"][i], verdict[1])
+                    else:
+                        keep.append(i)
+                # orjson writes what json.dumps(..., ensure_ascii=False) does (checked for every
+                # code point), 5x faster: cheaper here than passing the lines from the workers
+                scrubbed = res["scrubbed"]
+                corpus.write_lines([b'{"text": ' + orjson.dumps(scrubbed[i] or texts[i]) + b'}\n' for i in keep])
+                kept["docs"] += len(keep)
+                kept["bytes"] += sum(res["clean_bytes"][i] for i in keep)
+                bar.update(sum(res["bytes"]))
         corpus.close()
         removed.close()
         if total["docs"] == 0:
@@ -425,21 +480,25 @@ def curate(cfg: CurateConfig) -> dict:
     return report
 
 
-def _verdict(res: dict, i: int, seen: set, index: NearDupIndex, evals: dict) -> tuple[str, str] | None:
-    """(reason, detail) when document i of the batch is removed; indexes it otherwise."""
-    digest = res["digest"][i]
-    if digest in seen:
-        return "exact_dup", "same normalized text as an earlier document"
-    seen.add(digest)
-    if res["reason"][i]:
-        return res["reason"][i]
-    if res["leak"][i] is not None:
-        return "contamination", f"13-gram of {evals['where'].get(res['leak'][i], 'an eval item')}"
-    if res["has_sig"][i]:
-        hit = index.query_insert(res["sig"][i], res["keys"][i])
-        if hit:
-            return "near_dup", f"~{hit[1]:.2f} Jaccard with kept document #{hit[0]} (in kept order)"
-    return None
+def _verdicts(res: dict, seen: set, index: NearDupIndex, evals: dict) -> list[tuple[str, str] | None]:
+    """Per document of the batch, in order: (reason, detail) when it is removed, else None
+    (and then it is indexed for the documents after it)."""
+    out: list[tuple[str, str] | None] = []
+    reasons, leaks, has_sig, sigs, keys = res["reason"], res["leak"], res["has_sig"], res["sig"], res["keys"]
+    for i, digest in enumerate(res["digest"]):
+        if digest in seen:
+            out.append(("exact_dup", "same normalized text as an earlier document"))
+            continue
+        seen.add(digest)
+        if reasons[i]:
+            out.append(reasons[i])
+        elif leaks[i] is not None:
+            out.append(("contamination", f"13-gram of {evals['where'].get(leaks[i], 'an eval item')}"))
+        elif has_sig[i] and (hit := index.query_insert(sigs[i], keys[i])):
+            out.append(("near_dup", f"~{hit[1]:.2f} Jaccard with kept document #{hit[0]} (in kept order)"))
+        else:
+            out.append(None)
+    return out
 
 
 def curation_table(report: dict) -> list[str]:

@@ -1,12 +1,13 @@
 """The hashing side of data curation, vectorized with numpy over a batch of documents:
 normalized text (`Batch`, `normalize`), per-document statistics for the quality rules
-(`DocStats`), word n-gram hashes for decontamination, MinHash signatures of byte 8-grams and
-their LSH band keys, and `NearDupIndex`, the near-duplicate lookup. See gptlab.data.curate
-for the rules that use them."""
+(byte-class counts, repeated n-grams, the share of given words), word n-gram hashes for
+decontamination, MinHash signatures of byte 8-grams and their LSH band keys, and
+`NearDupIndex`, the near-duplicate lookup. See gptlab.data.curate for the rules that use
+them."""
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +30,17 @@ _PUNCT = b".,;:!?'\"()-/%&[]"
 _SYMBOL = np.array([c for c in list(range(0, 9)) + [11, 12] + list(range(14, 32)) + list(range(33, 127))
                     if not chr(c).isalnum() and c not in _PUNCT], np.intp)
 _SPACE = np.array([9, 10, 13, 32], np.intp)
+_MAP_BYTES = _MAP.tobytes()                   # for bytes.translate
+# each byte's class, counted per document: d digit, s symbol, c UTF-8 continuation byte,
+# j lead byte of a CJK character
+_CLASS = bytearray(b" " * 256)
+_CLASS[48:58] = b"d" * 10
+for _c in _SYMBOL:
+    _CLASS[_c] = ord("s")
+_CLASS[128:192] = b"c" * 64
+_CLASS[0xE3:0xEA] = b"j" * 7
+_CLASS = bytes(_CLASS)
+_IS_CJK_LEAD = bytes(1 if 0xE3 <= c <= 0xE9 else 0 for c in range(256))
 
 # Polynomial prefix hashes mod 2**64 make the hash of any byte span (a word n-gram of the
 # normalized text is one contiguous span) two lookups and a multiply, for all spans at once.
@@ -48,6 +60,18 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _POW, _INV
 
 
+def _mix_inplace(h: np.ndarray) -> None:
+    """`_mix`, overwriting h (no temporary arrays but one)."""
+    t = h >> np.uint64(30)
+    h ^= t
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    np.right_shift(h, np.uint64(27), out=t)
+    h ^= t
+    h *= np.uint64(0x94D049BB133111EB)
+    np.right_shift(h, np.uint64(31), out=t)
+    h ^= t
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     """A 64-bit finalizer (splitmix64's), so every bit of the result depends on every input bit."""
     h = h ^ (h >> np.uint64(30))
@@ -57,50 +81,44 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-@dataclass
-class DocStats:
-    """What the quality rules read about one document."""
-    norm: bytes            # normalized text
-    words: int
-    chars: int
-    digits: int
-    symbols: int
-    cjk: bool
-    dup_ngrams: float      # share of word 5-grams (10-grams for CJK) that repeat an earlier one
-    ngrams: int            # how many such n-grams
-
-
 class Batch:
     """Many documents normalized and hashed at once: the texts are joined with a newline
     (a space once normalized, so no word spans two documents) and every step is one numpy
-    call for the whole batch; results do not depend on which documents share a batch."""
+    call for the whole batch; results do not depend on which documents share a batch.
+    `encoded`: the texts' UTF-8 bytes, when the caller has them already."""
 
-    def __init__(self, texts: list[str]):
+    def __init__(self, texts: list[str], encoded: list[bytes] | None = None):
         with np.errstate(over="ignore"):
-            self._build(texts)
+            self._build([t.encode("utf-8") for t in texts] if encoded is None else encoded)
 
-    def _build(self, texts: list[str]) -> None:
-        enc = [t.encode("utf-8") for t in texts]
-        self.n_docs = D = len(texts)
-        lens = np.array([len(e) for e in enc], np.int64)
-        raw = np.frombuffer(b"\n".join(enc), np.uint8)
-        doc_of = np.repeat(np.arange(D), lens + 1)[: len(raw)]
-        counts = np.bincount(doc_of * 256 + raw, minlength=D * 256).reshape(D, 256)
-        counts[:-1, 10] -= 1                                      # the joining newlines
-        self.chars = lens - counts[:, 128:192].sum(1)             # minus continuation bytes
-        self.digits = counts[:, 48:58].sum(1)
-        self.symbols = counts[:, _SYMBOL].sum(1)
-        m = _MAP[raw]
+    def _build(self, enc: list[bytes]) -> None:
+        self.n_docs = D = len(enc)
+        lens = np.fromiter(map(len, enc), np.int64, D)
+        # per document, its bytes mapped to one letter per class, counted: C loops, no arrays
+        classes = [e.translate(_CLASS) for e in enc]
+        self.chars = lens - np.fromiter((c.count(b"c") for c in classes), np.int64, D)  # minus continuation bytes
+        self.digits = np.fromiter((c.count(b"d") for c in classes), np.int64, D)
+        self.symbols = np.fromiter((c.count(b"s") for c in classes), np.int64, D)
+        self.cjk = np.fromiter((b"j" in c for c in classes), bool, D)
+        # every document ends with a newline, so document i is m[off[i]:off[i + 1]]
+        m = np.frombuffer((b"\n".join(enc) + b"\n").translate(_MAP_BYTES), np.uint8)
+        off = np.zeros(D + 1, np.int64)
+        np.cumsum(lens + 1, out=off[1:])
         ws = m == 32
-        keep = ~ws
-        keep[1:] |= ~ws[:-1]                                      # the first space of a run
-        self.m, self.doc_of = m[keep], doc_of[keep]
-        self.data = self.m.tobytes()
-        n = len(self.m)
-        ws = self.m == 32
-        lead = (self.m >= 0xE3) & (self.m <= 0xE9)
-        self.cjk = np.bincount(self.doc_of[lead], minlength=D) > 0
-        edge = np.zeros(n + 1, bool)
+        keep = np.empty_like(ws)
+        keep[0] = not ws[0]
+        np.logical_and(ws[1:], ws[:-1], out=keep[1:])
+        np.logical_not(keep[1:], out=keep[1:])                    # drop a space after a space
+        norm_off = np.zeros(D + 1, np.int64)                      # documents in normalized bytes
+        if D:
+            np.cumsum(np.add.reduceat(keep, off[:-1], dtype=np.int64), out=norm_off[1:])
+        self.norm_off = norm_off
+        self.m = m = m[keep]
+        self.data = m.tobytes()
+        n = len(m)
+        ws = m == 32
+        lead = np.frombuffer(self.data.translate(_IS_CJK_LEAD), bool)
+        edge = np.empty(n + 1, bool)
         edge[0] = edge[n] = True
         edge[1:n] = ws[1:] | ws[:-1] | lead[1:]
         if n >= 3:
@@ -108,41 +126,69 @@ class Batch:
         b = np.flatnonzero(edge)
         word = ~ws[b[:-1]] if n else np.zeros(0, bool)
         self.starts, self.ends = b[:-1][word], b[1:][word]
-        self.word_doc = self.doc_of[self.starts]
-        first = np.searchsorted(self.word_doc, np.arange(D))
-        last = np.searchsorted(self.word_doc, np.arange(D), side="right")
-        self.words = last - first
+        bounds = np.searchsorted(self.starts, norm_off)           # each document's first word
+        first, last = bounds[:-1], bounds[1:]
+        self.first_word, self.words = first, last - first
+        self.word_doc = np.repeat(np.arange(D), self.words)
         has = self.words > 0
         # each document's normalized text: from its first word's start to its last word's end
         self.lo = np.where(has, self.starts[np.minimum(first, len(self.starts) - 1)] if len(self.starts) else 0, 0)
         self.hi = np.where(has, self.ends[np.maximum(last - 1, 0)] if len(self.ends) else 0, 0)
         pw, self.inv = _powers(n + 1)
         self.prefix = np.zeros(n + 1, np.uint64)
-        np.cumsum(self.m.astype(np.uint64) * pw[:n], out=self.prefix[1:])
+        np.multiply(m, pw[:n], out=self.prefix[1:])               # no uint64 copy of m
+        np.cumsum(self.prefix[1:], out=self.prefix[1:])
 
     def norm(self, i: int) -> bytes:
         return self.data[self.lo[i]:self.hi[i]]
 
-    def ngrams(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(hash, document) of every word n-gram of every document."""
-        W = len(self.starts)
-        if W < n:
-            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        with np.errstate(over="ignore"):
-            s, e = self.starts[: W - n + 1], self.ends[n - 1:]
+    def digests(self) -> list[bytes]:
+        """blake2b (16 bytes) of each document's normalized text: the exact-dup key."""
+        view = memoryview(self.data)
+        return [hashlib.blake2b(view[lo:hi], digest_size=16).digest()
+                for lo, hi in zip(self.lo.tolist(), self.hi.tolist())]
+
+    def ngrams(self, n: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hash, document) of every word n-gram of every document, in document and then
+        position order; `n` may differ per document (an array of D sizes)."""
+        if np.ndim(n) == 0:     # one size: every run of n words, less those across documents
+            W = len(self.starts)
+            if W < n:
+                return np.zeros(0, np.uint64), np.zeros(0, np.int64)
             same = self.word_doc[: W - n + 1] == self.word_doc[n - 1:]
-            h = (self.prefix[e] - self.prefix[s]) * self.inv[s]
-        return h[same], self.word_doc[: W - n + 1][same]
+            s, e, d = self.starts[: W - n + 1][same], self.ends[n - 1:][same], self.word_doc[: W - n + 1][same]
+        else:                   # a run of n-grams per document, from its first word on
+            count = np.maximum(self.words - n + 1, 0)
+            first = np.repeat(self.first_word - (np.cumsum(count) - count), count) + np.arange(count.sum())
+            s, e = self.starts[first], self.ends[first + np.repeat(n - 1, count)]
+            d = np.repeat(np.arange(self.n_docs), count)
+        with np.errstate(over="ignore"):
+            return (self.prefix[e] - self.prefix[s]) * self.inv[s], d
+
+    def word_shares(self, vocabulary: frozenset[bytes], limit: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """Per document: (how many of the words of its first `limit` normalized bytes are in
+        `vocabulary`, how many words there are), words as `norm[:limit].split()` has them
+        (a CJK run is one word here) and `vocabulary` words of ASCII letters, 8 at most."""
+        D = self.n_docs
+        cut = np.minimum(self.hi, self.lo + limit)
+        count = np.where(self.words > 0, np.searchsorted(self.starts, cut) - self.first_word, 0)
+        idx = np.repeat(self.first_word - (np.cumsum(count) - count), count) + np.arange(count.sum())
+        doc = np.repeat(np.arange(D), count)
+        s, e = self.starts[idx], np.minimum(self.ends[idx], cut[doc])      # the cut ends a word too
+        padded = np.append(self.m, np.zeros(8, np.uint8))
+        # a space-separated word starts where a word starts after a space (or at the text's start)
+        first = (s == self.lo[doc]) | (padded[s - 1] == 32)
+        # and it is a vocabulary word when the word also ends it: a space, or the cut, after it
+        alone = first & ((e == cut[doc]) | (padded[e] == 32)) & (e - s <= 8)
+        s, e = s[alone], e[alone]
+        packed = np.ndarray((len(padded) - 7,), "<u8", padded.data, strides=(1,))[s] & _LOW_BYTES[e - s]
+        hits = np.bincount(doc[alone][np.isin(packed, _pack(vocabulary))], minlength=D)
+        return hits, np.bincount(doc[first], minlength=D)
 
     def dup_ngrams(self) -> tuple[np.ndarray, np.ndarray]:
         """Per document: share of word n-grams that repeat an earlier one, and their number
         (5-grams; 10-grams for documents with CJK, where a "word" is one character)."""
-        h, d = self.ngrams(5)
-        if self.cjk.any():
-            h10, d10 = self.ngrams(10)
-            pick5, pick10 = ~self.cjk[d], self.cjk[d10]
-            h = np.concatenate([h[pick5], h10[pick10]])
-            d = np.concatenate([d[pick5], d10[pick10]])
+        h, d = self.ngrams(np.where(self.cjk, 10, 5))
         # the document id in the low bits of the key: one sort finds the repeats per document
         bits = np.uint64(max(int(self.n_docs).bit_length(), 1))
         key = np.sort((h << bits) | d.astype(np.uint64))
@@ -153,30 +199,33 @@ class Batch:
         total = np.bincount(d, minlength=self.n_docs)
         return (total - uniq) / np.maximum(total, 1), total
 
-    def stats(self) -> list[DocStats]:
-        frac, total = self.dup_ngrams()
-        return [DocStats(self.norm(i), int(self.words[i]), int(self.chars[i]), int(self.digits[i]),
-                         int(self.symbols[i]), bool(self.cjk[i]), float(frac[i]), int(total[i]))
-                for i in range(self.n_docs)]
-
     def signatures(self, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint32[D, num_perm] one-permutation MinHash of each document's byte 8-grams,
         bool[D] has a signature); see `minhash` for one document."""
         D, K = self.n_docs, num_perm
-        sig = np.full(D * K, np.iinfo(np.uint32).max, np.uint32)
+        sig = np.full((D + 1) * K, np.iinfo(np.uint32).max, np.uint32)
         count = len(self.data) - 7
         if count > 0:
+            # Every 8-byte window is hashed (one contiguous pass, no gather); the windows that
+            # are not inside one document's text (its leading or trailing space, or across
+            # the boundary) go to a spare row, D, so each window's row is a plain repeat.
+            span = self.hi - self.lo
+            inside = np.where(span >= 8, span - 7, 0)
+            before = np.where(inside > 0, self.lo - self.norm_off[:-1], 0)
+            after = np.diff(self.norm_off) - before - inside
+            slot = np.stack([np.full(D, D * K), np.arange(D) * K, np.full(D, D * K)], 1).ravel()
+            runs = np.stack([before, inside, after], 1).ravel()
+            base = np.repeat(slot, runs)[:count]
             windows = np.ndarray((count,), dtype="<u8", buffer=self.data, strides=(1,))
-            d = self.doc_of[:count]
-            pos = np.arange(count)
-            ok = (pos >= self.lo[d]) & (pos + 8 <= self.hi[d])    # inside one document's text
-            d = d[ok]
             with np.errstate(over="ignore"):
-                h = _mix(windows[ok] * _SALT_BIN)
+                h = windows * _SALT_BIN
+                _mix_inplace(h)
+            vals = h.view(np.uint32)[::2]                          # the low 32 bits (little-endian)
             bits = K.bit_length() - 1
-            bins = (h >> np.uint64(64 - bits)).astype(np.int64)
-            np.minimum.at(sig, d * K + bins, (h & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-        sig = sig.reshape(D, K)
+            bins = h >> np.uint64(64 - bits)
+            np.add(bins.view(np.int64), base, out=base)
+            np.minimum.at(sig, base, vals)
+        sig = sig[: D * K].reshape(D, K)
         filled = sig != np.iinfo(np.uint32).max
         has = filled.any(1)
         sparse = np.flatnonzero(has & ~filled.all(1))
@@ -192,6 +241,14 @@ class Batch:
             sig[i] = minhash(self.norm(i), K)
             has[i] = True
         return sig, has
+
+
+_LOW_BYTES = np.array([(1 << 8 * k) - 1 for k in range(8)] + [2**64 - 1], np.uint64)
+
+
+def _pack(words: frozenset[bytes]) -> np.ndarray:
+    """Words of up to 8 bytes as little-endian integers (zero-padded), as `word_shares` reads them."""
+    return np.array([int.from_bytes(w, "little") for w in words if len(w) <= 8], np.uint64)
 
 
 def normalize(text: str) -> str:
@@ -264,7 +321,9 @@ class NearDupIndex:
         if self.n == len(self.sigs):
             self.sigs = np.concatenate([self.sigs, np.zeros_like(self.sigs)])
         self.sigs[self.n] = sig
-        self.table.update(dict.fromkeys(keys, self.n))      # a band key names its latest document
+        table, n = self.table, self.n
+        for key in keys:                                    # a band key names its latest document
+            table[key] = n
         self.n += 1
         return None
 

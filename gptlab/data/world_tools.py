@@ -7,7 +7,8 @@ the conversation was held with (gptlab.tools.TOOL_SPECS) and what the eval needs
 
     lookup      a fact about a country or city -> lookup {"entity", "relation"} -> the
                 result -> an answer that states it
-    calculator  arithmetic or a unit conversion -> calculator {"expression"} -> the answer
+    calculator  arithmetic or a unit conversion ("83 kg to lb") -> calculator {"expression"}
+                -> the answer
     no_tool     a greeting, a general question, or a fact the system message already gives:
                 answered directly, no call
     tool_error  a fact about an invented entity -> lookup -> an error -> "I couldn't find ..."
@@ -46,8 +47,9 @@ LOOKUP_WEIGHTS = {"population": 5, "area": 4, "city_population": 3, "capital": 1
 TOOL_RELATION = {"city_country": "country", "city_population": "population"}
 SCALES = {"tiny": {"sft": 60, "eval_per_case": 8}, "small": {"sft": 1500, "eval_per_case": 50},
           "full": {"sft": 6000, "eval_per_case": 200}}
-UNIT_EXPRESSIONS = {"km_mi": "{x} * 0.621371", "mi_km": "{x} * 1.609344", "kg_lb": "{x} * 2.20462",
-                    "lb_kg": "{x} * 0.453592", "c_f": "{x} * 9 / 5 + 32", "f_c": "({x} - 32) * 5 / 9"}
+# unit questions call the calculator's own conversion (gptlab.tools.UNITS) rather than a factor
+UNIT_EXPRESSIONS = {"km_mi": "{x} km to mi", "mi_km": "{x} mi to km", "kg_lb": "{x} kg to lb",
+                    "lb_kg": "{x} lb to kg", "c_f": "{x} C to F", "f_c": "{x} F to C"}
 
 # templates of this category ("t" train, "h" held out), as in world_templates.py
 GREETINGS = {
@@ -61,6 +63,36 @@ GREETINGS = {
     "h": [("Hey, how's it going?", "Hi! I'm doing well, thanks. What can I do for you?"),
           ("Cheers, that was helpful.", "Glad it helped! Let me know if you need anything else.")],
 }
+# Train-only variety for the calculator: everyday word problems (the "t" arithmetic templates
+# are all literal sums, and a held-out "If I have 5694 apples and get 80558 more" was called
+# as "5694 - 80558").
+WORD_PROBLEMS = {
+    "add": ["A library had {a} books and received {b} new ones. How many books does it have now?",
+            "There were {a} visitors in the morning and {b} in the afternoon. How many came altogether?",
+            "I saved {a} dollars last year and {b} dollars this year. How much have I saved in total?"],
+    "sub": ["A tank held {a} litres and {b} litres were used. How much is left?",
+            "I had {a} points and lost {b} of them. How many points do I have now?",
+            "A train carried {a} passengers and {b} got off. How many are still on board?"],
+    "mul": ["A box holds {b} pencils. How many pencils are in {a} boxes?",
+            "Each ticket costs {b} dollars. What do {a} tickets cost?",
+            "A machine makes {b} parts an hour. How many does it make in {a} hours?"],
+    "div": ["A {a}-page report is split evenly into {b} chapters. How many pages per chapter?",
+            "{a} litres of juice fill {b} bottles equally. How much goes in each bottle?",
+            "A prize of {a} dollars is shared equally by {b} winners. How much does each get?"],
+    "km_mi": ["The trail is {x} km long. What is that in miles?",
+              "I drove {x} kilometres today; how many miles was that?"],
+    "mi_km": ["The marathon route is {x} miles. How many kilometres is it?",
+              "Our town is {x} miles away. What is that in km?"],
+    "kg_lb": ["The dog weighs {x} kg. What is its weight in pounds?",
+              "I lifted {x} kilograms at the gym; how many pounds is that?"],
+    "lb_kg": ["The baby weighed {x} lb at birth. How many kilograms is that?",
+              "A bag of rice is {x} pounds. What does it weigh in kg?"],
+    "c_f": ["It is {x} °C outside. What is that in Fahrenheit?",
+            "The water is at {x} degrees Celsius; what is that in °F?"],
+    "f_c": ["The thermostat reads {x} °F. How much is that in Celsius?",
+            "A cake bakes at {x} degrees Fahrenheit; what is that in °C?"],
+}
+WORD_P = 0.5                   # train calculator questions asked as a word problem
 SYSTEM_FACT = {"t": ["Use these notes when you answer: {note}", "Context for this chat: {note}",
                      "Background information: {note}"],
                "h": ["Facts you may rely on in this conversation: {note}"]}
@@ -138,6 +170,9 @@ class ToolChatMaker:
     def calculator(self, split: str) -> dict:
         op = self.rng.choice(sorted(T.ARITH))
         tid, template = self.chat.pick(f"math.{op}", split)
+        if split == "train" and self.rng.random() < WORD_P:
+            i = self.rng.randrange(len(WORD_PROBLEMS[op]))
+            tid, template = f"tools.word.{op}.t{i}", WORD_PROBLEMS[op][i]
         if op in UNIT_EXPRESSIONS:
             vals = dict(math_problem(self.rng, op)["vals"])
             expr = UNIT_EXPRESSIONS[op].format(**vals)

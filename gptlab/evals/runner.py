@@ -30,6 +30,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -199,7 +200,8 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
              tail_prompts: int = 4, mc_shots: int = 3, seed: int = 0,
              max_new_tokens: int | None = None, bpb_text: str | Path | None = None,
              device: str = "auto", progress: bool = True, write: bool = True,
-             dtype: str = "auto") -> dict:
+             dtype: str = "auto", api_base: str | None = None, api_model: str | None = None,
+             api_key: str | None = None) -> dict:
     """Run the suites and return the eval.json dict (see docs/EVALS.md for the schema).
 
     Written to `out`, else `model_dir/eval.json` (atomically, merged with the suites an
@@ -207,15 +209,23 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     neither a model_dir nor an out. `responder` replaces the model for the judged suites.
     `max_new_tokens` caps every task's generation length (quick smoke runs). `dtype`: the
     weights' dtype (auto: bf16 on CUDA, else float32; bfloat16 halves a 135M model's
-    batched generation time on a CPU with AVX512-BF16).
+    batched generation time on a CPU with AVX512-BF16). `api_base` (instead of a model): the
+    tools suite through an OpenAI-compatible server (gptlab.evals.tools_api; `api_model`
+    default: the first one it lists); it is then the default suite and the others are skipped.
     """
     from gptlab.judge import Judge
 
     world_dir = Path(world_dir)
     if not (world_dir / "kb.json").is_file():
         raise FileNotFoundError(f"{world_dir} is not a miniworld directory (no kb.json)")
-    model = tokenizer = None
+    model = tokenizer = api = None
     meta: dict = {}
+    if api_base is not None:
+        if model_dir is not None or responder is not None:
+            raise ValueError("gptlab eval: --api-base measures a server; give it or --model, not both")
+        from gptlab.evals.tools_api import ApiToolGenerator
+        api = ApiToolGenerator(api_base, api_model, api_key)
+        responder, suites = SimpleNamespace(tools_generate=api), suites or ["tools"]
     if model_dir is not None:
         model, tokenizer, meta = _load(model_dir, device, dtype)
     if kind == "auto":
@@ -231,10 +241,15 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     settings = dict(limit=limit, seed=seed, batch_size=batch_size, tail_k=tail_k,
                     tail_prompts=tail_prompts, mc_shots=mc_shots, max_new_tokens=max_new_tokens,
                     device=device, dtype=dtype)
+    if api is not None:   # no api_key: eval.json must not hold a secret
+        settings.update(decoding="api", api_base=api.base_url, api_model=api.model)
     run = _Run(model, tokenizer, meta, model_dir, world_dir, kind, responder,
                Judge.from_dir(world_dir), settings, bpb_text, path if write else None, progress)
     results, skipped = {}, {}
     for suite in chosen:
+        if api is not None and suite != "tools":
+            skipped[suite] = "needs --model (through --api-base only the tools suite runs)"
+            continue
         if suite in ("bpb", "calibration") and model is None:
             skipped[suite] = "needs model logits (a responder was given instead of a model)"
             continue
@@ -249,7 +264,7 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     command = _command(model_dir, world_dir, chosen, kind, settings, bpb_text, out)
     for res in results.values():
         res["command"] = command
-    result = _assemble(model_dir, meta, kind, world_dir, results, skipped, settings)
+    result = _assemble(api.label if api else model_dir, meta, kind, world_dir, results, skipped, settings)
     if run.path is not None:
         result = merge_previous(run.path, result)
     result["command"] = command            # the latest run; "commands" lists every run kept
@@ -305,12 +320,12 @@ def _run_suite(suite: str, r: _Run) -> dict:
 
 def _command(model_dir, world_dir, suites, kind, settings, bpb_text, out) -> str:
     """The `gptlab eval` command line that reproduces this run."""
-    parts = ["gptlab eval", f"--model {model_dir}", f"--world {world_dir}",
-             *(f"--suite {s}" for s in suites), f"--kind {kind}"]
+    parts = ["gptlab eval", *([f"--model {model_dir}"] if model_dir is not None else []),
+             f"--world {world_dir}", *(f"--suite {s}" for s in suites), f"--kind {kind}"]
     defaults = dict(limit=None, seed=0, batch_size=32, tail_k=8, tail_prompts=4, mc_shots=3,
                     max_new_tokens=None, device="auto")
     for k, v in settings.items():
-        if v != defaults.get(k):
+        if v != defaults.get(k) and k != "decoding":   # decoding=api: --api-base says it
             parts.append(f"--{k.replace('_', '-')} {v}")
     if bpb_text:
         parts.append(f"--bpb-text {bpb_text}")
@@ -385,6 +400,9 @@ def merge_previous(path: Path, result: dict) -> dict:
     same_world = old.get("world") == result["world"] or (
         result.get("kb_sha256") is not None and old.get("kb_sha256") == result["kb_sha256"])
     if old.get("model_kind") != result["model_kind"] or not same_world:
+        return result
+    api_run = "api" in (old.get("settings", {}).get("decoding"), result["settings"].get("decoding"))
+    if api_run and old.get("model") != result["model"]:   # never mix a server's suites with a model's
         return result
     for name, res in old.get("suites", {}).items():
         if name not in result["suites"] and name in SUITES:

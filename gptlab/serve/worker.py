@@ -525,12 +525,7 @@ def embed(model, prompts: list[list[int]]) -> torch.Tensor:
     param = next(model.parameters())
     ids, mask, positions = left_pad(prompts, param.device)
     B, T = ids.shape
-    x = model.model.embed_tokens(ids)
-    cos, sin = model._rope_for(T, 0, positions, None, x)
-    attn = model._mask(B, T, 0, mask, None, ids.device)
-    for layer in model.model.layers:
-        x = layer(x, cos, sin, attn, None)
-    x = model.model.norm(x).float()
+    x = model.hidden_states(ids, attention_mask=mask, position_ids=positions).float()
     m = mask.float() if mask is not None else torch.ones(B, T, device=ids.device)
     pooled = (x * m[..., None]).sum(1) / m.sum(1, keepdim=True)
     return torch.nn.functional.normalize(pooled, dim=-1)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from gptlab.chat import stop_token_ids
 from gptlab.checkpoint import save_checkpoint
-
-LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+from gptlab.settings import LORA_TARGETS  # noqa: F401  (re-exported: --lora-targets' default)
 
 
 def freeze_below(model, top: int) -> None:

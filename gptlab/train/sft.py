@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from gptlab.chat import TOO_LONG_POLICIES, Example, collate
-from gptlab.settings import TrainSettings, cli_field as _f  # one definition of a --flag field for every stage
+from gptlab.settings import FinetuneSettings, cli_field as _f  # one definition of a --flag field for every stage
 from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, resume_run, rng_state
 from gptlab.train.dist import (
     DistEnv, all_reduce_sum, autocast_context, barrier, print0, resolve_dtype, run_distributed,
@@ -46,7 +46,7 @@ from gptlab.train.dist import (
 )
 from gptlab.train.loop import LoopConfig, LoopHooks, run_loop
 from gptlab.train.lora import (
-    LORA_TARGETS, apply_lora, chat_token_ids, freeze_below, lora_state_dict, plain_model, save_final,
+    apply_lora, chat_token_ids, freeze_below, lora_state_dict, plain_model, save_final,
 )
 from gptlab.train.metrics import MetricsLogger
 from gptlab.train.optim import SCHEDULES, build_optimizer
@@ -56,7 +56,7 @@ from gptlab.train.sft_data import (
 
 
 @dataclass
-class SFTConfig(TrainSettings):
+class SFTConfig(FinetuneSettings):
     """Everything `gptlab sft` accepts; fields map 1:1 to CLI flags. None = derive."""
 
     init: str = _f("", "checkpoint to fine-tune: a gptlab checkpoint or any HF Llama-family directory")
@@ -67,22 +67,13 @@ class SFTConfig(TrainSettings):
     too_long: str = _f("drop", "conversations longer than the context: drop, or truncate (both counted in the log)")
     max_records: int | None = _f(None, "use at most this many conversations of --data (a seeded sample)")
     val_records: int = _f(200, "conversations of --data held out for the validation loss (at most 10 percent)")
-    epochs: float = _f(2.0, "passes over the --data conversations when max_steps is unset")
-    max_steps: int | None = _f(None, "optimizer steps; unset: from epochs")
     batch_size: int = _f(32, "conversations (rows) per optimizer step, over all processes")
     device_batch_size: int = _f(16, "rows per micro-batch per process (batch_size / (this x processes) = accumulation)")
     lr: float | None = _f(None, "peak AdamW learning rate; unset: 1e-3 x 256 / width for full fine-tuning, 2.5x that with LoRA")
     weight_decay: float = _f(0.0, "decoupled weight decay on matrices")
     warmup_steps: int | None = _f(None, "linear warmup steps; unset: 3 percent of max_steps")
-    schedule: str = _f("linear", "after warmup: linear | cosine decay, wsd, constant")
     final_lr_frac: float = _f(0.0, "floor of the schedule as a fraction of the peak LR")
-    train_layers: int | None = _f(None, "full fine-tuning of only the top N transformer blocks and the final norm (embeddings, head and lower blocks frozen, so backward stops at block N from the top); unset: every weight")
-    lora_r: int = _f(0, "LoRA rank; 0 = full fine-tuning")
-    lora_alpha: float | None = _f(None, "LoRA alpha (the update is scaled by alpha / r); unset: 2 x lora_r")
-    lora_dropout: float = _f(0.0, "dropout on the LoRA input")
-    lora_targets: str = _f(LORA_TARGETS, "comma-separated module names that get LoRA adapters")
     lora_chat_tokens: bool = _f(True, "LoRA: also train the input and output embedding rows of the chat special tokens (im_start, im_end, eos), which a base model may never have used")
-    merge: bool = _f(True, "LoRA: merge the adapter into out/final's weights (--no-merge: base weights + adapter files)")
     eval_every: int = _f(50, "validate every N steps (and at the start and end; 0 = only then)")
     save_every: int = _f(200, "checkpoint every N steps (and at the end; 0 = only at the end)")
 

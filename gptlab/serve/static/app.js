@@ -521,17 +521,24 @@ function answerColumn(label, answer, extraClass) {
   return col;
 }
 
-function pendingView() {
-  const p = state.pending;
+// What the pending and the voted A/B views share: the pair's box, the note on turns the
+// context dropped, then the two answer columns side by side.
+function abPair(m, className, columns) {
   const el = document.createElement("div");
-  el.className = "ab-pair pending";
-  const note = droppedNote(p);
-  if (note) el.append(note);
+  el.className = className;
+  const dropped = droppedNote(m);
+  if (dropped) el.append(dropped);
   const cols = document.createElement("div");
   cols.className = "ab-cols";
-  p.answers.forEach((a, k) => cols.append(answerColumn(
-    (k ? "B" : "A") + (p.blind ? "" : " · " + a.model), a, "streaming-" + k)));
+  cols.append(...columns);
   el.append(cols);
+  return el;
+}
+
+function pendingView() {
+  const p = state.pending;
+  const el = abPair(p, "ab-pair pending", p.answers.map((a, k) => answerColumn(
+    (k ? "B" : "A") + (p.blind ? "" : " · " + a.model), a, "streaming-" + k)));
   const vote = document.createElement("div");
   vote.className = "ab-vote";
   if (!state.busy) {
@@ -551,16 +558,11 @@ function pendingView() {
 }
 
 function pairView(m, i) {
-  const el = document.createElement("div");
-  el.className = "ab-pair voted";
-  const dropped = droppedNote(m);
-  if (dropped) el.append(dropped);
-  const cols = document.createElement("div");
-  cols.className = "ab-cols";
   const w = m.ab.winner;
-  cols.append(answerColumn("A · " + m.ab.a.model + (w === "a" ? " ✓ preferred" : ""), m.ab.a, w === "b" ? "loser" : "winner"));
-  cols.append(answerColumn("B · " + m.ab.b.model + (w === "b" ? " ✓ preferred" : ""), m.ab.b, w === "a" ? "loser" : "winner"));
-  el.append(cols);
+  const el = abPair(m, "ab-pair voted", [
+    answerColumn("A · " + m.ab.a.model + (w === "a" ? " ✓ preferred" : ""), m.ab.a, w === "b" ? "loser" : "winner"),
+    answerColumn("B · " + m.ab.b.model + (w === "b" ? " ✓ preferred" : ""), m.ab.b, w === "a" ? "loser" : "winner"),
+  ]);
   const note = document.createElement("div");
   note.className = "ab-note";
   note.textContent = w === "tie" ? "You voted: tie (A continues the chat)" : `You voted: ${w.toUpperCase()} is better`;
