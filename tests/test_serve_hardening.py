@@ -388,8 +388,9 @@ def test_a_flooding_key_does_not_put_another_key_behind_its_queue(models, tmp_pa
     """Fair queue: with one decode slot, key "flood" has 1 request running and 5 queued when
     key "innocent" sends one. First-come would serve the innocent request last; round-robin
     serves it after the flood request already picked for the next free slot and one more,
-    so at least 3 of the 6 flood requests finish after it.
-    Order, not time: it holds however slow the machine is."""
+    so 3 of the 6 flood requests finish after it. One more flood request may finish while
+    the innocent one is still being admitted (HTTP, tokenizing), so the test asks for 2:
+    first-come would leave none after it."""
     keys = KeyStore(FeedbackStore(tmp_path / "serve.db"))
     tokens = {name: keys.create(name)[0] for name in ("flood", "innocent")}
     url, stop = start_server(tmp_path, models=[str(models["long"])], auth="on", max_batch=1,
@@ -397,7 +398,7 @@ def test_a_flooding_key_does_not_put_another_key_behind_its_queue(models, tmp_pa
     done: list[str] = []
 
     def send(who: str) -> None:
-        n = 400 if who == "flood" else 4   # the flood's requests hold the slot long enough to queue
+        n = 800 if who == "flood" else 4   # the flood's requests hold the slot long enough to queue
         r = httpx.post(url + "/v1/chat/completions", timeout=300,
                        headers={"Authorization": f"Bearer {tokens[who]}"},
                        json={"model": "default", "max_tokens": n, "temperature": 0,
@@ -419,7 +420,7 @@ def test_a_flooding_key_does_not_put_another_key_behind_its_queue(models, tmp_pa
     finally:
         stop()
     assert len(done) == 7 and done.count("flood") == 6
-    assert done[done.index("innocent") + 1:].count("flood") >= 3, done
+    assert done[done.index("innocent") + 1:].count("flood") >= 2, done
 
 
 def test_serve_flags_set_the_hardening_limits():
