@@ -26,6 +26,7 @@ from fractions import Fraction
 
 # ---------------------------------------------------------------------------- definitions
 
+UNIT_LIST = "km, m, mi, ft, kg, g, lb, oz, C, F"     # the calculator's units (UNITS below)
 COUNTRY_RELATIONS = ["capital", "continent", "population", "area", "currency", "languages",
                      "neighbours", "largest_city"]
 CITY_RELATIONS = ["country", "population"]
@@ -46,7 +47,7 @@ TOOL_SPECS = {
     "calculator": {"type": "function", "function": {
         "name": "calculator",
         "description": "Evaluate an arithmetic expression with + - * / ** and parentheses, or "
-                       "convert units: '26.2 mi to km' (km, m, mi, ft, kg, g, lb, oz, C, F).",
+                       f"convert units: '26.2 mi to km' ({UNIT_LIST}).",
         "parameters": {
             "type": "object",
             "properties": {"expression": {"type": "string",
@@ -143,6 +144,7 @@ UNITS = {"km": ("length", Fraction(1000)), "m": ("length", Fraction(1)), "mi": (
          "ft": ("length", Fraction("0.3048")), "kg": ("mass", Fraction(1)),
          "g": ("mass", Fraction(1, 1000)), "lb": ("mass", _POUND), "oz": ("mass", _POUND / 16),
          "c": ("temperature", None), "f": ("temperature", None)}
+assert UNIT_LIST.casefold().split(", ") == list(UNITS)
 UNIT_NAMES = {
     **{n: "km" for n in ("kilometre", "kilometres", "kilometer", "kilometers")},
     **{n: "m" for n in ("metre", "metres", "meter", "meters")},
@@ -161,7 +163,7 @@ def _unit(name: str) -> str:
     key = " ".join(name.split()).casefold()
     key = UNIT_NAMES.get(key, key)
     if key not in UNITS:
-        raise ToolError(f"unknown unit {name.strip()!r}; use one of km, m, mi, ft, kg, g, lb, oz, C, F")
+        raise ToolError(f"unknown unit {name.strip()!r}; use one of {UNIT_LIST}")
     return key
 
 
