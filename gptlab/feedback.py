@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -123,15 +125,31 @@ def database_url(url_or_path: str | Path) -> str:
     return s if "://" in s else f"sqlite:///{Path(s).expanduser()}"
 
 
+def _fresh_pool_after_fork(engine) -> None:
+    """A forked child must not use its parent's pooled connections (two processes on one
+    SQLite connection corrupt each other's state: "disk I/O error"); SQLAlchemy's advice is
+    dispose(close=False) in the child. A weak reference, so stores can still be freed."""
+    ref = weakref.ref(engine)
+
+    def after_in_child():
+        if (alive := ref()) is not None:
+            alive.dispose(close=False)
+
+    os.register_at_fork(after_in_child=after_in_child)
+
+
 def make_engine(url_or_path: str | Path):
     """An engine for the store; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
     url = database_url(url_or_path)
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True)
+        _fresh_pool_after_fork(engine)
+        return engine
     path = url.split("///", 1)[1] if "///" in url else ""   # "sqlite://" is in memory
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+    _fresh_pool_after_fork(engine)
 
     @event.listens_for(engine, "connect")
     def _sqlite_setup(dbapi_conn, _record):
