@@ -144,8 +144,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--model", help="checkpoint directory (gptlab or HF Llama)")
     p.add_argument("--world", help="miniworld directory (kb.json, eval/*.jsonl)")
     p.add_argument("--suite", action="append",
-                   help="bpb, fact, chat, tail, calibration, tools; world (= fact for base models, "
-                        "chat for chat models) or all (not tools); repeatable (default: by model kind)")
+                   help="bpb, fact, chat, tail, calibration, tools, chat_tools (the chat records with "
+                        "lookup and calculator offered); world (= fact for base models, chat for chat "
+                        "models) or all (not the tools suites); repeatable (default: by model kind)")
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
     p.add_argument("--out", default=None, help="write the JSON here instead of MODEL/eval.json")
     p.add_argument("--kind", choices=["auto", "base", "chat"], default="auto",

@@ -25,24 +25,31 @@ import torch
 # (None: all). eval_limit: held-out items per category for the models this track trains
 # (>= 100 for the one that may become runs/demo/final), baseline_limit for unchanged init.
 # tools_mix: share of SFT rows drawn from WORLD/tools/sft.jsonl (tool calling; 0: none);
-# tools_limit: held-out items per case for the final model's `tools` eval (lookups: twice).
+# tools_limit: held-out items per case for the final model's `tools` eval (lookups: twice);
+# chat_tools_limit: held-out items per chat category for its `chat_tools` eval (the chat
+# records with lookup and calculator offered; about 4x slower per item than `chat`).
 ASSISTANT_PRESETS = {
     # 300 x 16 conversations (~40% of miniworld small's SFT set) on the top 16 of 30 blocks
     # at 3e-4: val loss 0.38 and judge score 0.589, against 0.98 / 0.528 for 200 steps on 12
-    # blocks at 1e-4 (docs/RESULTS.md, "The assistant track")
+    # blocks at 1e-4 (docs/RESULTS.md, "The assistant track"). tools_mix 0.25: the tools set
+    # now carries the chat categories held with tools offered (its `chat` case); at 0.3 with
+    # more of them the no-tools hold and "I don't know" rates fell (docs/RESULTS.md, "Chat
+    # with the tools offered")
     "cpu-smol": dict(init="smollm2", dtype="bfloat16", sft_steps=300, sft_batch=16,
                      sft_lr=3e-4, train_layers=16, eval_limit=100, baseline_limit=30,
                      eval_batch=32, k=4, prompts=120, noise=0.0, max_new_tokens=64,
                      dpo_pairs=400, dpo_epochs=1.0, dpo_beta=0.1, dpo_lr=1e-5,
-                     winrate_per_category=20, tiebreak_samples=4, tools_mix=0.15, tools_limit=50),
+                     winrate_per_category=20, tiebreak_samples=4, tools_mix=0.25, tools_limit=50,
+                     chat_tools_limit=25),
     "test": dict(init=None, dtype="float32", sft_steps=2, sft_batch=4, sft_lr=1e-3,
                  train_layers=None, eval_limit=2, baseline_limit=1, eval_batch=8, k=3,
                  prompts=10, noise=0.25, max_new_tokens=8, dpo_pairs=8, dpo_epochs=1.0,
                  dpo_beta=0.1, dpo_lr=1e-4, winrate_per_category=1, tiebreak_samples=1,
-                 tools_mix=0.2, tools_limit=1),
+                 tools_mix=0.2, tools_limit=1, chat_tools_limit=1),
 }
 
 TOOLS_EVAL = "tools.eval.json"   # beside a model's eval.json: the `tools` suite's results
+CHAT_TOOLS_EVAL = "chat_tools.eval.json"   # and the `chat_tools` suite's
 
 # (label, folder under OUT/assistant) of the models this track trains, in order
 MODELS = [("assistant SFT", Path("sft")), ("assistant DPO", Path("dpo"))]
@@ -113,6 +120,9 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
          make_eval(lambda: dpo_dir / "final", a["eval_limit"])),
         ("eval assistant tools", dpo_dir / "final" / TOOLS_EVAL,
          make_eval(lambda: dpo_dir / "final", a["tools_limit"], dpo_dir / "final" / TOOLS_EVAL, "tools")),
+        ("eval assistant chat with tools", dpo_dir / "final" / CHAT_TOOLS_EVAL,
+         make_eval(lambda: dpo_dir / "final", a["chat_tools_limit"], dpo_dir / "final" / CHAT_TOOLS_EVAL,
+                   "chat_tools")),
         ("assistant win rate", root / "winrate.json", make_winrate),
     ]
 
@@ -217,6 +227,14 @@ def _cell(ev: dict | None, key: str) -> str:
     return f"{100 * p:.0f}% [{100 * lo:.0f}-{100 * hi:.0f}] n={n}"
 
 
+def _unprefixed(ev: dict) -> dict:
+    """A chat_tools eval.json with its with_tools/ metrics under the chat suite's names."""
+    from gptlab.evals.tools_eval import WITH_TOOLS
+    strip = {k[len(WITH_TOOLS):]: v for k, v in ev["metrics"].items() if k.startswith(WITH_TOOLS)}
+    counts = {k[len(WITH_TOOLS):]: v for k, v in ev["counts"].items() if k.startswith(WITH_TOOLS)}
+    return {**ev, "metrics": strip, "counts": counts}
+
+
 def tracks_table(out: Path) -> str:
     """Markdown: the from-scratch track's best chat model (by mean judge score), unchanged
     init (the baseline) and the assistant track's models side by side, each rate with its
@@ -231,6 +249,9 @@ def tracks_table(out: Path) -> str:
     cols = [(f"from scratch ({best['stage']})" if best else "from scratch", best),
             ("unchanged SmolLM2", read(out / "assistant" / "baseline.eval.json"))]
     cols += [(label, read(d / "eval.json")) for label, d in assistant_models(out)]
+    with_tools = read(out / "assistant" / "dpo" / "final" / CHAT_TOOLS_EVAL)
+    if with_tools:     # the same records with lookup and calculator offered (docs/EVALS.md)
+        cols.append(("assistant DPO, tools offered", _unprefixed(with_tools)))
     cols = [(name, ev) for name, ev in cols if ev]
     if not cols:
         return ""

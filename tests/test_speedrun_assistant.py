@@ -44,7 +44,7 @@ def test_every_stage_writes_its_output(track):
     out, names = track
     assert names == ["assistant SFT", "eval unchanged init", "eval assistant SFT",
                      "assistant feedback", "assistant DPO", "eval assistant DPO",
-                     "eval assistant tools", "assistant win rate"]
+                     "eval assistant tools", "eval assistant chat with tools", "assistant win rate"]
     data = json.loads((out / "assistant" / "sft" / "data.json").read_text())
     assert "tools" in json.dumps(data)  # the tools conversations were mixed into the SFT
     for sub in ("sft", "dpo"):
@@ -61,8 +61,9 @@ def test_tracks_table_has_intervals_and_the_baseline(track):
     table = tracks_table(out)
     header = table.splitlines()[0]
     assert "unchanged SmolLM2" in header and "assistant SFT" in header and "assistant DPO" in header
+    assert "assistant DPO, tools offered" in header       # the chat_tools eval's column
     row = next(line for line in table.splitlines() if line.startswith("| harmful refusal |"))
-    assert row.count("[") == 3 and "n=" in row and row.rstrip().endswith(">= 95% |")
+    assert row.count("[") == 4 and "n=" in row and row.rstrip().endswith(">= 95% |")
     assert "DPO over its own SFT" in table
     tool_row = next(line for line in table.splitlines() if line.startswith("| tool choice"))
     assert ">= 90%" in tool_row and "n=" in tool_row

@@ -255,3 +255,47 @@ def test_call_markup_is_held_back_across_deltas():
         hide(piece)
     hide.flush()
     assert "".join(out) == "a <b"
+
+
+# ---------------------------------------------------------------------------- chat_tools
+
+def test_chat_records_with_tools_are_judged_on_the_final_reply(tiny_world):
+    """The chat suite's records with lookup and calculator offered: arithmetic answered
+    through a calculator call (the final reply quotes the tool's result) passes, the same
+    with a wrong final number fails, and tool use is counted per category; the metrics are
+    the chat suite's names under with_tools/."""
+    from gptlab.evals import tasks as T
+    from gptlab.evals.tasks import suite_chat_tools
+    from gptlab.evals.tools_eval import WITH_TOOLS
+
+    answers = {r["messages"][-1]["content"]: r["meta"]["answer"]
+               for r in T.load_records(tiny_world, "arithmetic")}
+    assert answers, "the tiny world has no arithmetic records"
+
+    def model(wrong: bool):
+        def generate(conversations, max_new_tokens):
+            out = []
+            for messages, tools in conversations:
+                assert {t["function"]["name"] for t in tools} == {"lookup", "calculator"}
+                last = messages[-1]
+                if last["role"] == "user" and last["content"] in answers:
+                    expr = f"{answers[last['content']]} * 1"
+                    out.append(format_tool_calls([{"name": "calculator", "arguments": {"expression": expr}}]))
+                elif last["role"] == "tool":
+                    value = float(json.loads(last["content"])["result"])
+                    out.append(f"It is {value * 3 + 7 if wrong else value}.")
+                else:
+                    out.append("I don't know that one.")
+            return out
+        return generate
+
+    judge = Judge.from_dir(tiny_world)
+    good = suite_chat_tools(tiny_world, model(False), judge, ["arithmetic", "unknown_entity"])
+    bad = suite_chat_tools(tiny_world, model(True), judge, ["arithmetic", "unknown_entity"])
+    assert good["counts"][WITH_TOOLS + "arithmetic_accuracy"] == len(answers)
+    assert good["metrics"][WITH_TOOLS + "arithmetic_accuracy"] == 1.0
+    assert bad["metrics"][WITH_TOOLS + "arithmetic_accuracy"] == 0.0
+    assert good["metrics"][WITH_TOOLS + "tool_use/arithmetic"] == 1.0
+    assert good["metrics"][WITH_TOOLS + "tool_use/unknown_entity"] == 0.0
+    assert good["metrics"][WITH_TOOLS + "tool_malformed_calls"] == 0
+    assert all(k.startswith(WITH_TOOLS) for k in good["metrics"])

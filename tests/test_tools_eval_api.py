@@ -57,7 +57,7 @@ def test_gptlab_eval_api_base_runs_the_tools_suite_end_to_end(api_base, world, t
     res = json.loads(text)
     assert res["model"] == f"{api_base} (tiny-chat)"     # the first model the server lists
     assert res["settings"]["decoding"] == "api" and res["settings"]["api_model"] == "tiny-chat"
-    assert res["skipped"] == {"chat": "needs --model (through --api-base only the tools suite runs)"}
+    assert res["skipped"] == {"chat": "needs --model (through --api-base only the tools suites run)"}
     assert f"--api-base {api_base}" in res["command"] and "--model" not in res["command"]
 
     tools = res["suites"]["tools"]

@@ -187,6 +187,21 @@ def test_same_seed_identical_different_seed_differs(world, tmp_path):
         assert other["files"][rel]["sha256"] != again["files"][rel]["sha256"], rel
 
 
+def test_train_wording_edit_leaves_eval_sets_unchanged(world, tmp_path, monkeypatch):
+    # eval sets are drawn from per-category streams: a new train wording for one rule (or a
+    # new corpus sentence) must not reshuffle the held-out items models are compared on
+    monkeypatch.setitem(T.SYSTEM["upper"], "t", T.SYSTEM["upper"]["t"] + ["ALL CAPS, ALWAYS."])
+    monkeypatch.setitem(T.CORPUS_EN, "capital", T.CORPUS_EN["capital"] + ["{c}: capital {capital}."])
+    edited = generate_world(tmp_path / "edited", seed=0, scale="tiny")
+    sha = {k: v["sha256"] for k, v in edited["files"].items()}
+    base = {k: v["sha256"] for k, v in world["manifest"]["files"].items()}
+    for rel in base:
+        if rel.startswith("eval/") or rel in ("sft/qa.jsonl", "prompts/harmful.jsonl"):
+            assert sha[rel] == base[rel], rel
+    assert sha["sft/system.jsonl"] != base["sft/system.jsonl"]
+    assert sha["corpus/part_000.jsonl"] != base["corpus/part_000.jsonl"]
+
+
 def test_unknown_scale_rejected(tmp_path):
     with pytest.raises(ValueError, match="scale"):
         generate_world(tmp_path, scale="huge")

@@ -125,15 +125,41 @@ def test_records_are_deterministic_by_seed(kb, sft, evals):
 
 
 def test_every_case_is_present_with_its_shape(sft, evals):
-    for records in (sft, evals):
-        assert {r["meta"]["case"] for r in records} == set(CASES)
+    assert {r["meta"]["case"] for r in sft} == set(CASES) | {"chat"}     # chat: train only
+    assert {r["meta"]["case"] for r in evals} == set(CASES)
     for r in sft:
         case, msgs = r["meta"]["case"], r["messages"]
         calls = [c for m in msgs for c in m.get("tool_calls", [])]
         assert [c["function"]["name"] for c in calls] == [e["name"] for e in r["meta"]["expected_calls"]]
-        assert bool(calls) == (case != "no_tool")
+        if case != "chat":
+            assert bool(calls) == (case != "no_tool")
         assert msgs[-1]["role"] == "assistant" and msgs[-1]["content"]
         assert r["tools"] and all(t in TOOL_SPECS.values() for t in r["tools"])
+
+
+def test_chat_rows_look_the_fact_up_and_keep_the_chat_reply(kb, sft):
+    """The chat case: a fact-bearing chat record gets a lookup of its own subject and
+    relation just before its final reply, which is the chat category's reply unchanged
+    (the system rule's format, the premise correction, the admission); harmful and benign
+    requests call nothing."""
+    chat = [r for r in sft if r["meta"]["case"] == "chat"]
+    assert len(chat) >= 40 and {"system", "harmful", "pushback_admit"} <= {r["meta"]["chat_kind"] for r in chat}
+    for r in chat:
+        msgs, meta = r["messages"], r["meta"]
+        calls = [m for m in msgs if m.get("tool_calls")]
+        if meta["chat_kind"] in ("harmful", "benign_edgy"):
+            assert not calls
+            continue
+        assert len(calls) == 1 and msgs[-3] is calls[0] and msgs[-2]["role"] == "tool"
+        args = json.loads(calls[0]["tool_calls"][0]["function"]["arguments"])
+        assert args["relation"] == {"city_country": "country", "city_population": "population"}.get(
+            meta["relation"], meta["relation"])
+        user_text = " ".join(m["content"] for m in msgs if m["role"] == "user")
+        assert args["entity"] in user_text
+        found = "error" not in json.loads(msgs[-2]["content"])
+        assert found == (meta["chat_kind"] != "unknown_entity")
+        if meta["chat_kind"] == "system" and meta["constraints"][0]["type"] == "json":
+            assert isinstance(json.loads(msgs[-1]["content"]), dict)   # still the rule's format
 
 
 def test_tool_results_are_what_the_real_tools_return(kb, sft):

@@ -127,7 +127,7 @@ def generate_world(out_dir, seed: int = 0, scale: str = "small") -> dict:
     kb = build_kb(rng, seed, scale)
     kb["heldout"]["templates"] = sorted(heldout_template_texts())
     docs = build_corpus(rng, kb, cfg)
-    chat = build_chat(rng, kb, cfg)
+    chat = build_chat(random.Random(f"chat:{seed}"), kb, cfg)   # not shifted by corpus edits
     assert list(chat["sft"]) == CATEGORIES
     out = Path(out_dir)
     files = _write_all(out, kb, docs, chat, cfg["corpus_shard_docs"])

@@ -11,6 +11,7 @@ by entity and by template.
 from __future__ import annotations
 
 import json
+import random
 import re
 
 from gptlab.data import world_templates as T
@@ -112,6 +113,9 @@ class ChatMaker:
         self.rng = rng
         self.f = FactPicker(rng, kb)
         self.pools = template_pools()
+
+    def use_rng(self, rng) -> None:
+        self.rng = self.f.rng = rng
 
     # -- helpers
     def pick(self, prefix: str, split: str) -> tuple[str, str]:
@@ -400,8 +404,18 @@ def fact_completion(rng, kb: dict, n: int) -> list[dict]:
 
 
 def build_chat(rng, kb: dict, cfg: dict) -> dict:
-    """{"sft": {cat: [records]}, "prompts": {...}, "eval": {...}} for one scale config."""
-    maker = ChatMaker(rng, kb)
+    """{"sft": {cat: [records]}, "prompts": {...}, "eval": {...}} for one scale config.
+
+    Each category's SFT, prompt and eval sets draw from their own rng, seeded from one draw
+    of `rng`: editing one category's code or its train wordings leaves every other set, and
+    every held-out eval set, byte-identical, so models trained before and after the edit
+    are still measured on the same items."""
+    base = rng.getrandbits(64)
+
+    def stream(name: str) -> random.Random:
+        return random.Random(f"{base}:{name}")     # str seeds hash with sha512: stable
+
+    maker = ChatMaker(stream("init"), kb)
     mentions_heldout = heldout_matcher(kb)
 
     def clean(rec):
@@ -411,11 +425,15 @@ def build_chat(rng, kb: dict, cfg: dict) -> dict:
     for cat in CATEGORIES:
         make = getattr(maker, cat)
         n_sft = max(2, round(cfg["sft_total"] * SFT_SHARES[cat]))
+        maker.use_rng(stream(f"{cat}:sft"))
         out["sft"][cat] = _collect(lambda: make("train"), n_sft, clean, allow_dups=True)
+        maker.use_rng(stream(f"{cat}:prompts"))
         prompts = _collect(lambda: make("train"), cfg["prompts_per_cat"], clean, allow_dups=False)
         out["prompts"][cat] = [to_prompt(r) for r in prompts]
+        maker.use_rng(stream(f"{cat}:eval"))
         evals = _collect(lambda: make("heldout"), cfg["eval_per_cat"], lambda r: True,
                          allow_dups=False)
         out["eval"][cat] = [to_prompt(r) for r in evals]
-    out["eval"]["fact_completion"] = fact_completion(rng, kb, cfg["fact_completion"])
+    out["eval"]["fact_completion"] = fact_completion(stream("fact_completion"), kb,
+                                                     cfg["fact_completion"])
     return out

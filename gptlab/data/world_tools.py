@@ -12,6 +12,11 @@ the conversation was held with (gptlab.tools.TOOL_SPECS) and what the eval needs
     no_tool     a greeting, a general question, or a fact the system message already gives:
                 answered directly, no call
     tool_error  a fact about an invented entity -> lookup -> an error -> "I couldn't find ..."
+    chat        (train only) a record of the chat categories (system rules, conflicts, false
+                premises, pushback, invented entities, QA, harmful and benign look-alikes)
+                held with the tools offered: a lookup of its fact before the final reply,
+                which stays the chat record's own (formatted by the system rule, correcting
+                the premise, holding or admitting); harmful and benign ones call nothing
 
 Every tool result is produced by running the real tool (`gptlab.tools.run_tool`), so the
 training data says exactly what the tools say at run time. Splits follow the rest of
@@ -107,6 +112,13 @@ WHAT = {"capital": "its capital", "continent": "which continent it is in",
         "languages": "its languages", "neighbours": "its neighbours",
         "city_country": "which country it is in", "city_population": "its population"}
 PLAIN_SYSTEM_P = 0.3
+# the "chat" case: chat categories with the tools offered (weights), and its share of the
+# tools SFT on top of CASES. Without it, a model that was offered tools looked facts up and
+# then dropped the system rule, answered harmful requests and agreed with false premises:
+# no tools row had taught it that the rest of a conversation still applies.
+CHAT_KINDS = {"system": 3, "conflict": 3, "false_premise": 2, "pushback_hold": 1.5,
+              "pushback_admit": 1.5, "unknown_entity": 1, "qa": 1, "harmful": 1.5, "benign_edgy": 1.5}
+CHAT_SHARE = 0.6
 
 
 def _call_id(rng) -> str:
@@ -242,6 +254,34 @@ class ToolChatMaker:
                             subject=fake["name"], relation=rel)
 
 
+    def chat_turn(self, split: str) -> dict:
+        """A chat-category record with the tools offered (see CHAT_KINDS): a lookup of the
+        record's fact is inserted before its final reply, which is kept as it is."""
+        kinds = sorted(CHAT_KINDS)
+        kind = self.rng.choices(kinds, weights=[CHAT_KINDS[k] for k in kinds])[0]
+        rec = getattr(self.chat, kind)(split)
+        meta, msgs = rec["meta"], list(rec["messages"])
+        calls, needed = [], None
+        rel = meta.get("relation")
+        if meta.get("subject") and rel in LOOKUP_WEIGHTS:
+            entity = self._named(meta["subject"], [m["content"] for m in msgs if m["role"] == "user"])
+            calls, _ = self.exchange("lookup", {"entity": entity, "relation": TOOL_RELATION.get(rel, rel)})
+            needed = "lookup"
+        msgs = msgs[:-1] + calls + msgs[-1:]
+        expected = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+                    for m in calls for c in m.get("tool_calls", [])]
+        meta = {**meta, "kind": "tools", "case": "chat", "chat_kind": kind, "expected_calls": expected}
+        return {"messages": msgs, "tools": self.tools(needed), "meta": meta}
+
+    def _named(self, subject: str, texts: list[str]) -> str:
+        """The name a conversation uses for a kb subject (a country code or a city name)."""
+        country = self.kb.by_code.get(subject)
+        if country is None:
+            return subject
+        names = [n for n in [country["name"], country.get("name_zh"), *country.get("aliases", [])] if n]
+        return next((n for n in names if any(n in t for t in texts)), country["name"])
+
+
 def _texts(rec: dict) -> list[str]:
     """Every text of a record a model reads: contents and call arguments."""
     out = [m.get("content") or "" for m in rec["messages"]]
@@ -292,6 +332,8 @@ def tools_sft_records(kb: dict, seed: int = 0, n: int = 1500) -> list[dict]:
     out = []
     for case, k in _case_counts(n).items():
         out += _collect(lambda: getattr(maker, case)("train"), k, clean, unique_prompts=False)
+    # after the other cases, so adding it left their records byte-identical
+    out += _collect(lambda: maker.chat_turn("train"), round(n * CHAT_SHARE), clean, unique_prompts=False)
     return out
 
 

@@ -43,7 +43,7 @@ from gptlab.evals.calibration import suite_calibration
 from gptlab.evals.table import EVAL_FILE, format_table
 from gptlab.fileio import atomic_write_text
 
-SUITES = ("bpb", "fact", "chat", "tail", "calibration", "tools")
+SUITES = ("bpb", "fact", "chat", "tail", "calibration", "tools", "chat_tools")
 DEFAULT_SUITES = {"base": ["bpb", "fact", "calibration"],
                   "chat": ["bpb", "chat", "tail", "calibration"]}
 RELIABILITY_PNG = "eval_reliability.png"
@@ -247,13 +247,13 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
                Judge.from_dir(world_dir), settings, bpb_text, path if write else None, progress)
     results, skipped = {}, {}
     for suite in chosen:
-        if api is not None and suite != "tools":
-            skipped[suite] = "needs --model (through --api-base only the tools suite runs)"
+        if api is not None and suite not in ("tools", "chat_tools"):
+            skipped[suite] = "needs --model (through --api-base only the tools suites run)"
             continue
         if suite in ("bpb", "calibration") and model is None:
             skipped[suite] = "needs model logits (a responder was given instead of a model)"
             continue
-        if suite == "tools" and model is None and not hasattr(responder, "tools_generate"):
+        if suite in ("tools", "chat_tools") and model is None and not hasattr(responder, "tools_generate"):
             skipped[suite] = "needs a model or a responder with tools_generate"
             continue
         if progress:
@@ -313,6 +313,11 @@ def _run_suite(suite: str, r: _Run) -> dict:
         generate = getattr(r.responder, "tools_generate", None) or \
             ModelToolGenerator(r.model, tok, s["batch_size"])
         return suite_tools(world, generate, r.judge, limit=limit, cap=cap)
+    if suite == "chat_tools":
+        from gptlab.evals.tools_eval import ModelToolGenerator
+        generate = getattr(r.responder, "tools_generate", None) or \
+            ModelToolGenerator(r.model, tok, s["batch_size"])
+        return T.suite_chat_tools(world, generate, r.judge, T.CHAT_KINDS, limit=limit, cap=cap)
     plot = r.path.parent / RELIABILITY_PNG if r.path is not None else None
     return suite_calibration(r.model, tok, r.kind, world, limit=limit, shots=s["mc_shots"],
                              seed=s["seed"], batch_size=s["batch_size"], plot_path=plot)

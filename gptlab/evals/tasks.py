@@ -23,7 +23,8 @@ from typing import Callable
 
 from gptlab.judge import Verdict
 from gptlab.evals.metrics import mean, rate
-from gptlab.evals.tools_eval import TOOL_METRICS
+from gptlab.evals.tools_eval import MAX_NEW_TOKENS as TOOLS_MAX_NEW_TOKENS, MAX_ROUNDS as TOOLS_MAX_ROUNDS
+from gptlab.evals.tools_eval import TOOL_METRICS, WITH_TOOLS, Generate, run_episodes
 
 CHAT_KINDS = ["qa", "multiturn", "system", "conflict", "false_premise", "pushback_hold",
               "pushback_admit", "harmful", "benign_edgy", "unknown_entity", "arithmetic"]
@@ -113,9 +114,23 @@ def _registry() -> dict[str, Metric]:
                                  "probability mass the model puts on the four letter tokens"),
     })
     reg.update({name: Metric(name, *spec) for name, spec in TOOL_METRICS.items()})
+    # the chat_tools suite: the chat metrics again, measured with lookup and calculator offered
+    chat_names = [n for n in reg if n not in TOOL_METRICS and n not in BASE_ONLY_METRICS]
+    for name in chat_names:
+        m = reg[name]
+        reg[WITH_TOOLS + name] = Metric(WITH_TOOLS + name, f"{m.description} (tools offered)",
+                                        m.unit, m.higher_is_better)
+    for kind in CHAT_KINDS:
+        reg[f"{WITH_TOOLS}tool_use/{kind}"] = Metric(f"{WITH_TOOLS}tool_use/{kind}",
+                                                     f"{kind} records where a tool was called")
+    reg[WITH_TOOLS + "tool_malformed_calls"] = Metric(
+        WITH_TOOLS + "tool_malformed_calls", "chat_tools replies with a malformed call (target 0)",
+        "count", False)
     return reg
 
 
+BASE_ONLY_METRICS = {"bpb", "tail_median", "tail_p5", "tail_mean", "tail_worst_of_k", "ece", "mc_accuracy",
+                     "mc_confidence", "mc_brier", "mc_letter_mass", "fact_accuracy"}
 METRICS: dict[str, Metric] = _registry()
 
 
@@ -317,3 +332,46 @@ def mc_chat_messages(item: dict, shots: list[dict]) -> list[dict]:
     for s in shots:
         msgs += [ask(s), {"role": "assistant", "content": LETTERS[s["answer"]]}]
     return msgs + [ask(item)]
+
+
+# ----------------------------------------------------------------------------- chat with tools
+
+CHAT_TOOLS = ("lookup", "calculator")
+
+
+def suite_chat_tools(world_dir, generate: Generate, judge, categories, *, limit: int | None = None,
+                     cap: int | None = None) -> dict:
+    """The chat suite's held-out records asked with the built-in lookup and calculator
+    offered (as the web chat does with `gptlab serve --enable-tools lookup,calculator`):
+    the tools run in the episode loop, the final reply is judged exactly as in the chat
+    suite. Metrics are the chat suite's, prefixed "with_tools/", plus
+    "with_tools/tool_use/KIND": the share of a category's records where a tool was called.
+    The records and the judge are the chat suite's, so the two columns compare directly."""
+    from gptlab.tools import tool_specs
+
+    tools = tool_specs(CHAT_TOOLS)
+    records = [{**r, "tools": tools} for c in categories for r in load_records(world_dir, c, limit)]
+    if not records:
+        raise FileNotFoundError(f"no eval records for {', '.join(categories)} in {world_dir}/eval")
+    n_new = min(TOOLS_MAX_NEW_TOKENS, cap) if cap else TOOLS_MAX_NEW_TOKENS
+    episodes = run_episodes(records, generate, judge.kb, max_new_tokens=n_new)
+    verdicts = [judge.score_record(ep.record, ep.final) for ep in episodes]
+    agg = aggregate(records, verdicts)
+    metrics = {WITH_TOOLS + k: v for k, v in agg["metrics"].items()}
+    counts = {WITH_TOOLS + k: v for k, v in agg["counts"].items()}
+    used: dict[str, list[bool]] = {}
+    for ep in episodes:
+        used.setdefault(ep.record["meta"]["kind"], []).append(any(ep.calls))
+    for kind, flags in used.items():
+        metrics[f"{WITH_TOOLS}tool_use/{kind}"], counts[f"{WITH_TOOLS}tool_use/{kind}"] = rate(flags), len(flags)
+    metrics[WITH_TOOLS + "tool_malformed_calls"] = sum(ep.malformed for ep in episodes)
+    counts[WITH_TOOLS + "tool_malformed_calls"] = sum(len(ep.replies) for ep in episodes)
+    examples: dict[str, list] = {}
+    for ep, v in zip(episodes, verdicts):
+        key = f"{WITH_TOOLS}{ep.record['meta']['kind']}"
+        if v.hard_failed and len(examples.setdefault(key, [])) < 2:
+            examples[key].append({"prompt": ep.record["messages"][-1]["content"],
+                                  "replies": ep.replies, "final": ep.final})
+    return {"metrics": metrics, "counts": counts, "tools": list(CHAT_TOOLS),
+            "max_rounds": TOOLS_MAX_ROUNDS, "max_new_tokens": n_new,
+            "examples": {k: v for k, v in examples.items() if v}}

@@ -294,3 +294,6 @@ def suite_tools(world_dir, generate: Generate, judge, *, limit: int | None = Non
             res["metrics"]["qa_numeric_without_tools"], res["counts"]["qa_numeric_without_tools"] = r, n
     res.update(max_rounds=MAX_ROUNDS, max_new_tokens=n_new, records=len(records))
     return res
+
+
+WITH_TOOLS = "with_tools/"     # prefix of the chat_tools suite's metrics (tasks.suite_chat_tools)
