@@ -143,12 +143,19 @@ def test_chat_rows_look_the_fact_up_and_keep_the_chat_reply(kb, sft):
     (the system rule's format, the premise correction, the admission); harmful and benign
     requests call nothing."""
     chat = [r for r in sft if r["meta"]["case"] == "chat"]
+    noted = 0
     assert len(chat) >= 40 and {"system", "harmful", "pushback_admit"} <= {r["meta"]["chat_kind"] for r in chat}
     for r in chat:
         msgs, meta = r["messages"], r["meta"]
         calls = [m for m in msgs if m.get("tool_calls")]
         if meta["chat_kind"] in ("harmful", "benign_edgy"):
             assert not calls
+            continue
+        if not calls:      # the system message gives the fact, so nothing is looked up
+            assert msgs[0]["role"] == "system" and meta["chat_kind"] in ("system", "conflict")
+            from gptlab.data.world_tools import SYSTEM_FACT
+            assert any(t.split("{note}")[0] in msgs[0]["content"] for t in SYSTEM_FACT["t"])
+            noted += 1
             continue
         assert len(calls) == 1 and msgs[-3] is calls[0] and msgs[-2]["role"] == "tool"
         args = json.loads(calls[0]["tool_calls"][0]["function"]["arguments"])
@@ -160,6 +167,7 @@ def test_chat_rows_look_the_fact_up_and_keep_the_chat_reply(kb, sft):
         assert found == (meta["chat_kind"] != "unknown_entity")
         if meta["chat_kind"] == "system" and meta["constraints"][0]["type"] == "json":
             assert isinstance(json.loads(msgs[-1]["content"]), dict)   # still the rule's format
+    assert noted > 0
 
 
 def test_tool_results_are_what_the_real_tools_return(kb, sft):

@@ -16,7 +16,8 @@ the conversation was held with (gptlab.tools.TOOL_SPECS) and what the eval needs
                 premises, pushback, invented entities, QA, harmful and benign look-alikes)
                 held with the tools offered: a lookup of its fact before the final reply,
                 which stays the chat record's own (formatted by the system rule, correcting
-                the premise, holding or admitting); harmful and benign ones call nothing
+                the premise, holding or admitting); harmful and benign ones call nothing, nor
+                do system-message ones whose system message also gives the fact
 
 Every tool result is produced by running the real tool (`gptlab.tools.run_tool`), so the
 training data says exactly what the tools say at run time. Splits follow the rest of
@@ -119,6 +120,10 @@ PLAIN_SYSTEM_P = 0.3
 CHAT_KINDS = {"system": 3, "conflict": 3, "false_premise": 2, "pushback_hold": 1.5,
               "pushback_admit": 1.5, "unknown_entity": 1, "qa": 1, "harmful": 1.5, "benign_edgy": 1.5}
 CHAT_SHARE = 0.6
+# share of the chat case's system-message records that also carry their fact in the system
+# message and so call nothing: without them every system-message row looked its fact up, and
+# the model looked up facts the system message gave (false calls 6% -> 34% through the server)
+SYSTEM_NOTE_P = 0.35
 
 
 def _call_id(rng) -> str:
@@ -267,6 +272,12 @@ class ToolChatMaker:
             entity = self._named(meta["subject"], [m["content"] for m in msgs if m["role"] == "user"])
             calls, _ = self.exchange("lookup", {"entity": entity, "relation": TOOL_RELATION.get(rel, rel)})
             needed = "lookup"
+        country = self.kb.by_code.get(meta.get("subject") or "")
+        if calls and country and msgs[0]["role"] == "system" and self.rng.random() < SYSTEM_NOTE_P:
+            note = self.f.sentence(self.f.country_fact(country, rel))
+            i = self.rng.randrange(len(SYSTEM_FACT["t"]))
+            msgs[0] = {**msgs[0], "content": msgs[0]["content"] + "\n" + SYSTEM_FACT["t"][i].format(note=note)}
+            calls, needed = [], None
         msgs = msgs[:-1] + calls + msgs[-1:]
         expected = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
                     for m in calls for c in m.get("tool_calls", [])]
