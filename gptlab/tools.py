@@ -199,6 +199,11 @@ def calculate(expression: str) -> str:
 
 # ---------------------------------------------------------------------------- lookup
 
+def country_names(c: dict) -> list[str]:
+    """Every name a kb country answers to, its English name first."""
+    return [n for n in [c["name"], c.get("name_zh"), *c.get("aliases", [])] if n]
+
+
 class KnowledgeBase:
     """Name -> entity index over a kb.json dict, for the `lookup` tool."""
 
@@ -206,9 +211,8 @@ class KnowledgeBase:
         self.by_code = {c["code"]: c for c in kb["countries"]}
         self.countries: dict[str, dict] = {}
         for c in kb["countries"]:
-            for name in [c["name"], c.get("name_zh"), *c.get("aliases", [])]:
-                if name:
-                    self.countries.setdefault(name.casefold(), c)
+            for name in country_names(c):
+                self.countries.setdefault(name.casefold(), c)
         self.cities = {c["name"].casefold(): c for c in kb["cities"]}
 
     def lookup(self, entity: str, relation: str) -> dict:

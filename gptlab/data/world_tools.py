@@ -42,7 +42,7 @@ from gptlab.data.world_facts import NUMERIC, TOLERANCE
 from gptlab.data.world_kb import heldout_matcher
 from gptlab.data.world_math import UNIT_TOLERANCE, fmt_num, math_problem
 from gptlab.fileio import atomic_write_text
-from gptlab.tools import TOOL_SPECS, KnowledgeBase, calculate, run_tool
+from gptlab.tools import TOOL_SPECS, KnowledgeBase, calculate, country_names, run_tool
 
 CASES = ["lookup", "calculator", "no_tool", "tool_error"]
 SFT_SHARES = {"lookup": 0.45, "calculator": 0.2, "no_tool": 0.25, "tool_error": 0.1}
@@ -289,8 +289,7 @@ class ToolChatMaker:
         country = self.kb.by_code.get(subject)
         if country is None:
             return subject
-        names = [n for n in [country["name"], country.get("name_zh"), *country.get("aliases", [])] if n]
-        return next((n for n in names if any(n in t for t in texts)), country["name"])
+        return next((n for n in country_names(country) if any(n in t for t in texts)), country["name"])
 
 
 def _texts(rec: dict) -> list[str]:

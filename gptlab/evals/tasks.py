@@ -23,8 +23,8 @@ from typing import Callable
 
 from gptlab.judge import Verdict
 from gptlab.evals.metrics import mean, rate
-from gptlab.evals.tools_eval import MAX_NEW_TOKENS as TOOLS_MAX_NEW_TOKENS, MAX_ROUNDS as TOOLS_MAX_ROUNDS
-from gptlab.evals.tools_eval import TOOL_METRICS, WITH_TOOLS, Generate, run_episodes
+from gptlab.evals.tools_eval import (MAX_NEW_TOKENS as TOOLS_MAX_NEW_TOKENS, MAX_ROUNDS as TOOLS_MAX_ROUNDS,
+                                     TOOL_METRICS, WITH_TOOLS, Generate, run_episodes)
 
 CHAT_KINDS = ["qa", "multiturn", "system", "conflict", "false_premise", "pushback_hold",
               "pushback_admit", "harmful", "benign_edgy", "unknown_entity", "arithmetic"]
