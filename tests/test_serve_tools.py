@@ -203,3 +203,29 @@ def test_length_bounded_strings_exclude_control_characters(tiny_tokenizer):
     compiled = factory.compile(fmt)
     for text, ok in [('{"city": "a\x05b", "days": 1}', False), ('{"city": "a b", "days": 1}', True)]:
         assert xgr.GrammarMatcher(compiled).accept_string(text) is ok
+
+
+def test_closer_finishes_a_call_in_few_tokens_and_nothing_after(tiny_tokenizer):
+    """The closer (what `max_tokens` must leave room for) takes the longest allowed token, so
+    an open call needs far fewer tokens than its bytes (one byte per token made `auto` refuse
+    calls that fitted), and it ends at ``</tool_call>`` with no stray text after it."""
+    from gptlab.serve.grammar import GrammarFactory
+    from gptlab.serve.schemas import ChatCompletionRequest
+    from gptlab.serve.tools import plan_tools
+    from gptlab.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tiny_tokenizer)
+    factory = GrammarFactory(tok, tok.vocab_size, [tok.eos_id], compile_workers=1)
+    body = ChatCompletionRequest.model_validate({"model": "m", "messages": USER, "tools": [WEATHER, CLOCK]})
+    plan = plan_tools(body)
+    c = factory.constraint(factory.compile(plan.grammar_format()))
+    assert c.matcher.accept_string("<tool_call>")
+    need = c.closing_length()
+    m, path = c.matcher.fork(), []
+    while (t := c._closer_token(m)) != tok.eos_id:
+        path.append(t)
+        assert m.accept_token(t)
+    text = "<tool_call>" + tok.decode(path)
+    assert len(path) == need and text.endswith("</tool_call>")
+    assert plan.check_block(text) is not None
+    assert need < len(text.encode()) - len("<tool_call>") - 5

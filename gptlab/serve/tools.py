@@ -11,7 +11,8 @@
   text says ``<tool_call>`` the rest of the call must fit one of the functions;
   ``required`` / a named function: nothing but calls (one, or several separated by a newline
   when ``parallel_tool_calls``). The grammar's closer finishes an open call before
-  ``max_tokens`` runs out, so a call always parses.
+  ``max_tokens`` runs out, so a call always parses; a call that no longer fits when its tag
+  would open is not started, and the reply ends with ``finish_reason: "length"``.
 - The reply is read block by block (``ToolStream``, for streamed and whole replies alike):
   each ``<tool_call>`` block that parses, names a tool and whose arguments validate against
   its schema (jsonschema) becomes a ``tool_calls`` entry; anything else stays content, so a

@@ -82,6 +82,7 @@ class Row:
     last: int = 0
     pending_lp: list = field(default_factory=list)
     done: bool = False
+    cut: bool = False              # the grammar's closer ended the reply to fit max_tokens
 
     @property
     def ids(self) -> list[int]:
@@ -362,7 +363,11 @@ class Worker:
         for i, (r, t) in enumerate(zip(rows, tokens)):
             out = events.setdefault(id(r.job), (r.job, []))[1]
             if r.constraint is not None:
-                t = r.constraint.choose(t, r.job.max_tokens - len(r.ids))
+                taken = r.constraint.choose(t, r.job.max_tokens - len(r.ids))
+                # a stop the sampler did not pick: the closer ended the reply (e.g. a tool
+                # call that no longer fits), so it was cut by max_tokens, not finished
+                r.cut = r.cut or (taken != t and taken in self.stop_ids)
+                t = taken
             if r.job.logprobs:
                 r.pending_lp.append(self._logprob_entry(logits[i], t, r.job.top_logprobs))
             self._advance(r, t, out)
@@ -389,7 +394,7 @@ class Worker:
     def _advance(self, r: Row, t: int, out: list) -> None:
         """Append token t to row r; emit its new stable text; finish the row if it ended."""
         if t in self.stop_ids and (r.constraint is not None or not r.job.ignore_eos):
-            return self._finish(r, "stop", out)
+            return self._finish(r, "length" if r.cut else "stop", out)
         r.last = t
         delta, hit = r.text.push(t)
         if delta:
