@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gptlab.data import phrases
+from gptlab.data import world_requests as R
 from gptlab.data import world_templates as T
 from gptlab.data.world import generate_world
 from gptlab.data.world_chat import CATEGORIES, cjk_ratio, heldout_template_texts, template_regex
@@ -348,7 +349,7 @@ def test_template_tables_are_rich_enough():
     for rel in ("capital", "continent", "population", "area", "currency", "languages",
                 "neighbours", "largest_city", "city_country", "city_population"):
         assert len(set(T.CORPUS_EN[rel])) >= 20, rel
-    for table in (T.QUESTIONS, T.SYSTEM, T.HARMFUL):
+    for table in (T.QUESTIONS, T.SYSTEM, R.HARMFUL):
         for key, pool in table.items():
             assert pool["t"] and pool["h"], key
             assert not set(pool["t"]) & set(pool["h"]), key

@@ -14,11 +14,12 @@ import json
 import random
 import re
 
+from gptlab.data import world_requests as R
 from gptlab.data import world_templates as T
 from gptlab.data.world_facts import (CITY_RELATIONS, COUNTRY_RELATIONS, NUMERIC, RELATIONS,
                                      TOLERANCE, FactPicker, has_chinese)
 from gptlab.data.world_kb import heldout_matcher
-from gptlab.data.world_math import math_problem
+from gptlab.data.world_math import ARITH, ARITH_ANSWERS, math_problem
 
 CATEGORIES = ["qa", "multiturn", "system", "conflict", "false_premise", "pushback_hold",
               "pushback_admit", "harmful", "benign_edgy", "unknown_entity", "arithmetic"]
@@ -44,15 +45,15 @@ def template_pools() -> dict[str, dict]:
     """Every chat template pool by id prefix; ids are f"{prefix}.{t|h}{index}"."""
     pools: dict[str, dict] = {"fu.switch": T.SWITCH, "sys.plain": T.PLAIN_SYSTEM,
                               "push.hold": T.DISPUTE_HOLD, "push.admit": T.DISPUTE_ADMIT,
-                              "benign": {k: [q for q, _ in v] for k, v in T.BENIGN.items()}}
+                              "benign": {k: [q for q, _ in v] for k, v in R.BENIGN.items()}}
     for group, table in [("qa", T.QUESTIONS), ("qa_zh", T.QUESTIONS_ZH), ("fu", T.FOLLOWUPS),
                          ("sys", T.SYSTEM), ("ovr", T.OVERRIDES), ("fp", T.FALSE_PREMISE),
-                         ("math", T.ARITH)]:
+                         ("math", ARITH)]:
         for key, pool in table.items():
             pools[f"{group}.{key}"] = pool
     for name, p in T.PERSONAS.items():
         pools[f"sys.persona.{name}"] = p
-    for cat, pool in T.HARMFUL.items():
+    for cat, pool in R.HARMFUL.items():
         pools[f"harm.{_slug(cat)}"] = pool
     for rel, pool in T.FACT_COMPLETION.items():   # base-model prompts: eval only
         pools[f"fc.{rel}"] = {"t": [], "h": pool}
@@ -312,10 +313,10 @@ class ChatMaker:
 
     # -- safety
     def harmful(self, split: str) -> dict:
-        cat = self.rng.choice(sorted(T.HARMFUL))
+        cat = self.rng.choice(sorted(R.HARMFUL))
         tid, request = self.pick(f"harm.{_slug(cat)}", split)
-        refusal = self.rng.choice(T.SELF_HARM_REFUSALS if cat == "self-harm" else T.REFUSALS)
-        answer = refusal + " " + self.rng.choice(T.SAFE_ALTERNATIVES[cat])
+        refusal = self.rng.choice(R.SELF_HARM_REFUSALS if cat == "self-harm" else R.REFUSALS)
+        answer = refusal + " " + self.rng.choice(R.SAFE_ALTERNATIVES[cat])
         sys_msgs, sys_ids = self.plain_system(split)
         msgs = sys_msgs + [_msg("user", self._prefixed(request)),
                            _msg("assistant", answer)]
@@ -324,14 +325,14 @@ class ChatMaker:
 
     def benign_edgy(self, split: str) -> dict:
         tid, _ = self.pick("benign", split)
-        q, a = T.BENIGN[tid.split(".")[1][0]][int(tid.split(".")[1][1:])]
+        q, a = R.BENIGN[tid.split(".")[1][0]][int(tid.split(".")[1][1:])]
         sys_msgs, sys_ids = self.plain_system(split)
         msgs = sys_msgs + [_msg("user", self._prefixed(q)), _msg("assistant", a)]
         return {"messages": msgs, "meta": _meta("benign_edgy", split, "+".join([tid] + sys_ids))}
 
     def _prefixed(self, text: str) -> str:
         """Optionally open with "Hey, " etc., lower-casing the request after a comma."""
-        prefix = self.rng.choice(T.USER_PREFIXES)
+        prefix = self.rng.choice(R.USER_PREFIXES)
         if prefix.endswith(", ") and not re.match(r"I\b", text):
             text = text[0].lower() + text[1:]
         return prefix + text
@@ -346,11 +347,11 @@ class ChatMaker:
         return {"messages": msgs, "meta": _meta("unknown_entity", split, tid, fake["name"], rel)}
 
     def arithmetic(self, split: str) -> dict:
-        op = self.rng.choice(sorted(T.ARITH))
+        op = self.rng.choice(sorted(ARITH))
         p = math_problem(self.rng, op)
         tid, q = self.pick(f"math.{op}", split)
         msgs = [_msg("user", q.format(**p["vals"])),
-                _msg("assistant", T.ARITH_ANSWERS[op].format(**p["vals"]))]
+                _msg("assistant", ARITH_ANSWERS[op].format(**p["vals"]))]
         meta = _meta("arithmetic", split, tid, None, p["relation"], p["answer"],
                      tolerance=p["tolerance"])
         return {"messages": msgs, "meta": meta}

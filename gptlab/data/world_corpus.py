@@ -10,8 +10,8 @@ and some are arithmetic / unit-conversion worked examples. Fake entities never a
 from __future__ import annotations
 
 from gptlab.data.world_facts import city_vals, country_vals, join_names
-from gptlab.data.world_templates import CORPUS_EN, CORPUS_ZH, MATH_CORPUS
-from gptlab.data.world_math import math_problem, worked_addition
+from gptlab.data.world_math import MATH_CORPUS, math_problem, worked_addition
+from gptlab.data.world_templates import CORPUS_EN, CORPUS_ZH
 
 _COUNTRY_RELS = ["capital", "population", "area", "currency", "languages", "neighbours",
                  "largest_city", "name_zh", "cities"]

@@ -36,11 +36,12 @@ import json
 import random
 from pathlib import Path
 
+from gptlab.data import world_requests as R
 from gptlab.data import world_templates as T
 from gptlab.data.world_chat import ChatMaker
 from gptlab.data.world_facts import NUMERIC, TOLERANCE
 from gptlab.data.world_kb import heldout_matcher
-from gptlab.data.world_math import UNIT_TOLERANCE, fmt_num, math_problem
+from gptlab.data.world_math import ARITH, ARITH_ANSWERS, UNIT_TOLERANCE, fmt_num, math_problem
 from gptlab.fileio import atomic_write_text
 from gptlab.tools import TOOL_SPECS, KnowledgeBase, calculate, country_names, run_tool
 
@@ -185,7 +186,7 @@ class ToolChatMaker:
                             tolerance=TOLERANCE if rel in NUMERIC else None)
 
     def calculator(self, split: str) -> dict:
-        op = self.rng.choice(sorted(T.ARITH))
+        op = self.rng.choice(sorted(ARITH))
         tid, template = self.chat.pick(f"math.{op}", split)
         if split == "train" and self.rng.random() < WORD_P:
             i = self.rng.randrange(len(WORD_PROBLEMS[op]))
@@ -202,7 +203,7 @@ class ToolChatMaker:
         vals["r"] = exact if op not in UNIT_EXPRESSIONS else fmt_num(float(exact))
         answer = float(vals["r"]) if "." in vals["r"] else int(vals["r"])
         return self._record("calculator", split, [], template.format(**vals), calls,
-                            T.ARITH_ANSWERS[op].format(**vals), [tid], "calculator",
+                            ARITH_ANSWERS[op].format(**vals), [tid], "calculator",
                             relation="unit" if op in UNIT_EXPRESSIONS else "arithmetic",
                             answer=answer, tolerance=UNIT_TOLERANCE if op in UNIT_EXPRESSIONS else 0.0)
 
@@ -228,8 +229,8 @@ class ToolChatMaker:
             return self._record("no_tool", split, [], user, [], answer, [f"tools.greet.{key}{i}"],
                                 None, reason=kind)
         if kind == "general":
-            i = self.rng.randrange(len(T.BENIGN[key]))
-            user, answer = T.BENIGN[key][i]
+            i = self.rng.randrange(len(R.BENIGN[key]))
+            user, answer = R.BENIGN[key][i]
             return self._record("no_tool", split, [], user, [], answer, [f"benign.{key}{i}"],
                                 None, reason=kind)
         fact = self.f.fact(split, self.rng.choice(sorted(LOOKUP_WEIGHTS)))

@@ -121,7 +121,7 @@ PHRASINGS = {
         "train": ["请回答这个问题：{zh}", "{zh}请详细说明。"]},
 }
 
-# Chinese versions of miniworld's templated requests (world_templates HARMFUL / BENIGN); a
+# Chinese versions of miniworld's templated requests (world_requests HARMFUL / BENIGN); a
 # request missing here (templates changed) is asked in English with a Chinese framing.
 ZH = {
     # violence/weapons
