@@ -366,7 +366,7 @@ class Worker:
                 taken = r.constraint.choose(t, r.job.max_tokens - len(r.ids))
                 # a stop the sampler did not pick: the closer ended the reply (e.g. a tool
                 # call that no longer fits), so it was cut by max_tokens, not finished
-                r.cut = r.cut or (taken != t and taken in self.stop_ids)
+                r.cut = taken != t and taken in self.stop_ids
                 t = taken
             if r.job.logprobs:
                 r.pending_lp.append(self._logprob_entry(logits[i], t, r.job.top_logprobs))
