@@ -52,8 +52,11 @@ against the full-precision model is measured in docs/PERFORMANCE.md.
 from __future__ import annotations
 
 import copy
+import functools
 import time
+import warnings
 from collections.abc import Iterator
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +68,13 @@ from gptlab.model import GPT, KVCache, rope_tables
 WEIGHT_MODES = (None, "int4", "int4+int8", "int8", "bf16")
 
 
-FUSE_AUTO_MAX_BYTES = 64 * 2**20
+# fuse=None fuses models whose q/k/v + gate/up copy is at most this (SmolLM2-135M: ~270 MB):
+# the scripted step is ~25% faster at batch 1 there (docs/PERFORMANCE.md) and never waits
+# for the GIL between ops; a larger model's step is bound by reading weights, and its copy
+# would mostly cost memory
+FUSE_AUTO_MAX_BYTES = 512 * 2**20
+# models whose fused copy is at most this have a step that is per-op overhead: one torch thread
+ONE_THREAD_MAX_BYTES = 64 * 2**20
 
 
 class Engine:
@@ -73,9 +82,7 @@ class Engine:
     weight-only quantized copy of the linear layers (see the module docstring).
 
     ``fuse``: decode steps through ``FusedDecoder`` (float32 ``GPT`` with ``weights=None``
-    only). None = when its weight copy is at most 64 MiB: small models, whose decode step is
-    per-op overhead; above that a step is bound by reading the weights and the fused
-    copy would only cost memory."""
+    only). None = when its weight copy is at most ``FUSE_AUTO_MAX_BYTES`` (512 MiB)."""
 
     def __init__(self, model: GPT, tokenizer=None, weights: str | None = None, fuse: bool | None = None):
         self.model = model if weights is None else quantize_for_decode(model, weights)
@@ -290,9 +297,11 @@ class FusedDecoder:
         c, s = cos[:, :self.hd // 2], sin[:, :self.hd // 2]
         table = torch.cat([c, c, s, -s], dim=-1)
         rot = torch.zeros(cache.batch_size, self.hd * self.hd, device=dev)  # only rot_idx is ever written
-        layers = [(w, (cache.k[i], cache.v[i])) for i, w in enumerate(self.layers)]
+        # per weight kind, one list over the layers (the scripted loop takes lists), then the caches
+        weights = [list(w) for w in zip(*self.layers)]
+        caches = [[cache.k[i] for i in range(len(self.layers))], [cache.v[i] for i in range(len(self.layers))]]
         eps = torch.full((1, 1), self.eps, device=dev)
-        return table, rot, self._rot_idx.to(dev), layers, eps
+        return table, rot, self._rot_idx.to(dev), weights + caches, eps
 
     def step(self, state: tuple, token: torch.Tensor, cache: KVCache,
              positions: torch.Tensor | None) -> torch.Tensor:
@@ -311,21 +320,53 @@ class FusedDecoder:
             cache.valid[:, pos] = True
         masked = None if cache.valid is None else ~cache.valid[:, None, None, :L]
         x = F.embedding(token, m.model.embed_tokens.weight)
-        for (wqkv_t, wo_t, wgu_t, wd_t), (k, v) in layers:
-            qkv = torch.mm(_rms(x, eps), wqkv_t).view(B, H + 2 * Kv, hd)  # norm weight folded in
-            qk = torch.bmm(qkv[:, :H + Kv], rot3)  # RoPE on q and k heads at once
-            k.select(2, pos).copy_(qk[:, H:])
-            v.select(2, pos).copy_(qkv[:, H + Kv:])
-            att = torch.matmul(qk[:, :H].view(B, Kv, H // Kv, hd), k[:, :, :L].transpose(-1, -2))
-            if masked is not None:
-                att.masked_fill_(masked, float("-inf"))
-            y = torch.matmul(att.softmax(-1), v[:, :, :L]).view(B, H * hd)
-            x = torch.addmm(x, y, wo_t)
-            gu = torch.mm(_rms(x, eps), wgu_t)
-            x = torch.addmm(x, F.silu(gu[:, :I]) * gu[:, I:], wd_t)
+        # the plain TorchScript interpreter: its profiling optimizer would re-specialize the
+        # graph as the batch size and cache length change from step to step
+        with torch.jit.optimized_execution(False):
+            x = _blocks_fn()(x, *layers, rot3, masked, eps, pos, H, Kv, hd, I)
         cache.pos = L
         n = m.model.norm.weight
         return F.linear(_rms(x, eps).mul_(n), m.lm_head.weight)
+
+
+def _blocks(x: torch.Tensor, wqkv: List[torch.Tensor], wo: List[torch.Tensor], wgu: List[torch.Tensor],
+            wd: List[torch.Tensor], ks: List[torch.Tensor], vs: List[torch.Tensor], rot3: torch.Tensor,
+            masked: Optional[torch.Tensor], eps: torch.Tensor, pos: int, H: int, Kv: int, hd: int,
+            I: int) -> torch.Tensor:
+    """``FusedDecoder.step``'s pass through the blocks: (B, d) -> (B, d), writing each layer's
+    key/value at cache slot ``pos``. Weights are transposed, norm weights folded in."""
+    B, L = x.shape[0], pos + 1
+    for i in range(len(wqkv)):
+        k, v = ks[i], vs[i]
+        qkv = torch.mm(_rms(x, eps), wqkv[i]).view(B, H + 2 * Kv, hd)
+        qk = torch.bmm(qkv[:, :H + Kv], rot3)  # RoPE on q and k heads at once
+        k.select(2, pos).copy_(qk[:, H:])
+        v.select(2, pos).copy_(qkv[:, H + Kv:])
+        att = torch.matmul(qk[:, :H].view(B, Kv, H // Kv, hd), k[:, :, :L].transpose(-1, -2))
+        if masked is not None:
+            att.masked_fill_(masked, float("-inf"))
+        y = torch.matmul(att.softmax(-1), v[:, :, :L]).reshape(B, H * hd)
+        x = torch.addmm(x, y, wo[i])
+        gu = torch.mm(_rms(x, eps), wgu[i])
+        x = torch.addmm(x, F.silu(gu[:, :I]) * gu[:, I:], wd[i])
+    return x
+
+
+@functools.cache
+def _blocks_fn():
+    """``_blocks`` compiled by TorchScript, else the Python function. Why TorchScript, which
+    torch marks deprecated: a scripted call runs all ~450 ops of a step in C++ without taking
+    the GIL between them. From Python each op gives the GIL back and must win it again, and
+    while another thread runs Python (the server's event loop answering a burst of
+    requests) every one of those waits lasts up to the switch interval: a decode step went
+    from 45 ms to 3.6 s beside a busy thread (docs/PERFORMANCE.md, "Serving under attack").
+    Scripted, the loop is also ~1/3 faster alone (less per-op dispatch)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(_blocks)
+    except Exception:  # TorchScript gone or failing on this build: the same ops from Python
+        return _blocks
 
 
 def _version(t: torch.Tensor) -> int:

@@ -138,6 +138,15 @@ def _fresh_pool_after_fork(engine) -> None:
     os.register_at_fork(after_in_child=after_in_child)
 
 
+READ_ONLY = "gptlab_read_only"
+
+
+def read_only(session: Session) -> Session:
+    """``session``, its transaction begun as a read (SQLite: deferred, not IMMEDIATE)."""
+    session.connection(execution_options={READ_ONLY: True})
+    return session
+
+
 def make_engine(url_or_path: str | Path):
     """An engine for the store; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
     url = database_url(url_or_path)
@@ -163,8 +172,10 @@ def make_engine(url_or_path: str | Path):
     @event.listens_for(engine, "begin")
     def _begin_immediate(conn):
         # Take the write lock at the start: a deferred transaction that reads and then writes
-        # can fail with "database is locked" at once, whatever the busy timeout.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # can fail with "database is locked" at once, whatever the busy timeout. A session
+        # that only reads (``read_only``) starts deferred: under WAL it never waits for writers
+        # nor holds them up (the server checks an API key on every request this way).
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -316,3 +316,24 @@ def test_fused_decode_steps_aside_for_wrapped_projections():
     assert engine.generate(PROMPTS, max_new_tokens=10, stop_token_ids=[]) == \
         [naive_greedy(model, p, 10) for p in PROMPTS]
     assert Engine(model, ByteTokenizer()).fused is None
+
+
+def test_the_fused_blocks_run_scripted_and_equal_the_python_function():
+    """The step's blocks run as TorchScript (no GIL between ops, docs/PERFORMANCE.md); the
+    fallback, the same function from Python, must give the same numbers."""
+    from gptlab.engine import _blocks, _blocks_fn
+
+    scripted = _blocks_fn()
+    assert isinstance(scripted, torch.jit.ScriptFunction), "TorchScript failed: the Python fallback runs"
+    torch.manual_seed(0)
+    B, H, Kv, hd, I, D, layers, T, pos = 3, 4, 2, 8, 24, 32, 2, 10, 6
+    w = [[torch.randn(a, b) * 0.1 for _ in range(layers)]
+         for a, b in ((D, (H + 2 * Kv) * hd), (H * hd, D), (D, 2 * I), (I, D))]
+    caches = [[torch.randn(B, Kv, T, hd) for _ in range(layers)] for _ in range(2)]
+    rot3, eps, x = torch.randn(B, hd, hd), torch.full((1, 1), 1e-5), torch.randn(B, D)
+    masked = torch.zeros(B, 1, 1, pos + 1, dtype=torch.bool)
+    masked[0, ..., :2] = True   # a left-padded row
+    copies = [[[t.clone() for t in c] for c in caches] for _ in range(2)]
+    out = [f(x, *w, *cc, rot3, masked, eps, pos, H, Kv, hd, I) for f, cc in zip((scripted, _blocks), copies)]
+    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(copies[0][0][1][:, :, pos], copies[1][0][1][:, :, pos])  # the keys written

@@ -210,3 +210,24 @@ def test_serve_command_reports_a_missing_model_in_one_line(tmp_path, capsys):
     rc = gptlab_main(["serve", "--model", str(tmp_path / "nope"), "--db", str(tmp_path / "s.db")])
     err = capsys.readouterr().err
     assert rc == 2 and "nope" in err and "Traceback" not in err
+
+
+def test_a_key_check_does_not_wait_for_a_writer(tmp_path):
+    """Every request checks its key: with SQLite that read must not queue behind the write
+    lock (a feedback import, a vote), as a BEGIN IMMEDIATE transaction would."""
+    import sqlite3
+
+    db = tmp_path / "serve.db"
+    keys = KeyStore(FeedbackStore(db))
+    token = keys.create("reader")[0]
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")   # another process holds the write lock
+    try:
+        result = {}
+        t = threading.Thread(target=lambda: result.update(record=keys.verify(token)), daemon=True)
+        t.start()
+        t.join(10)   # a check that waited for the lock would sit out the 60 s busy timeout
+        assert not t.is_alive() and result["record"]["name"] == "reader"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -103,6 +103,33 @@ def test_a_follow_up_prompt_reuses_the_finished_turn_and_replies_exactly(setup):
         worker.stop()
 
 
+def test_a_repeated_prompt_joins_the_batch_without_a_pass_of_its_own(setup):
+    """The whole prompt but its last token is cached: the job's first token comes from the
+    next decode step, beside the running rows, and every reply is still the greedy one."""
+    model, tok = setup
+    worker = Worker(model, tok, [], max_batch=4, threads=1).start()
+    try:
+        repeated = tok.encode("alice lives in lima. every day she walks to the market and")
+        _run(worker, repeated, 6)
+
+        def no_pass(*args):
+            raise AssertionError("a repeated prompt ran a prompt pass of its own")
+        worker._prompt_pass_from = no_pass
+        other = tok.encode("omar lives in oslo and kenji lives in")
+        long_sink, again = Sink(), Sink(n=2)
+        worker.submit(Job(prompt_ids=other, max_tokens=40, emit=long_sink, temperature=0.0))
+        while not long_sink.deltas:   # the other row is decoding when the repeat arrives
+            time.sleep(0.001)
+        job = Job(prompt_ids=repeated, max_tokens=12, emit=again, n=2, temperature=0.0)
+        worker.submit(job)
+        assert again.done.wait(30) and long_sink.done.wait(30) and not again.errors + long_sink.errors
+        assert job.cached_tokens == len(repeated) - 1
+        assert again.texts == [_greedy_alone(model, tok, repeated, 12)] * 2
+        assert long_sink.texts[0] == _greedy_alone(model, tok, other, 40)
+    finally:
+        worker.stop()
+
+
 def test_api_reports_cached_tokens_on_the_next_turn(tmp_path, tiny_tokenizer):
     url, stop = start_server(tmp_path, tokenizer_dir=tiny_tokenizer)
     try:

@@ -14,6 +14,7 @@ See docs/SERVING.md for what each field does and what is not implemented.
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from pathlib import Path
 
@@ -44,6 +45,12 @@ __all__ = ["ServeSettings", "create_app", "dtype_name"]
 
 VOTES_PER_MINUTE = 30   # per key (auth on) or per client address (auth off)
 
+# How long a thread that wants the GIL waits before the holder must let go (Python's default:
+# 5 ms). The worker thread takes the GIL back after each of the ~500 torch ops of a decode
+# step; while the event loop parses a large request body, each of those waits could last the
+# full interval, so requests that are refused in milliseconds still slowed every stream.
+GIL_SWITCH_S = 0.0005
+
 
 def create_app(settings: ServeSettings) -> FastAPI:
     """Load the models, start their workers, and build the FastAPI app."""
@@ -51,6 +58,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         raise ValueError("serve needs at least one --model DIR")
     auth_on = settings.auth_enabled()
     mode = settings.moderate_mode()
+    sys.setswitchinterval(GIL_SWITCH_S)
     tools = load_server_tools(settings)   # before the models: a bad --enable-tools fails fast
     moderator = load_moderator(settings.moderation) if settings.moderation else None
     store = FeedbackStore(settings.db)

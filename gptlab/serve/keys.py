@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Boolean, DateTime, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gptlab.feedback import Base, FeedbackStore
+from gptlab.feedback import Base, FeedbackStore, read_only
 
 TOKEN_PREFIX = "sk-gl-"
 SHOWN_CHARS = 12
@@ -93,7 +93,7 @@ class KeyStore:
         timing does not leak how much of a token matched."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        with self.store.Session() as s:
+        with read_only(self.store.Session()) as s:
             row = s.scalars(select(ApiKey).where(ApiKey.sha256 == hash_token(token))).first()
             if row is None or row.revoked_at is not None:
                 return None

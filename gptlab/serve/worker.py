@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 
 from gptlab.decode import TextStream, left_pad, sample_rows
-from gptlab.engine import FUSE_AUTO_MAX_BYTES, FusedDecoder
+from gptlab.engine import ONE_THREAD_MAX_BYTES, FusedDecoder
 from gptlab.model import KVCache
 from gptlab.serve.fairqueue import FairQueue
 from gptlab.serve.prefix_cache import PrefixCache
@@ -99,7 +99,7 @@ class Worker:
     """Continuous-batching generation for one model, on its own thread.
 
     ``fuse``: decode steps through ``FusedDecoder`` (None: for float32 models whose fused
-    copy is at most 64 MiB, as in ``Engine``: their step is per-op overhead). ``threads``:
+    copy is at most ``ONE_THREAD_MAX_BYTES``: their step is per-op overhead). ``threads``:
     torch CPU threads of this worker's matmuls; None means 1 for those small models (a
     multi-threaded matmul of that size costs more in synchronization than it saves, and much
     more on a busy machine) and ``default_threads()`` for the others."""
@@ -133,9 +133,14 @@ class Worker:
     def plan(model, threads: int | None = None, fuse: bool | None = None) -> tuple[bool, int]:
         """(fuse, threads) a worker uses for ``model`` given the constructor's arguments."""
         can_fuse = FusedDecoder.supports(model)
-        small = can_fuse and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
+        size = FusedDecoder.copy_bytes(model) if can_fuse else None
+        small = size is not None and size <= ONE_THREAD_MAX_BYTES
         if fuse and not can_fuse:
             raise ValueError("fuse=True needs a float32 gptlab GPT without adapters or hooks")
+        # the server fuses small models only: with SmolLM2 (~270 MB copy) fused, a step was
+        # faster alone but the innocent client of bench/serve_fuzz.py waited longer under
+        # attack (docs/PERFORMANCE.md, "Serving under attack"), so the Engine's larger bound
+        # (FUSE_AUTO_MAX_BYTES) is not taken here
         fuse = small if fuse is None else fuse
         return fuse, threads if threads is not None else (1 if small else default_threads())
 
@@ -235,12 +240,20 @@ class Worker:
     def _prefill(self, jobs: list[Job]) -> None:
         """Prompt passes for newly admitted jobs: those whose prompt starts with a cached
         prefix one by one from it, the others together. Every pass runs before the batch
-        changes, so a failure leaves the running rows as they were."""
+        changes, so a failure leaves the running rows as they were.
+
+        A job whose whole prompt but its last token is cached (a repeated prompt) needs no
+        pass of its own: it joins the batch with that token still to feed, and the next decode
+        step computes its first token beside everyone else's. A client that re-sends one
+        prompt in a loop then costs the others a batch row, not a forward pass per request
+        (docs/PERFORMANCE.md, "Serving under attack")."""
         groups, fresh = [], []
         for job in jobs:
             hit = self.prefix_cache.lookup(job.prompt_ids, job.tenant) if self.prefix_cache is not None else None
             if hit is None:
                 fresh.append(job)
+            elif hit[0] == len(job.prompt_ids) - 1:
+                groups.append(([job], self._cache_from(job, *hit), None))
             else:
                 groups.append(([job], *self._prompt_pass_from(job, *hit)))
         if fresh:
@@ -255,7 +268,11 @@ class Worker:
                     constraint = self.grammar.constraint(job.grammar) if job.grammar is not None else None
                     text = TextStream(self._decode, job.stop_strings)
                     new_rows.append(Row(job, c, len(job.prompt_ids), gen, constraint, text))
-            self._sample(new_rows, logits[which])
+            if logits is None:  # the last prompt token is fed by the next step
+                for r in new_rows:
+                    r.pos, r.last = r.pos - 1, r.job.prompt_ids[-1]
+            else:
+                self._sample(new_rows, logits[which])
             cache = _select(cache, which)
             self.cache = _join(self.cache, cache) if self.rows else cache
             self.rows += new_rows
@@ -268,15 +285,20 @@ class Worker:
                             logits_to_keep=1)[:, -1]
         return cache, logits
 
-    def _prompt_pass_from(self, job: Job, n: int, k: torch.Tensor, v: torch.Tensor):
-        """The prompt pass of ``job`` whose first ``n`` tokens' keys/values are cached."""
+    def _cache_from(self, job: Job, n: int, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """A one-row cache holding the cached keys/values of ``job``'s first ``n`` tokens."""
         cache = KVCache(self.model.config, 1, len(job.prompt_ids) + HEADROOM, device=self.device, dtype=self.dtype)
         cache.k[:, 0, :, :n] = k
         cache.v[:, 0, :, :n] = v
         cache.pos = n
+        job.cached_tokens = n
+        return cache
+
+    def _prompt_pass_from(self, job: Job, n: int, k: torch.Tensor, v: torch.Tensor):
+        """The prompt pass of ``job`` whose first ``n`` tokens' keys/values are cached."""
+        cache = self._cache_from(job, n, k, v)
         rest = torch.tensor([job.prompt_ids[n:]], device=self.device)
         logits = self.model(rest, kv_cache=cache, logits_to_keep=1)[:, -1]
-        job.cached_tokens = n
         return cache, logits
 
     def _reap(self) -> None:
