@@ -297,11 +297,11 @@ class FusedDecoder:
         c, s = cos[:, :self.hd // 2], sin[:, :self.hd // 2]
         table = torch.cat([c, c, s, -s], dim=-1)
         rot = torch.zeros(cache.batch_size, self.hd * self.hd, device=dev)  # only rot_idx is ever written
-        # per weight kind, one list over the layers (the scripted loop takes lists), then the caches
-        weights = [list(w) for w in zip(*self.layers)]
-        caches = [[cache.k[i] for i in range(len(self.layers))], [cache.v[i] for i in range(len(self.layers))]]
+        # per weight kind one list over the layers (the scripted loop takes lists), then each
+        # layer's key and value cache
+        lists = [list(w) for w in zip(*self.layers)] + [list(cache.k), list(cache.v)]
         eps = torch.full((1, 1), self.eps, device=dev)
-        return table, rot, self._rot_idx.to(dev), weights + caches, eps
+        return table, rot, self._rot_idx.to(dev), lists, eps
 
     def step(self, state: tuple, token: torch.Tensor, cache: KVCache,
              positions: torch.Tensor | None) -> torch.Tensor:

@@ -261,17 +261,16 @@ class Worker:
         for group, cache, logits in groups:
             # one cache row per choice: repeat each prompt's row n times
             which = [i for i, j in enumerate(group) for _ in range(j.n)]
+            later = logits is None   # the last prompt token is fed by the next step
             new_rows = []
             for job in group:
                 for c in range(job.n):
                     gen = None if job.seed is None else random.Random(job.seed + c)
                     constraint = self.grammar.constraint(job.grammar) if job.grammar is not None else None
                     text = TextStream(self._decode, job.stop_strings)
-                    new_rows.append(Row(job, c, len(job.prompt_ids), gen, constraint, text))
-            if logits is None:  # the last prompt token is fed by the next step
-                for r in new_rows:
-                    r.pos, r.last = r.pos - 1, r.job.prompt_ids[-1]
-            else:
+                    new_rows.append(Row(job, c, len(job.prompt_ids) - later, gen, constraint, text,
+                                        last=job.prompt_ids[-1] if later else 0))
+            if not later:
                 self._sample(new_rows, logits[which])
             cache = _select(cache, which)
             self.cache = _join(self.cache, cache) if self.rows else cache
