@@ -73,6 +73,8 @@ WEIGHT_MODES = (None, "int4", "int4+int8", "int8", "bf16")
 # for the GIL between ops; a larger model's step is bound by reading weights, and its copy
 # would mostly cost memory
 FUSE_AUTO_MAX_BYTES = 512 * 2**20
+# dtypes FusedDecoder runs in (the model's, one throughout)
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # models whose fused copy is at most this have a step that is per-op overhead: one torch thread
 ONE_THREAD_MAX_BYTES = 64 * 2**20
 
@@ -81,8 +83,8 @@ class Engine:
     """``weights``: None (the model as it is), or "int4" / "int4+int8" / "int8" / "bf16" to decode from a
     weight-only quantized copy of the linear layers (see the module docstring).
 
-    ``fuse``: decode steps through ``FusedDecoder`` (float32 ``GPT`` with ``weights=None``
-    only). None = when its weight copy is at most ``FUSE_AUTO_MAX_BYTES`` (512 MiB)."""
+    ``fuse``: decode steps through ``FusedDecoder`` (a ``GPT`` in one of ``FUSED_DTYPES``
+    with ``weights=None`` only). None = when its weight copy is at most ``FUSE_AUTO_MAX_BYTES`` (512 MiB)."""
 
     def __init__(self, model: GPT, tokenizer=None, weights: str | None = None, fuse: bool | None = None):
         self.model = model if weights is None else quantize_for_decode(model, weights)
@@ -91,9 +93,13 @@ class Engine:
         # decode steps through fused weights (None: through model.forward, e.g. quantized)
         can = weights is None and FusedDecoder.supports(model)
         if fuse is None:
-            fuse = can and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
+            param = next(model.parameters())
+            # bf16/f16 fused is measured on CPUs only (docs/PERFORMANCE.md); on a GPU they keep
+            # model.forward unless asked
+            fuse = (can and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
+                    and (param.dtype == torch.float32 or param.device.type == "cpu"))
         elif fuse and not can:
-            raise ValueError("fuse=True needs a float32 gptlab GPT and weights=None")
+            raise ValueError("fuse=True needs a gptlab GPT in float32, bfloat16 or float16 and weights=None")
         self.fused = FusedDecoder(model) if fuse else None
         self.last_finish_reasons: list[str] = []
         # wall seconds of the last call: the prompt pass (prefill, up to the first token's
@@ -220,7 +226,8 @@ class Engine:
 
 
 class FusedDecoder:
-    """One decode step (one new token per row) of a plain float32 ``GPT``, without module calls.
+    """One decode step (one new token per row) of a plain ``GPT`` (float32, bfloat16 or
+    float16, one dtype throughout), without module calls.
 
     Batch-1 decode of a small model is per-op overhead, not arithmetic, so the step runs
     about half the tensor ops of ``GPT.forward``: the q/k/v and gate/up projections each as
@@ -234,17 +241,20 @@ class FusedDecoder:
     """
 
     def __init__(self, model: GPT):
-        self.model, self.layers, self._key = model, [], None
+        self.model, self.layers, self._key, self._table = model, [], None, None
         c = model.config
         self.H, self.Kv, self.hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.I, self.eps = c.intermediate_size, c.rms_norm_eps
 
     @staticmethod
     def supports(model) -> bool:
-        """Plain float32 GPTs: not a subclass with its own forward, every projection a plain
-        ``nn.Linear`` (not a LoRA or quantized wrapper), no forward hooks anywhere."""
-        if not (isinstance(model, GPT) and type(model).forward is GPT.forward
-                and next(model.parameters()).dtype == torch.float32):
+        """Plain GPTs in one of ``FUSED_DTYPES`` throughout: not a subclass with its own
+        forward, every projection a plain ``nn.Linear`` (not a LoRA or quantized wrapper), no
+        forward hooks anywhere."""
+        if not (isinstance(model, GPT) and type(model).forward is GPT.forward):
+            return False
+        dtypes = {p.dtype for p in model.parameters()}
+        if len(dtypes) != 1 or dtypes.pop() not in FUSED_DTYPES:
             return False
         names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
         for name, m in model.named_modules():
@@ -257,7 +267,7 @@ class FusedDecoder:
     @staticmethod
     def copy_bytes(model: GPT) -> int:
         """Bytes of the fused copy: the q/k/v and gate/up weights of every block."""
-        return 4 * sum(m.weight.numel() for name, m in model.named_modules()
+        return sum(m.weight.numel() * m.weight.element_size() for name, m in model.named_modules()
                        if name.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")))
 
     def refresh(self) -> bool:
@@ -292,11 +302,15 @@ class FusedDecoder:
     def start(self, cache: KVCache) -> tuple:
         """Per-call state for ``step``: the [c, c, s, -s] RoPE table for every cache slot, a
         rotation-matrix buffer, each layer's weights and cache views."""
-        dev = cache.k.device
-        cos, sin = rope_tables(self.hd, self.model.config.rope_theta, cache.max_len, dev)
-        c, s = cos[:, :self.hd // 2], sin[:, :self.hd // 2]
-        table = torch.cat([c, c, s, -s], dim=-1)
-        rot = torch.zeros(cache.batch_size, self.hd * self.hd, device=dev)  # only rot_idx is ever written
+        dev, dtype = cache.k.device, cache.k.dtype
+        key = (cache.max_len, dev, dtype)
+        if self._table is None or self._table[0] != key:  # a server starts once per join / retire
+            cos, sin = rope_tables(self.hd, self.model.config.rope_theta, cache.max_len, dev)
+            c, s = cos[:, :self.hd // 2], sin[:, :self.hd // 2]
+            self._table = (key, torch.cat([c, c, s, -s], dim=-1).to(dtype))
+        table = self._table[1]
+        # only rot_idx is ever written
+        rot = torch.zeros(cache.batch_size, self.hd * self.hd, device=dev, dtype=dtype)
         # per weight kind one list over the layers (the scripted loop takes lists), then each
         # layer's key and value cache
         lists = [list(w) for w in zip(*self.layers)] + [list(cache.k), list(cache.v)]
@@ -328,6 +342,62 @@ class FusedDecoder:
         n = m.model.norm.weight
         return F.linear(_rms(x, eps).mul_(n), m.lm_head.weight)
 
+    def prefill(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ``ids`` (T,) to a one-row ``cache`` at slots pos..pos+T-1 (RoPE positions the
+        same) and return the last token's logits (1, V): the prompt pass of one request,
+        scripted like ``step`` (no GIL between its ops). ``start`` is not needed."""
+        m, T, pos = self.model, ids.shape[0], cache.pos
+        if cache.batch_size != 1:
+            raise ValueError(f"prefill takes a one-row cache, got {cache.batch_size} rows")
+        if pos + T > cache.max_len:
+            raise ValueError(f"KV cache full: {pos + T} > max_len {cache.max_len}")
+        dev, dtype, hd = cache.k.device, cache.k.dtype, self.hd
+        cos, sin = rope_tables(hd, m.config.rope_theta, pos + T, dev)
+        c, s = cos[pos:, :hd // 2], sin[pos:, :hd // 2]
+        rot = torch.zeros(T, hd * hd, device=dev, dtype=dtype)
+        rot[:, self._rot_idx.to(dev)] = torch.cat([c, c, s, -s], dim=-1).to(dtype)
+        # token t (at slot pos + t) may look at slots <= pos + t, and at no padding slot
+        slots = torch.arange(pos + T, device=dev)
+        masked = slots[None, :] > (pos + torch.arange(T, device=dev))[:, None]
+        if cache.valid is not None:
+            cache.valid[0, pos:pos + T] = True
+            masked = masked | ~cache.valid[0, :pos + T][None, :]
+        x = F.embedding(ids, m.model.embed_tokens.weight)
+        weights = [list(w) for w in zip(*self.layers)]
+        with torch.jit.optimized_execution(False):
+            x = _prefill_blocks_fn()(x, *weights, list(cache.k), list(cache.v), rot.view(T, hd, hd),
+                                     masked, torch.full((1, 1), self.eps, device=dev), pos,
+                                     self.H, self.Kv, hd, self.I)
+        cache.pos = pos + T
+        return F.linear(_rms(x[-1:], torch.full((1, 1), self.eps, device=dev)).mul_(m.model.norm.weight),
+                        m.lm_head.weight)
+
+
+def _prefill_blocks(x: torch.Tensor, wqkv: List[torch.Tensor], wo: List[torch.Tensor], wgu: List[torch.Tensor],
+                    wd: List[torch.Tensor], ks: List[torch.Tensor], vs: List[torch.Tensor], rot3: torch.Tensor,
+                    masked: torch.Tensor, eps: torch.Tensor, pos: int, H: int, Kv: int, hd: int,
+                    I: int) -> torch.Tensor:
+    """``FusedDecoder.prefill``'s pass through the blocks: the T tokens (T, d) of one cache
+    row, fed at slots pos..pos+T-1, are the matmuls' rows (as a decode step's batch rows are);
+    attention is causal over that row's cache. ``masked`` (T, pos+T): True where token t may
+    not look."""
+    T = x.shape[0]
+    L, G = pos + T, H // Kv
+    for i in range(len(wqkv)):
+        k, v = ks[i], vs[i]
+        qkv = torch.mm(_rms(x, eps), wqkv[i]).view(T, H + 2 * Kv, hd)
+        qk = torch.bmm(qkv[:, :H + Kv], rot3)
+        k[0, :, pos:L] = qk[:, H:].transpose(0, 1)
+        v[0, :, pos:L] = qkv[:, H + Kv:].transpose(0, 1)
+        q = qk[:, :H].reshape(T, Kv, G, hd).permute(1, 2, 0, 3)        # (Kv, G, T, hd)
+        att = torch.matmul(q, k[0, :, :L].unsqueeze(1).transpose(-1, -2))  # (Kv, G, T, L)
+        att.masked_fill_(masked, float("-inf"))
+        y = torch.matmul(att.softmax(-1), v[0, :, :L].unsqueeze(1))      # (Kv, G, T, hd)
+        x = torch.addmm(x, y.permute(2, 0, 1, 3).reshape(T, H * hd), wo[i])
+        gu = torch.mm(_rms(x, eps), wgu[i])
+        x = torch.addmm(x, F.silu(gu[:, :I]) * gu[:, I:], wd[i])
+    return x
+
 
 def _blocks(x: torch.Tensor, wqkv: List[torch.Tensor], wo: List[torch.Tensor], wgu: List[torch.Tensor],
             wd: List[torch.Tensor], ks: List[torch.Tensor], vs: List[torch.Tensor], rot3: torch.Tensor,
@@ -350,6 +420,17 @@ def _blocks(x: torch.Tensor, wqkv: List[torch.Tensor], wo: List[torch.Tensor], w
         gu = torch.mm(_rms(x, eps), wgu[i])
         x = torch.addmm(x, F.silu(gu[:, :I]) * gu[:, I:], wd[i])
     return x
+
+
+@functools.cache
+def _prefill_blocks_fn():
+    """``_prefill_blocks`` scripted (see ``_blocks_fn``), else the Python function."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(_prefill_blocks)
+    except Exception:
+        return _prefill_blocks
 
 
 @functools.cache
@@ -377,9 +458,10 @@ def _version(t: torch.Tensor) -> int:
 
 def _rms(x, eps):
     """x / sqrt(mean(x^2) + eps) over the last axis (RMSNorm without its weight), (B, d);
-    eps a (1, 1) tensor. Three kernels: half the CPU time of F.rms_norm at batch 1."""
-    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return x * torch.addcmul(eps, n, n, value=1 / x.shape[-1]).rsqrt_()
+    eps a float32 (1, 1) tensor. The norm is taken in float32 whatever x's dtype (as
+    ``gptlab.model.RMSNorm`` does). Three kernels: half the CPU time of F.rms_norm at batch 1."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+    return x * torch.addcmul(eps, n, n, value=1 / x.shape[-1]).rsqrt_().to(x.dtype)
 
 
 def _compute_dtype(model, param) -> torch.dtype:

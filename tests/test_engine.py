@@ -295,6 +295,67 @@ def test_fused_decode_matches_the_model_and_follows_weight_updates():
         Engine(model, weights="bf16", fuse=True)
 
 
+def test_a_bfloat16_model_decodes_fused_as_closely_as_its_plain_forward():
+    """The server fuses bf16 models (scripted, batch-flat step): the fused step's logits must
+    be as near the float32 model's as the bf16 model's own forward is."""
+    import copy
+
+    from gptlab.engine import FusedDecoder
+    from gptlab.model import KVCache
+
+    ref = tiny_gpt(seed=8)
+    model = copy.deepcopy(ref).to(torch.bfloat16)
+    assert Engine(model, ByteTokenizer()).fused is not None
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 40, 41, 42]] * 2)
+    steps = 6
+    with torch.no_grad():
+        want = ref(ids)[:, -steps:]
+        plain = model(ids)[:, -steps:].float()
+        fused = FusedDecoder(model)
+        assert fused.refresh()
+        cache = KVCache(model.config, 2, ids.shape[1], device="cpu", dtype=torch.bfloat16)
+        model(ids[:, :-steps], kv_cache=cache)
+        state = fused.start(cache)
+        got = torch.stack([fused.step(state, ids[:, t], cache, None) for t in
+                           range(ids.shape[1] - steps, ids.shape[1])], 1).float()
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    plain_err, fused_err = (plain - want).abs().mean(), (got - want).abs().mean()
+    assert fused_err <= 1.5 * plain_err + 1e-3, (fused_err, plain_err)
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+    # a model mixing dtypes is not fused
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.float())
+    assert not FusedDecoder.supports(model)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
+def test_the_fused_prompt_pass_equals_the_model_from_scratch_and_from_a_cached_prefix(dtype, tol):
+    """The server's one-request prompt pass (scripted, causal over one cache row): the last
+    token's logits and every key/value written must be the model's."""
+    from gptlab.engine import FusedDecoder
+    from gptlab.model import KVCache
+
+    model = tiny_gpt(seed=9).to(dtype)
+    fused = FusedDecoder(model)
+    assert fused.refresh()
+    ids = torch.tensor([5, 6, 7, 8, 9, 10, 11, 12, 13, 40, 41, 42, 43])
+    with torch.no_grad():
+        want_cache = KVCache(model.config, 1, 20, dtype=dtype)
+        want = model(ids[None], kv_cache=want_cache)[0, -1].float()
+        for cached in (0, 5):   # from scratch, and after a prefix the model wrote
+            cache = KVCache(model.config, 1, 20, dtype=dtype)
+            if cached:
+                model(ids[None, :cached], kv_cache=cache)
+            got = fused.prefill(cache, ids[cached:])[0].float()
+            assert cache.pos == len(ids)
+            torch.testing.assert_close(got, want, atol=tol, rtol=0)
+            torch.testing.assert_close(cache.k[..., :len(ids), :].float(), want_cache.k[..., :len(ids), :].float(),
+                                       atol=tol, rtol=0)
+            torch.testing.assert_close(cache.v[..., :len(ids), :].float(), want_cache.v[..., :len(ids), :].float(),
+                                       atol=tol, rtol=0)
+    with pytest.raises(ValueError, match="one-row"):
+        fused.prefill(KVCache(model.config, 2, 20, dtype=dtype), ids)
+
+
 def test_fused_decode_steps_aside_for_wrapped_projections():
     class Scaled(torch.nn.Module):  # stands in for an adapter wrapper around a projection
         def __init__(self, lin):

@@ -84,6 +84,43 @@ def test_joined_requests_match_unbatched_greedy(setup, fuse):
         worker.stop()
 
 
+def test_joins_into_spare_rows_and_retires_in_place_keep_every_rows_keys():
+    """A join fills spare rows without copying the batch, a retire moves tail rows into the
+    holes: each row must still see exactly its own keys/values, at the same slots."""
+    from gptlab.model import KVCache, ModelConfig
+    from gptlab.serve.batch_cache import drop_rows, join_rows, select_rows, spare_rows
+
+    cfg = ModelConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    torch.manual_seed(0)
+
+    def cache(rows, length):
+        c = KVCache(cfg, rows, length + 4)
+        c.k.normal_(), c.v.normal_()
+        c.pos = length
+        return c
+
+    def rows_of(c):   # each row's valid keys, right-aligned, as a list
+        valid = c.valid if c.valid is not None else torch.ones(c.batch_size, c.max_len, dtype=torch.bool)
+        return [c.k[:, i, :, :c.pos][:, :, valid[i, :c.pos]].clone() for i in range(c.batch_size)]
+
+    batch = join_rows(select_rows(cache(2, 6), [0, 1]), cache(1, 3))   # a full copy, with spare rows
+    assert spare_rows(batch) == 3
+    want = rows_of(batch)
+    store = batch.rows_alloc[0]
+    newcomer = cache(2, 5)
+    joined = join_rows(batch, newcomer)                             # into the spare rows
+    assert joined.rows_alloc[0] is store and spare_rows(joined) == 1
+    assert [torch.equal(a, b) for a, b in zip(rows_of(joined), want + rows_of(newcomer))] == [True] * 5
+    want = rows_of(joined)
+    kept, order = drop_rows(joined, [1, 3, 4])                      # row 4 moves into row 0's place
+    assert kept.rows_alloc[0] is store and sorted(order) == [1, 3, 4]
+    assert [torch.equal(a, want[i]) for a, i in zip(rows_of(kept), order)] == [True] * 3
+    # a newcomer longer than the batch's position cannot fit right-aligned: a new cache
+    longer = join_rows(kept, cache(1, 9))
+    assert longer.rows_alloc[0] is not store and longer.pos == 9
+
+
 def test_long_generation_regrows_the_cache_and_n_choices_share_a_prompt(setup):
     model, tok = setup
     worker = Worker(model, tok, [], max_batch=4, threads=1).start()  # no stop tokens: run to max_tokens
@@ -180,3 +217,17 @@ def test_embeddings_match_transformers_mean_pooled_hidden_state(setup, tmp_path)
             h = hf(torch.tensor([p])).last_hidden_state[0].mean(0)
         assert torch.allclose(v, torch.nn.functional.normalize(h, dim=0), atol=1e-4)
     assert torch.allclose(ours.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_the_worker_fuses_bf16_models_and_leaves_large_float32_ones_unfused(monkeypatch):
+    """Fused, a step runs scripted (no GIL between ops) and in bf16 costs about the same at 1
+    and 8 rows; a large float32 model's fused step scaled badly with the batch, so it is not."""
+    import gptlab.serve.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "ONE_THREAD_MAX_BYTES", 0)   # every model counts as large
+    torch.manual_seed(0)
+    model = GPT(preset(1, 384, max_seq_len=64))
+    assert Worker.plan(model)[0] is False
+    assert Worker.plan(model, dtype=torch.bfloat16)[0] is True      # what --dtype auto times
+    assert Worker.plan(model.to(torch.bfloat16))[0] is True
+    assert Worker.plan(model, fuse=False)[0] is False

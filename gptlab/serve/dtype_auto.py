@@ -10,7 +10,7 @@ faster; the result is cached per CPU model, model shape and thread count in
 The probe has the served model's shapes (width, heads, MLP, vocabulary) but at most
 ``PROBE_LAYERS`` blocks with random weights: speed does not depend on the values, and a
 full copy of a big model would double its memory at start-up. Each dtype runs
-``PROBE_STEPS`` greedy steps, alternating, ``PROBE_ROUNDS`` times; the medians decide, and
+``PROBE_STEPS`` greedy steps over ``PROBE_ROWS`` rows, alternating, ``PROBE_ROUNDS`` times; the medians decide, and
 float32 wins ties (it is exact).
 """
 
@@ -32,6 +32,9 @@ from gptlab.model import GPT
 PROBE_LAYERS = 4
 PROBE_STEPS = 8
 PROBE_ROUNDS = 3
+# rows per probe step: a server decodes several at once, and where float32 and bfloat16 were
+# within 10% at one row, bfloat16's step grew far less with the batch (bench/matmul_batch.py)
+PROBE_ROWS = 4
 CANDIDATES = (torch.float32, torch.bfloat16)
 
 
@@ -52,17 +55,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _key(model: GPT, threads: int, fuse: bool) -> str:
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _key(model: GPT, threads: int, fuse: dict) -> str:
     c = model.config
     shape = (f"d{c.hidden_size}-i{c.intermediate_size}-h{c.num_attention_heads}-kv{c.num_key_value_heads}"
              f"-v{c.vocab_size}-l{c.num_hidden_layers}")
-    return f"{cpu_model()} | torch {torch.__version__} | {threads} threads | {shape} | fuse={fuse}"
+    fused = ",".join(_name(d) for d in CANDIDATES if fuse.get(d))
+    return (f"{cpu_model()} | torch {torch.__version__} | {threads} threads | {shape} | "
+            f"{PROBE_ROWS} rows | fused={fused or 'none'}")
 
 
-def choose(model: GPT, threads: int, fuse: bool) -> tuple[torch.dtype, str]:
+def choose(model: GPT, threads: int, fuse: dict) -> tuple[torch.dtype, str]:
     """(dtype, why) for ``model`` on this CPU, from the cache or a new measurement.
-    ``fuse``: whether the server's worker would decode this model through FusedDecoder in
-    float32 (the probe then does too)."""
+    ``fuse``: dtype -> whether the server's worker would decode the model in that dtype
+    through FusedDecoder (the probe then does too)."""
     path, key = cache_path(), _key(model, threads, fuse)
     try:
         cached = json.loads(path.read_text())
@@ -90,15 +99,15 @@ def measure(model: GPT, threads: int, fuse: bool) -> dict[str, float]:
         torch.manual_seed(0)
         probe = GPT(cfg).eval()
         engines = {d: Engine(probe if d == torch.float32 else copy.deepcopy(probe).to(d),
-                             fuse=fuse and d == torch.float32) for d in CANDIDATES}
+                             fuse=bool(fuse.get(d))) for d in CANDIDATES}
         times = {d: [] for d in CANDIDATES}
-        prompt = list(range(1, 17))
+        prompts = [list(range(1 + r, 17 + r)) for r in range(PROBE_ROWS)]
         for r in range(PROBE_ROUNDS + 1):  # the first round warms up
             for d in CANDIDATES if r % 2 else reversed(CANDIDATES):
                 eng = engines[d]
-                eng.generate([prompt], max_new_tokens=PROBE_STEPS + 1, stop_token_ids=[])
+                eng.generate(prompts, max_new_tokens=PROBE_STEPS + 1, stop_token_ids=[])
                 if r:
                     times[d].append(1e3 * eng.last_decode_s / PROBE_STEPS)
     finally:
         torch.set_num_threads(before)
-    return {str(d).removeprefix("torch."): statistics.median(v) for d, v in times.items()}
+    return {_name(d): statistics.median(v) for d, v in times.items()}

@@ -99,7 +99,8 @@ def serving_dtype(model, requested: str, device: str, threads: int | None = None
         return torch.bfloat16 if big else param.dtype
     from gptlab.serve import dtype_auto      # the CPU timing run, only when it is needed
     from gptlab.serve.worker import Worker
-    fuse, threads = Worker.plan(model, threads)
+    fuse = {d: Worker.plan(model, threads, dtype=d)[0] for d in dtype_auto.CANDIDATES}
+    threads = Worker.plan(model, threads)[1]
     dtype, why = dtype_auto.choose(model, threads, fuse)
     print(f"gptlab serve: dtype auto -> {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr, flush=True)
     return dtype

@@ -35,13 +35,14 @@ from typing import Callable
 import torch
 
 from gptlab.decode import TextStream, left_pad, sample_rows
-from gptlab.engine import ONE_THREAD_MAX_BYTES, FusedDecoder
+from gptlab.engine import FUSED_DTYPES, ONE_THREAD_MAX_BYTES, FusedDecoder
 from gptlab.model import KVCache
+from gptlab.serve.batch_cache import (HEADROOM, SPARE_ROWS, drop_rows, join_rows, select_rows, unused_columns,
+                                      valid_mask)
 from gptlab.serve.fairqueue import FairQueue
 from gptlab.serve.prefix_cache import PrefixCache
 
 log = logging.getLogger("gptlab.serve")
-HEADROOM = 64  # cache columns allocated ahead, so the cache is regrown every 64 steps only
 
 
 @dataclass
@@ -98,8 +99,8 @@ class Row:
 class Worker:
     """Continuous-batching generation for one model, on its own thread.
 
-    ``fuse``: decode steps through ``FusedDecoder`` (None: for float32 models whose fused
-    copy is at most ``ONE_THREAD_MAX_BYTES``: their step is per-op overhead). ``threads``:
+    ``fuse``: decode steps through ``FusedDecoder`` (None: for bfloat16 and float16 models,
+    and float32 models whose fused copy is at most ``ONE_THREAD_MAX_BYTES``: see ``plan``). ``threads``:
     torch CPU threads of this worker's matmuls; None means 1 for those small models (a
     multi-threaded matmul of that size costs more in synchronization than it saves, and much
     more on a busy machine) and ``default_threads()`` for the others."""
@@ -130,18 +131,28 @@ class Worker:
         self.thread = threading.Thread(target=self._run, name=f"gptlab-worker-{name}", daemon=True)
 
     @staticmethod
-    def plan(model, threads: int | None = None, fuse: bool | None = None) -> tuple[bool, int]:
-        """(fuse, threads) a worker uses for ``model`` given the constructor's arguments."""
-        can_fuse = FusedDecoder.supports(model)
-        size = FusedDecoder.copy_bytes(model) if can_fuse else None
+    def plan(model, threads: int | None = None, fuse: bool | None = None,
+             dtype: torch.dtype | None = None) -> tuple[bool, int]:
+        """(fuse, threads) a worker uses for ``model`` given the constructor's arguments;
+        ``dtype``: plan for the model as it would be in that dtype (the server's choice of
+        dtype times each candidate as the worker would run it)."""
+        dtype = dtype or next(model.parameters()).dtype
+        can_fuse = FusedDecoder.supports(model) and dtype in FUSED_DTYPES
+        # the copy's size in float32 (as the bound was measured), whatever the dtype
+        size = FusedDecoder.copy_bytes(model) // next(model.parameters()).element_size() * 4 if can_fuse else None
         small = size is not None and size <= ONE_THREAD_MAX_BYTES
         if fuse and not can_fuse:
-            raise ValueError("fuse=True needs a float32 gptlab GPT without adapters or hooks")
-        # the server fuses small models only: with SmolLM2 (~270 MB copy) fused, a step was
-        # faster alone but the innocent client of bench/serve_fuzz.py waited longer under
-        # attack (docs/PERFORMANCE.md, "Serving under attack"), so the Engine's larger bound
-        # (FUSE_AUTO_MAX_BYTES) is not taken here
-        fuse = small if fuse is None else fuse
+            raise ValueError("fuse=True needs a gptlab GPT in float32, bfloat16 or float16 without "
+                             "adapters or hooks")
+        # fused, a step keeps the GIL out of its ~450 ops (scripted), which is what holds up a
+        # server whose event loop is busy. A large float32 model is left unfused: its fused step
+        # scaled badly past 3 rows on one thread (torch's f32 matmul with a transposed weight),
+        # and the innocent client of bench/serve_fuzz.py waited longer under attack; in
+        # bfloat16 the same step costs about the same at 1 and 8 rows (docs/PERFORMANCE.md,
+        # "Serving under attack")
+        if fuse is None:  # (measured on CPUs: a GPU's bf16 server keeps model.forward)
+            on_cpu = next(model.parameters()).device.type == "cpu"
+            fuse = can_fuse and (small or (dtype != torch.float32 and on_cpu))
         return fuse, threads if threads is not None else (1 if small else default_threads())
 
     # ------------------------------------------------------------------ public
@@ -272,12 +283,16 @@ class Worker:
                                         last=job.prompt_ids[-1] if later else 0))
             if not later:
                 self._sample(new_rows, logits[which])
-            cache = _select(cache, which)
-            self.cache = _join(self.cache, cache) if self.rows else cache
+            cache = select_rows(cache, which)
+            self.cache = join_rows(self.cache, cache) if self.rows else cache
             self.rows += new_rows
         self._retire()
 
     def _prompt_pass(self, jobs: list[Job]) -> tuple[KVCache, torch.Tensor]:
+        if len(jobs) == 1 and self._fused_ready():
+            cache = KVCache(self.model.config, 1, len(jobs[0].prompt_ids) + HEADROOM, device=self.device,
+                            dtype=self.dtype)
+            return cache, self.fused.prefill(cache, torch.tensor(jobs[0].prompt_ids, device=self.device))
         ids, mask, positions = left_pad([j.prompt_ids for j in jobs], self.device)
         cache = KVCache(self.model.config, len(jobs), ids.shape[1] + HEADROOM, device=self.device, dtype=self.dtype)
         logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions,
@@ -296,9 +311,10 @@ class Worker:
     def _prompt_pass_from(self, job: Job, n: int, k: torch.Tensor, v: torch.Tensor):
         """The prompt pass of ``job`` whose first ``n`` tokens' keys/values are cached."""
         cache = self._cache_from(job, n, k, v)
-        rest = torch.tensor([job.prompt_ids[n:]], device=self.device)
-        logits = self.model(rest, kv_cache=cache, logits_to_keep=1)[:, -1]
-        return cache, logits
+        rest = torch.tensor(job.prompt_ids[n:], device=self.device)
+        if self._fused_ready():
+            return cache, self.fused.prefill(cache, rest)
+        return cache, self.model(rest[None], kv_cache=cache, logits_to_keep=1)[:, -1]
 
     def _reap(self) -> None:
         """Drop rows of cancelled, timed-out or disabled jobs."""
@@ -321,7 +337,8 @@ class Worker:
     def _step(self) -> None:
         cache = self.cache
         if cache.pos + 1 > cache.max_len:
-            self.cache = cache = _select(cache, list(range(len(self.rows))))  # regrow
+            # regrow (dropping columns no row uses any more), keeping spare rows for joins
+            self.cache = cache = select_rows(cache, list(range(len(self.rows))), min(len(self.rows), SPARE_ROWS))
         x = torch.tensor([r.last for r in self.rows], device=self.device)
         pos = torch.tensor([r.pos for r in self.rows], device=self.device)
         state = self._fused_state_for(cache)
@@ -335,6 +352,14 @@ class Worker:
         self.steps += 1
         self._sample(self.rows, logits)
         self._retire()
+
+    def _fused_ready(self) -> bool:
+        """Whether a prompt pass can go through the fused weights (scripted: no GIL between its
+        ops, ~6x faster than ``model.forward`` beside a busy event loop). Checked per pass
+        for weight changes: the check is small next to a pass."""
+        if self.fused is not None and not self.fused.refresh():
+            self.fused = self._fused_state = None
+        return self.fused is not None
 
     def _fused_state_for(self, cache: KVCache):
         """The fused step's per-cache state, or None to run ``model.forward``. Rebuilt when the
@@ -355,14 +380,21 @@ class Worker:
             return
         if self.prefix_cache is not None:
             self._remember(i for i, r in enumerate(self.rows) if r.done)
-        self.rows = [self.rows[i] for i in keep]
-        self.cache = _select(self.cache, keep) if keep else None
+        if not keep:
+            self.rows, self.cache = [], None
+        elif unused_columns(self.cache, keep) >= HEADROOM:
+            # trim the columns only finished rows used (a long request that ended)
+            self.rows = [self.rows[i] for i in keep]
+            self.cache = select_rows(self.cache, keep, min(len(keep), SPARE_ROWS))
+        else:
+            self.cache, order = drop_rows(self.cache, keep)
+            self.rows = [self.rows[i] for i in order]
 
     def _remember(self, indices) -> None:
         """Store finished rows' keys/values in the prefix cache, keyed by the tokens fed:
         the prompt, then every generated token but a last one that was sampled and not fed."""
         cache = self.cache
-        valid = _valid(cache)[:, :cache.pos]
+        valid = valid_mask(cache)[:, :cache.pos]
         for i in indices:
             used = valid[i].nonzero()
             if not len(used):
@@ -491,54 +523,6 @@ def _sample_rows(rows: list[Row], logits: torch.Tensor) -> list[int]:
         return u
 
     return sample_rows(logits, [r.job.temperature for r in rows], [r.job.top_p for r in rows], uniforms)
-
-
-# ----------------------------------------------------------------------------- cache surgery
-
-
-def _valid(cache: KVCache) -> torch.Tensor:
-    if cache.valid is not None:
-        return cache.valid
-    return torch.ones(cache.batch_size, cache.max_len, dtype=torch.bool, device=cache.k.device)
-
-
-def _new_cache(like: KVCache, batch: int, max_len: int) -> KVCache:
-    c = KVCache.__new__(KVCache)
-    L, _, H, _, D = like.k.shape
-    c.k = like.k.new_zeros(L, batch, H, max_len, D)
-    c.v = like.v.new_zeros(L, batch, H, max_len, D)
-    c.batch_size, c.max_len, c.pos = batch, max_len, 0
-    c.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=like.k.device)
-    return c
-
-
-def _select(cache: KVCache, rows: list[int]) -> KVCache:
-    """Keep ``rows`` (repeats allowed), drop leading columns no kept row uses, and leave
-    HEADROOM free columns after the write position."""
-    idx = torch.tensor(rows, device=cache.k.device)
-    valid = _valid(cache)[idx, :cache.pos]
-    used = valid.any(0).nonzero()
-    first = int(used[0]) if len(used) else cache.pos
-    width = cache.pos - first
-    new = _new_cache(cache, len(rows), width + HEADROOM)
-    new.k[:, :, :, :width] = cache.k[:, idx, :, first:cache.pos]
-    new.v[:, :, :, :width] = cache.v[:, idx, :, first:cache.pos]
-    new.valid[:, :width] = valid[:, first:]
-    new.pos = width
-    return new
-
-
-def _join(a: KVCache, b: KVCache) -> KVCache:
-    """Stack two caches along the batch, right-aligned at the same write position."""
-    P = max(a.pos, b.pos)
-    new = _new_cache(a, a.batch_size + b.batch_size, P + HEADROOM)
-    for src, rows in ((a, slice(0, a.batch_size)), (b, slice(a.batch_size, None))):
-        off = P - src.pos
-        new.k[:, rows, :, off:P] = src.k[:, :, :, :src.pos]
-        new.v[:, rows, :, off:P] = src.v[:, :, :, :src.pos]
-        new.valid[rows, off:P] = _valid(src)[:, :src.pos]
-    new.pos = P
-    return new
 
 
 # ----------------------------------------------------------------------------- embeddings
