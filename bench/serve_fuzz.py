@@ -218,13 +218,18 @@ def tiny_model(out: Path) -> Path:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="gptlab-fuzz-") as scratch:  # the key db, the tiny model
+        run(args, Path(scratch))
+
+
+def run(args, scratch: Path) -> None:
     label = args.model
     if args.model == "tiny":
-        args.model = str(tiny_model(Path(tempfile.mkdtemp(prefix="gptlab-fuzz-model-")) / "tiny"))
+        args.model = str(tiny_model(scratch / "tiny"))
     from gptlab.feedback import FeedbackStore
     from gptlab.serve.keys import KeyStore
 
-    db = Path(tempfile.mkdtemp(prefix="gptlab-fuzz-")) / "serve.db"
+    db = scratch / "serve.db"
     keys = KeyStore(FeedbackStore(db))
     tokens = {"innocent": keys.create("innocent")[0], "attacker": keys.create("attacker")[0],
               "flood": keys.create("flood")[0], "limited": keys.create("limited", rpm=1)[0],
