@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing as mp
+import os
 
 import pytest
 import torch
@@ -204,3 +205,32 @@ def test_a_store_from_before_content_hashes_still_opens_and_dedupes(tmp_path):
     con.close()
     store.add_comparison(1, 1, 2, rater="bob")   # votes carry no hash: the same vote twice is fine
     store.add_comparison(1, 1, 2, rater="bob")
+
+
+def _db_fds(path: str) -> int:
+    """Open file descriptors of this process on the database file (Linux /proc)."""
+    real = os.path.realpath(path)
+    fds = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds += os.readlink(f"/proc/self/fd/{fd}") == real
+        except OSError:
+            pass
+    return fds
+
+
+def _child_fds(path):
+    return _db_fds(path)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+def test_a_forked_child_inherits_no_descriptor_of_the_database(tmp_path):
+    """A child that inherits its parent's SQLite descriptor closes it when it frees the
+    connection, and with it the POSIX locks of its own connections: writes get lost."""
+    path = str(tmp_path / "fb.db")
+    store = FeedbackStore(path)
+    store.add_ranked([{"role": "user", "content": "q"}], ["a", "b"], [1, 0])  # a pooled connection
+    assert _db_fds(path) >= 1
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_child_fds, (path,)) == 0
+    assert store.counts()["rankings"] == 1      # the parent reconnects after the fork
