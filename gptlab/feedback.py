@@ -133,8 +133,8 @@ def _fresh_pool_after_fork(engine, close_before: bool = False) -> None:
     the database at all. An inherited one is closed when the child frees it, and closing
     any descriptor of a file drops every POSIX lock the process holds on it, the locks of
     the child's own connection included: then two writers can write the WAL at once, and
-    rows that were committed are lost (a CI run of test_store_loses_no_row_with_8_writers
-    lost 200 of 400). A weak reference, so stores can still be freed."""
+    rows that were committed are lost (the likely cause of a CI run of
+    test_store_loses_no_row_with_8_writers that lost 200 of 400). A weak reference, so stores can still be freed."""
     ref = weakref.ref(engine)
 
     def before():
