@@ -94,10 +94,8 @@ class Engine:
         can = weights is None and FusedDecoder.supports(model)
         if fuse is None:
             param = next(model.parameters())
-            # bf16/f16 fused is measured on CPUs only (docs/PERFORMANCE.md); on a GPU they keep
-            # model.forward unless asked
             fuse = (can and FusedDecoder.copy_bytes(model) <= FUSE_AUTO_MAX_BYTES
-                    and (param.dtype == torch.float32 or param.device.type == "cpu"))
+                    and FusedDecoder.auto_ok(param.dtype, param.device))
         elif fuse and not can:
             raise ValueError("fuse=True needs a gptlab GPT in float32, bfloat16 or float16 and weights=None")
         self.fused = FusedDecoder(model) if fuse else None
@@ -242,6 +240,7 @@ class FusedDecoder:
 
     def __init__(self, model: GPT):
         self.model, self.layers, self._key, self._table = model, [], None, None
+        self._weight_lists: list = []
         c = model.config
         self.H, self.Kv, self.hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.I, self.eps = c.intermediate_size, c.rms_norm_eps
@@ -263,6 +262,13 @@ class FusedDecoder:
             if name.endswith(names) and type(m) is not nn.Linear:
                 return False
         return True
+
+    @staticmethod
+    def auto_ok(dtype: torch.dtype, device) -> bool:
+        """Whether to fuse by default (``fuse=None``): float32 anywhere; bfloat16 / float16
+        where it was measured, on CPUs (docs/PERFORMANCE.md); on a GPU they keep
+        model.forward unless asked."""
+        return dtype == torch.float32 or torch.device(device).type == "cpu"
 
     @staticmethod
     def copy_bytes(model: GPT) -> int:
@@ -298,22 +304,29 @@ class FusedDecoder:
             self._rot_idx = torch.cat([j * self.hd + j, (j + half) * self.hd + j + half,
                                        j * self.hd + j + half, (j + half) * self.hd + j])
         self.layers = layers
+        self._weight_lists = [list(w) for w in zip(*layers)]  # per weight kind, over the layers
+
+    def _rope_table(self, length: int, dev, dtype) -> torch.Tensor:
+        """(>= length, hd) rows [c, c, s, -s] per position. Kept, and regrown only for a longer
+        cache: a server starts a step's state at every join and retire, and a row's values do
+        not depend on the table's length."""
+        t = self._table
+        if t is None or t.shape[0] < length or t.device != dev or t.dtype != dtype:
+            cos, sin = rope_tables(self.hd, self.model.config.rope_theta, length, dev)
+            c, s = cos[:, :self.hd // 2], sin[:, :self.hd // 2]
+            self._table = t = torch.cat([c, c, s, -s], dim=-1).to(dtype)
+        return t
 
     def start(self, cache: KVCache) -> tuple:
         """Per-call state for ``step``: the [c, c, s, -s] RoPE table for every cache slot, a
         rotation-matrix buffer, each layer's weights and cache views."""
         dev, dtype = cache.k.device, cache.k.dtype
-        key = (cache.max_len, dev, dtype)
-        if self._table is None or self._table[0] != key:  # a server starts once per join / retire
-            cos, sin = rope_tables(self.hd, self.model.config.rope_theta, cache.max_len, dev)
-            c, s = cos[:, :self.hd // 2], sin[:, :self.hd // 2]
-            self._table = (key, torch.cat([c, c, s, -s], dim=-1).to(dtype))
-        table = self._table[1]
+        table = self._rope_table(cache.max_len, dev, dtype)
         # only rot_idx is ever written
         rot = torch.zeros(cache.batch_size, self.hd * self.hd, device=dev, dtype=dtype)
         # per weight kind one list over the layers (the scripted loop takes lists), then each
         # layer's key and value cache
-        lists = [list(w) for w in zip(*self.layers)] + [list(cache.k), list(cache.v)]
+        lists = self._weight_lists + [list(cache.k), list(cache.v)]
         eps = torch.full((1, 1), self.eps, device=dev)
         return table, rot, self._rot_idx.to(dev), lists, eps
 
@@ -352,10 +365,8 @@ class FusedDecoder:
         if pos + T > cache.max_len:
             raise ValueError(f"KV cache full: {pos + T} > max_len {cache.max_len}")
         dev, dtype, hd = cache.k.device, cache.k.dtype, self.hd
-        cos, sin = rope_tables(hd, m.config.rope_theta, pos + T, dev)
-        c, s = cos[pos:, :hd // 2], sin[pos:, :hd // 2]
         rot = torch.zeros(T, hd * hd, device=dev, dtype=dtype)
-        rot[:, self._rot_idx.to(dev)] = torch.cat([c, c, s, -s], dim=-1).to(dtype)
+        rot[:, self._rot_idx.to(dev)] = self._rope_table(pos + T, dev, dtype)[pos:pos + T]
         # token t (at slot pos + t) may look at slots <= pos + t, and at no padding slot
         slots = torch.arange(pos + T, device=dev)
         masked = slots[None, :] > (pos + torch.arange(T, device=dev))[:, None]
@@ -363,14 +374,12 @@ class FusedDecoder:
             cache.valid[0, pos:pos + T] = True
             masked = masked | ~cache.valid[0, :pos + T][None, :]
         x = F.embedding(ids, m.model.embed_tokens.weight)
-        weights = [list(w) for w in zip(*self.layers)]
+        eps = torch.full((1, 1), self.eps, device=dev)
         with torch.jit.optimized_execution(False):
-            x = _prefill_blocks_fn()(x, *weights, list(cache.k), list(cache.v), rot.view(T, hd, hd),
-                                     masked, torch.full((1, 1), self.eps, device=dev), pos,
-                                     self.H, self.Kv, hd, self.I)
+            x = _prefill_blocks_fn()(x, *self._weight_lists, list(cache.k), list(cache.v), rot.view(T, hd, hd),
+                                     masked, eps, pos, self.H, self.Kv, hd, self.I)
         cache.pos = pos + T
-        return F.linear(_rms(x[-1:], torch.full((1, 1), self.eps, device=dev)).mul_(m.model.norm.weight),
-                        m.lm_head.weight)
+        return F.linear(_rms(x[-1:], eps).mul_(m.model.norm.weight), m.lm_head.weight)
 
 
 def _prefill_blocks(x: torch.Tensor, wqkv: List[torch.Tensor], wo: List[torch.Tensor], wgu: List[torch.Tensor],
@@ -423,31 +432,30 @@ def _blocks(x: torch.Tensor, wqkv: List[torch.Tensor], wo: List[torch.Tensor], w
 
 
 @functools.cache
-def _prefill_blocks_fn():
-    """``_prefill_blocks`` scripted (see ``_blocks_fn``), else the Python function."""
+def _scripted(fn):
+    """``fn`` compiled by TorchScript, else ``fn`` itself. Why TorchScript, which torch marks
+    deprecated: a scripted call runs all ~450 ops of a step in C++ without taking the GIL
+    between them. From Python each op gives the GIL back and must win it again, and while
+    another thread runs Python (the server's event loop answering a burst of requests)
+    every one of those waits lasts up to the switch interval: a decode step went from 45 ms
+    to 3.6 s beside a busy thread (docs/PERFORMANCE.md, "Serving under attack"). Scripted,
+    the loop is also ~1/3 faster alone (less per-op dispatch)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.script(_prefill_blocks)
-    except Exception:
-        return _prefill_blocks
-
-
-@functools.cache
-def _blocks_fn():
-    """``_blocks`` compiled by TorchScript, else the Python function. Why TorchScript, which
-    torch marks deprecated: a scripted call runs all ~450 ops of a step in C++ without taking
-    the GIL between them. From Python each op gives the GIL back and must win it again, and
-    while another thread runs Python (the server's event loop answering a burst of
-    requests) every one of those waits lasts up to the switch interval: a decode step went
-    from 45 ms to 3.6 s beside a busy thread (docs/PERFORMANCE.md, "Serving under attack").
-    Scripted, the loop is also ~1/3 faster alone (less per-op dispatch)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.script(_blocks)
+            return torch.jit.script(fn)
     except Exception:  # TorchScript gone or failing on this build: the same ops from Python
-        return _blocks
+        return fn
+
+
+def _blocks_fn():
+    """The decode step's blocks (``_blocks``), scripted when TorchScript can."""
+    return _scripted(_blocks)
+
+
+def _prefill_blocks_fn():
+    """The prompt pass's blocks (``_prefill_blocks``), scripted when TorchScript can."""
+    return _scripted(_prefill_blocks)
 
 
 def _version(t: torch.Tensor) -> int:

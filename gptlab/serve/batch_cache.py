@@ -81,8 +81,6 @@ def drop_rows(cache: KVCache, keep: list[int]) -> tuple[KVCache, list[int]]:
     """Keep rows ``keep`` (ascending) in place: each kept row past the new batch size moves
     into a dropped row's place, so a retire copies the rows it moves, not the batch.
     Returns the cache and, for each of its rows, the old row index it holds."""
-    if getattr(cache, "rows_alloc", None) is None:  # a plain KVCache: copy the kept rows
-        return select_rows(cache, keep), list(keep)
     n, kept = len(keep), set(keep)
     order = list(range(n))
     holes = [i for i in range(n) if i not in kept]

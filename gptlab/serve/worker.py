@@ -150,9 +150,9 @@ class Worker:
         # and the innocent client of bench/serve_fuzz.py waited longer under attack; in
         # bfloat16 the same step costs about the same at 1 and 8 rows (docs/PERFORMANCE.md,
         # "Serving under attack")
-        if fuse is None:  # (measured on CPUs: a GPU's bf16 server keeps model.forward)
-            on_cpu = next(model.parameters()).device.type == "cpu"
-            fuse = can_fuse and (small or (dtype != torch.float32 and on_cpu))
+        if fuse is None:
+            fuse = can_fuse and (small or (dtype != torch.float32
+                                           and FusedDecoder.auto_ok(dtype, next(model.parameters()).device)))
         return fuse, threads if threads is not None else (1 if small else default_threads())
 
     # ------------------------------------------------------------------ public
