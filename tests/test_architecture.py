@@ -271,3 +271,24 @@ def test_every_module_is_in_the_architecture_doc():
     missing = [m for m, p in MODULES.items() if p.name != "__init__.py"
                and f"`{p.relative_to(ROOT).with_suffix('').as_posix()}`" not in text]
     assert missing == [], "add these modules to docs/ARCHITECTURE.md's module table"
+
+
+# ----------------------------------------------------------------------------- package data
+
+def test_every_data_file_of_the_package_is_shipped():
+    """The package reads data files beside its modules (miniworld's wordings, the web chat's
+    static files): each must match a pattern of pyproject's package-data, or an installed
+    (non-editable) gptlab would lack it. Editable installs and this checkout never show it."""
+    import subprocess
+    import tomllib
+
+    patterns = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["gptlab"]
+    shipped = {p.relative_to(ROOT).as_posix() for pat in patterns for p in ROOT.glob(pat) if p.is_file()}
+    tracked = subprocess.run(["git", "ls-files", "gptlab"], cwd=ROOT.parent, capture_output=True,
+                             text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    data = {Path(t).relative_to("gptlab").as_posix() for t in tracked if not t.endswith(".py")}
+    assert data, "the package has data files (world_templates.toml, serve/static/...)"
+    assert sorted(data - shipped) == []

@@ -28,7 +28,9 @@ import json
 import math
 import random
 import re
+import tomllib
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from gptlab.fileio import atomic_write_text
@@ -47,118 +49,9 @@ class Family:
 
 
 def _classic() -> list[Family]:
-    return [
-        Family("fizzbuzz", "fizzbuzz", True,
-               "`fizzbuzz(n)` that returns a list of the strings for 1..n: 'Fizz' for multiples of 3, "
-               "'Buzz' for multiples of 5, 'FizzBuzz' for multiples of both, else the number",
-               "def fizzbuzz(n):\n    out = []\n    for i in range(1, n + 1):\n        if i % 15 == 0:\n"
-               "            out.append('FizzBuzz')\n        elif i % 3 == 0:\n            out.append('Fizz')\n"
-               "        elif i % 5 == 0:\n            out.append('Buzz')\n        else:\n            out.append(str(i))\n"
-               "    return out\n",
-               "def fizzbuzz(n):\n    out = []\n    for i in range(1, n + 1):\n        if i % 3 == 0:\n"
-               "            out.append('Fizz')\n        elif i % 5 == 0:\n            out.append('Buzz')\n"
-               "        elif i % 15 == 0:\n            out.append('FizzBuzz')\n        else:\n            out.append(str(i))\n"
-               "    return out\n",
-               "the multiple-of-15 case is checked after the multiple-of-3 case, so it is never reached",
-               ["fizzbuzz(5)", "fizzbuzz(15)[-1]", "fizzbuzz(1)", "len(fizzbuzz(30))"]),
-        Family("reverse_words", "reverse_words", True,
-               "`reverse_words(s)` that returns the words of s in reverse order, separated by single spaces",
-               "def reverse_words(s):\n    return ' '.join(reversed(s.split()))\n",
-               "def reverse_words(s):\n    return s[::-1]\n",
-               "it reverses the characters instead of the words",
-               ["reverse_words('hello world')", "reverse_words('a b  c')", "reverse_words('one')"]),
-        Family("palindrome", "is_palindrome", True,
-               "`is_palindrome(s)` that says whether s reads the same backwards, ignoring case and "
-               "anything that is not a letter or digit",
-               "def is_palindrome(s):\n    t = [c.lower() for c in s if c.isalnum()]\n    return t == t[::-1]\n",
-               "def is_palindrome(s):\n    t = [c for c in s if c.isalnum()]\n    return t == t[::-1]\n",
-               "it does not lower-case the letters, so 'Aba' is not a palindrome for it",
-               ["is_palindrome('Was it a car or a cat I saw?')", "is_palindrome('abc')", "is_palindrome('')",
-                "is_palindrome('No lemon, no melon')"]),
-        Family("factorial", "factorial", True, "`factorial(n)` that returns n! for n >= 0",
-               "def factorial(n):\n    result = 1\n    for i in range(2, n + 1):\n        result *= i\n    return result\n",
-               "def factorial(n):\n    result = 1\n    for i in range(2, n):\n        result *= i\n    return result\n",
-               "range(2, n) stops before n, so the last factor is missing",
-               ["factorial(0)", "factorial(1)", "factorial(5)", "factorial(10)"]),
-        Family("fibonacci", "fibonacci", True,
-               "`fibonacci(n)` that returns the n-th Fibonacci number, with fibonacci(0) == 0 and fibonacci(1) == 1",
-               "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
-               "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return b\n",
-               "it returns b, which is one step ahead: the n+1-th number",
-               ["fibonacci(0)", "fibonacci(1)", "fibonacci(2)", "fibonacci(10)"]),
-        Family("vowels", "count_vowels", True, "`count_vowels(s)` that counts the vowels a, e, i, o, u in s, "
-               "upper or lower case",
-               "def count_vowels(s):\n    return sum(c in 'aeiou' for c in s.lower())\n",
-               "def count_vowels(s):\n    return sum(c in 'aeiou' for c in s)\n",
-               "it only counts lower-case vowels",
-               ["count_vowels('Hello World')", "count_vowels('AEIOU')", "count_vowels('xyz')"]),
-        Family("leap", "is_leap", True, "`is_leap(year)` that says whether a year is a leap year in the "
-               "Gregorian calendar",
-               "def is_leap(year):\n    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)\n",
-               "def is_leap(year):\n    return year % 4 == 0 and year % 100 != 0\n",
-               "it forgets that years divisible by 400 are leap years again",
-               ["is_leap(2024)", "is_leap(1900)", "is_leap(2000)", "is_leap(2023)"]),
-        Family("celsius", "to_fahrenheit", True, "`to_fahrenheit(c)` that converts degrees Celsius to "
-               "Fahrenheit, rounded to one decimal",
-               "def to_fahrenheit(c):\n    return round(c * 9 / 5 + 32, 1)\n",
-               "def to_fahrenheit(c):\n    return round(c * 9 / 5 - 32, 1)\n",
-               "it subtracts 32 instead of adding it",
-               ["to_fahrenheit(0)", "to_fahrenheit(100)", "to_fahrenheit(-40)", "to_fahrenheit(36.6)"]),
-        Family("gcd", "gcd", False, "`gcd(a, b)` that returns the greatest common divisor of two "
-               "non-negative integers (gcd(0, 0) == 0), without math.gcd",
-               "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n",
-               "def gcd(a, b):\n    while b:\n        a, b = a % b, b\n    return a\n",
-               "the pair is not swapped, so b never changes and the loop never ends when b > 0",
-               ["gcd(12, 18)", "gcd(7, 5)", "gcd(0, 9)", "gcd(0, 0)"]),
-        Family("prime", "is_prime", False, "`is_prime(n)` that says whether the integer n is prime",
-               "def is_prime(n):\n    if n < 2:\n        return False\n    i = 2\n    while i * i <= n:\n"
-               "        if n % i == 0:\n            return False\n        i += 1\n    return True\n",
-               "def is_prime(n):\n    for i in range(2, n):\n        if n % i == 0:\n            return False\n    return True\n",
-               "numbers below 2 (0, 1, negatives) are reported as prime",
-               ["is_prime(1)", "is_prime(2)", "is_prime(97)", "is_prime(91)", "is_prime(0)"]),
-        Family("second_largest", "second_largest", False, "`second_largest(nums)` that returns the "
-               "second-largest distinct value of a list with at least two distinct values",
-               "def second_largest(nums):\n    return sorted(set(nums))[-2]\n",
-               "def second_largest(nums):\n    return sorted(nums)[-2]\n",
-               "with a repeated maximum, sorted(nums)[-2] is the maximum again; duplicates must go first",
-               ["second_largest([3, 1, 2])", "second_largest([5, 5, 4])", "second_largest([-1, -2, -2])"]),
-        Family("rle", "run_length", False, "`run_length(s)` that run-length encodes s: 'aaabcc' -> 'a3b1c2'",
-               "def run_length(s):\n    out = []\n    i = 0\n    while i < len(s):\n        j = i\n"
-               "        while j < len(s) and s[j] == s[i]:\n            j += 1\n        out.append(f'{s[i]}{j - i}')\n"
-               "        i = j\n    return ''.join(out)\n",
-               "def run_length(s):\n    out = []\n    count = 1\n    for a, b in zip(s, s[1:]):\n        if a == b:\n"
-               "            count += 1\n        else:\n            out.append(f'{a}{count}')\n            count = 1\n"
-               "    return ''.join(out)\n",
-               "the last run is never written out after the loop",
-               ["run_length('aaabcc')", "run_length('')", "run_length('z')", "run_length('aabbbaa')"]),
-        Family("word_count", "word_count", False, "`word_count(text)` that returns a dict from each "
-               "lower-cased word (split on whitespace) to how often it occurs",
-               "def word_count(text):\n    counts = {}\n    for w in text.lower().split():\n"
-               "        counts[w] = counts.get(w, 0) + 1\n    return counts\n",
-               "def word_count(text):\n    counts = {}\n    for w in text.split():\n"
-               "        counts[w] = counts.get(w, 0) + 1\n    return counts\n",
-               "it does not lower-case the words, so 'The' and 'the' are counted apart",
-               ["word_count('the cat The dog')", "word_count('')", "word_count('a a a')"]),
-        Family("flatten", "flatten", False, "`flatten(items)` that flattens arbitrarily nested lists "
-               "into one list, keeping the order",
-               "def flatten(items):\n    out = []\n    for x in items:\n        if isinstance(x, list):\n"
-               "            out.extend(flatten(x))\n        else:\n            out.append(x)\n    return out\n",
-               "def flatten(items):\n    out = []\n    for x in items:\n        if isinstance(x, list):\n"
-               "            out.extend(x)\n        else:\n            out.append(x)\n    return out\n",
-               "it only flattens one level: nested lists inside lists stay",
-               ["flatten([1, [2, [3, [4]]], 5])", "flatten([])", "flatten([[1], [2, 3]])"]),
-        Family("binary_search", "binary_search", False, "`binary_search(items, x)` that returns the index "
-               "of x in the sorted list items, or -1 when it is not there",
-               "def binary_search(items, x):\n    lo, hi = 0, len(items) - 1\n    while lo <= hi:\n"
-               "        mid = (lo + hi) // 2\n        if items[mid] == x:\n            return mid\n"
-               "        if items[mid] < x:\n            lo = mid + 1\n        else:\n            hi = mid - 1\n    return -1\n",
-               "def binary_search(items, x):\n    lo, hi = 0, len(items) - 1\n    while lo < hi:\n"
-               "        mid = (lo + hi) // 2\n        if items[mid] == x:\n            return mid\n"
-               "        if items[mid] < x:\n            lo = mid + 1\n        else:\n            hi = mid - 1\n    return -1\n",
-               "the loop stops when lo == hi without looking at that last element",
-               ["binary_search([1, 3, 5, 7], 7)", "binary_search([1, 3, 5, 7], 4)", "binary_search([2], 2)",
-                "binary_search([], 1)"]),
-    ]
+    """The classic exercises, written as data (world_code.toml) so their code reads as code."""
+    rows = tomllib.loads(files(__package__).joinpath("world_code.toml").read_text("utf-8"))["family"]
+    return [Family(**row) for row in rows]
 
 
 def _kb_families(rng: random.Random, kb: dict) -> list[Family]:

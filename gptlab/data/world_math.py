@@ -8,66 +8,20 @@ the pretraining sentences, with the placeholders of `math_problem`'s "vals".
 
 from __future__ import annotations
 
+import tomllib
+from importlib.resources import files
+
 KM_TO_MI = 0.621371
 MI_TO_KM = 1.609344
 KG_TO_LB = 2.20462
 LB_TO_KG = 0.453592
 UNIT_TOLERANCE = 0.01
 
-ARITH = {
-    "add": {"t": ["What is {a} + {b}?", "What is {a} plus {b}?", "Calculate {a} + {b}.",
-                  "Add {a} and {b}.", "{a} + {b} = ?"],
-            "h": ["If I have {a} apples and get {b} more, how many apples do I have?"]},
-    "sub": {"t": ["What is {a} - {b}?", "What is {a} minus {b}?", "Subtract {b} from {a}.",
-                  "Calculate {a} - {b}."],
-            "h": ["A shop had {a} items and sold {b}. How many are left?"]},
-    "mul": {"t": ["What is {a} * {b}?", "What is {a} times {b}?", "Multiply {a} by {b}.",
-                  "Calculate {a} x {b}."],
-            "h": ["What do you get when {a} is taken {b} times over? Give the product."]},
-    "div": {"t": ["What is {a} / {b}?", "What is {a} divided by {b}?", "Divide {a} by {b}."],
-            "h": ["Split {a} cookies equally among {b} friends. How many does each get?"]},
-    "km_mi": {"t": ["How many miles is {x} km?", "Convert {x} kilometres to miles."],
-              "h": ["My run was {x} km. How far is that in miles?"]},
-    "mi_km": {"t": ["How many kilometres is {x} miles?", "Convert {x} miles to km."],
-              "h": ["A road sign says {x} miles. What is that in kilometres?"]},
-    "kg_lb": {"t": ["How many pounds is {x} kg?", "Convert {x} kilograms to pounds."],
-              "h": ["My suitcase weighs {x} kg; how many lb is that?"]},
-    "lb_kg": {"t": ["How many kilograms is {x} pounds?", "Convert {x} lb to kg."],
-              "h": ["A recipe needs {x} pounds of flour. How many kilograms is that?"]},
-    "c_f": {"t": ["What is {x} degrees Celsius in Fahrenheit?", "Convert {x} °C to °F."],
-            "h": ["The forecast says {x} °C. What would an American thermometer show in Fahrenheit?"]},
-    "f_c": {"t": ["What is {x} °F in Celsius?", "Convert {x} degrees Fahrenheit to Celsius."],
-            "h": ["My oven is at {x} °F. What is that in Celsius?"]},
-}
-ARITH_ANSWERS = {
-    "add": "{a} + {b} = {r}.", "sub": "{a} - {b} = {r}.", "mul": "{a} * {b} = {r}.",
-    "div": "{a} / {b} = {r}.", "km_mi": "{x} km is about {r} miles.",
-    "mi_km": "{x} miles is about {r} km.", "kg_lb": "{x} kg is about {r} pounds.",
-    "lb_kg": "{x} pounds is about {r} kg.", "c_f": "{x} °C is {r} °F.", "f_c": "{x} °F is {r} °C.",
-}
-# Corpus sentences for arithmetic and units (worked examples are built in world_corpus.py).
-MATH_CORPUS = {
-    "add": ["{a} + {b} = {r}.", "{a} plus {b} equals {r}.", "The sum of {a} and {b} is {r}.",
-            "Adding {b} to {a} gives {r}."],
-    "sub": ["{a} - {b} = {r}.", "{a} minus {b} equals {r}.",
-            "The difference between {a} and {b} is {r}.", "Taking {b} away from {a} leaves {r}."],
-    "mul": ["{a} * {b} = {r}.", "{a} times {b} is {r}.", "The product of {a} and {b} is {r}.",
-            "{a} multiplied by {b} equals {r}."],
-    "div": ["{a} / {b} = {r}.", "{a} divided by {b} is {r}.",
-            "Dividing {a} by {b} gives {r}.", "{b} goes into {a} exactly {r} times."],
-    "km_mi": ["One kilometre is about 0.621 miles, so {x} km is about {r} miles.",
-              "{x} kilometres equal about {r} miles."],
-    "mi_km": ["One mile is about 1.609 kilometres, so {x} miles is about {r} km.",
-              "{x} miles equal about {r} kilometres."],
-    "kg_lb": ["One kilogram is about 2.205 pounds, so {x} kg is about {r} pounds.",
-              "{x} kilograms equal about {r} pounds."],
-    "lb_kg": ["One pound is about 0.454 kilograms, so {x} pounds is about {r} kg.",
-              "{x} pounds equal about {r} kilograms."],
-    "c_f": ["To convert Celsius to Fahrenheit, multiply by 9/5 and add 32: {x} °C is {r} °F.",
-            "{x} degrees Celsius is {r} degrees Fahrenheit."],
-    "f_c": ["To convert Fahrenheit to Celsius, subtract 32 and multiply by 5/9: {x} °F is {r} °C.",
-            "{x} degrees Fahrenheit is {r} degrees Celsius."],
-}
+# The wordings are data (world_math.toml): ARITH, ARITH_ANSWERS and MATH_CORPUS.
+_TABLES = tomllib.loads(files(__package__).joinpath("world_math.toml").read_text("utf-8"))
+ARITH: dict = _TABLES["ARITH"]
+ARITH_ANSWERS: dict = _TABLES["ARITH_ANSWERS"]
+MATH_CORPUS: dict = _TABLES["MATH_CORPUS"]
 
 
 def fmt_num(x: float) -> str:
