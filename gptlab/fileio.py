@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import tempfile
+import tomllib
 import uuid
 import warnings
+from importlib.resources import files
 from pathlib import Path
 from typing import Iterator
 
@@ -117,6 +119,12 @@ def recover_dir(path: str | Path) -> bool:
 # ---------------------------------------------------------------------------------------
 # jsonl
 # ---------------------------------------------------------------------------------------
+
+def read_package_toml(package: str, name: str) -> dict:
+    """A TOML data file shipped inside a gptlab package (miniworld's wordings, the report's
+    targets): read through importlib.resources, so an installed wheel finds it too."""
+    return tomllib.loads(files(package).joinpath(name).read_text(encoding="utf-8"))
+
 
 def read_jsonl(path: str | Path, *, cut_tail_ok: bool = False) -> list:
     """The records of a jsonl file; blank lines are skipped.

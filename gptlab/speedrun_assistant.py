@@ -15,12 +15,12 @@ stops there) in bf16 autocast, and the loss head runs only on assistant tokens.
 from __future__ import annotations
 
 import json
-import tomllib
-from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from gptlab.fileio import read_package_toml
 
 # init: the model to align (an alias or a checkpoint dir; the test preset gets a tiny one
 # from its caller). sft_*: steps x rows of conversations; train_layers: top blocks trained
@@ -157,7 +157,7 @@ def assistant_models(out: Path) -> list[tuple[str, Path]]:
 # ----------------------------------------------------------------------------- the report
 
 # (metric, label, target) rows of REPORT.md's tables: the chat evals' and the tools eval's
-_TARGETS = tomllib.loads(files("gptlab").joinpath("targets.toml").read_text("utf-8"))
+_TARGETS = read_package_toml("gptlab", "targets.toml")
 TARGETS = [tuple(row) for row in _TARGETS["chat"]]
 TOOL_TARGETS = [tuple(row) for row in _TARGETS["tools"]]
 

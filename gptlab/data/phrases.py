@@ -6,12 +6,11 @@ checked for disjointness.
 Matching is case-insensitive on substrings, after normalizing curly apostrophes to "'".
 """
 
-import tomllib
-from importlib.resources import files
+from gptlab.fileio import read_package_toml
 
 # The marker lists are data (phrases.toml): REFUSAL_MARKERS, SCOLDING_MARKERS, IDK_MARKERS,
 # ADMIT_MARKERS, HOLD_MARKERS, PREMISE_MARKERS.
-globals().update(tomllib.loads(files(__package__).joinpath("phrases.toml").read_text("utf-8")))
+globals().update(read_package_toml(__package__, "phrases.toml"))
 
 
 def normalize(text: str) -> str:

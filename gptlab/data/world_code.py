@@ -28,12 +28,10 @@ import json
 import math
 import random
 import re
-import tomllib
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
-from gptlab.fileio import atomic_write_text
+from gptlab.fileio import atomic_write_text, read_package_toml
 
 
 @dataclass
@@ -50,7 +48,7 @@ class Family:
 
 def _classic() -> list[Family]:
     """The classic exercises, written as data (world_code.toml) so their code reads as code."""
-    rows = tomllib.loads(files(__package__).joinpath("world_code.toml").read_text("utf-8"))["family"]
+    rows = read_package_toml(__package__, "world_code.toml")["family"]
     return [Family(**row) for row in rows]
 
 

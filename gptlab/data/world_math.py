@@ -8,8 +8,7 @@ the pretraining sentences, with the placeholders of `math_problem`'s "vals".
 
 from __future__ import annotations
 
-import tomllib
-from importlib.resources import files
+from gptlab.fileio import read_package_toml
 
 KM_TO_MI = 0.621371
 MI_TO_KM = 1.609344
@@ -18,7 +17,7 @@ LB_TO_KG = 0.453592
 UNIT_TOLERANCE = 0.01
 
 # The wordings are data (world_math.toml): ARITH, ARITH_ANSWERS and MATH_CORPUS.
-_TABLES = tomllib.loads(files(__package__).joinpath("world_math.toml").read_text("utf-8"))
+_TABLES = read_package_toml(__package__, "world_math.toml")
 ARITH: dict = _TABLES["ARITH"]
 ARITH_ANSWERS: dict = _TABLES["ARITH_ANSWERS"]
 MATH_CORPUS: dict = _TABLES["MATH_CORPUS"]

@@ -13,10 +13,9 @@ Placeholders: {c} country, {zh} Chinese country name, {capital}, {continent},
 {n}, {a}, {b}, {x}.
 """
 
-import tomllib
-from importlib.resources import files
+from gptlab.fileio import read_package_toml
 
-_TABLES = tomllib.loads(files(__package__).joinpath("world_templates.toml").read_text("utf-8"))
+_TABLES = read_package_toml(__package__, "world_templates.toml")
 # Module names, one per table of the file: CONTINENT_ADJ, CORPUS_EN, CORPUS_ZH, QUESTIONS,
 # QUESTIONS_ZH, ANSWERS, ANSWERS_MID, ANSWERS_ZH, ZH_FILLERS, FOLLOWUPS, SWITCH,
 # PLAIN_SYSTEM, SYSTEM, PERSONAS, OVERRIDES, FALSE_PREMISE, FP_ANSWERS, DISPUTE_HOLD,
