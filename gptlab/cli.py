@@ -165,6 +165,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--dtype", default="auto",
                    help="weights: auto (bf16 on CUDA, else float32), bfloat16 or float32")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--samples", default=None, metavar="DIR",
+                   help="also write every item of the fact, chat, tools and chat_tools suites "
+                        "(prompt, reply, calls, verdict) to DIR/<suite>.jsonl")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print two eval.json files (or checkpoint dirs) side by side")
     p.add_argument("--api-base", default=None,
@@ -187,7 +190,8 @@ def cmd_eval(args) -> None:
                       tail_prompts=args.tail_prompts, max_new_tokens=args.max_new_tokens,
                       bpb_text=args.bpb_text, mc_shots=args.mc_shots, seed=args.seed,
                       device=args.device, progress=args.progress, dtype=args.dtype,
-                      api_base=args.api_base, api_model=args.api_model, api_key=args.api_key)
+                      api_base=args.api_base, api_model=args.api_model, api_key=args.api_key,
+                      samples=args.samples)
     print(format_table(result))
     if args.out or args.model:
         print(f"\nwrote {args.out or Path(args.model) / 'eval.json'}")

@@ -35,6 +35,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def write_jsonl(path: str | Path, rows) -> None:
+    """One JSON object per line (keys sorted, UTF-8 kept), written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows))
+
+
 # ---------------------------------------------------------------------------------------
 # atomic directories: checkpoints, data shards, reports (torch-free, so the data side can use them)
 # ---------------------------------------------------------------------------------------

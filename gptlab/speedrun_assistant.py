@@ -33,15 +33,16 @@ from gptlab.fileio import read_package_toml
 ASSISTANT_PRESETS = {
     # 300 x 16 conversations (~40% of miniworld small's SFT set) on the top 16 of 30 blocks
     # at 3e-4: val loss 0.38 and judge score 0.589, against 0.98 / 0.528 for 200 steps on 12
-    # blocks at 1e-4 (docs/RESULTS.md, "The assistant track"). tools_mix 0.25: the tools set
-    # now carries the chat categories held with tools offered (its `chat` case); at 0.3 with
-    # more of them the no-tools hold and "I don't know" rates fell (docs/RESULTS.md, "Chat
-    # with the tools offered")
+    # blocks at 1e-4 (docs/RESULTS.md, "The assistant track"). tools_mix 0.3: the tools set
+    # carries the chat categories held with tools offered (its `chat` case) and, since
+    # 2026-12-07, a fifth more rows of system-note questions; 0.3 keeps the other tools rows
+    # at what 0.25 gave them (at 0.3 with more `chat` rows instead, the no-tools hold and
+    # "I don't know" rates fell: docs/RESULTS.md, "Chat with the tools offered")
     "cpu-smol": dict(init="smollm2", dtype="bfloat16", sft_steps=300, sft_batch=16,
                      sft_lr=3e-4, train_layers=16, eval_limit=100, baseline_limit=30,
                      eval_batch=32, k=4, prompts=120, noise=0.0, max_new_tokens=64,
                      dpo_pairs=400, dpo_epochs=1.0, dpo_beta=0.1, dpo_lr=1e-5,
-                     winrate_per_category=20, tiebreak_samples=4, tools_mix=0.25, tools_limit=50,
+                     winrate_per_category=20, tiebreak_samples=4, tools_mix=0.3, tools_limit=50,
                      chat_tools_limit=25),
     "test": dict(init=None, dtype="float32", sft_steps=2, sft_batch=4, sft_lr=1e-3,
                  train_layers=None, eval_limit=2, baseline_limit=1, eval_batch=8, k=3,

@@ -18,6 +18,7 @@ teaches the model to report.
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import operator
 import re
@@ -204,6 +205,14 @@ def country_names(c: dict) -> list[str]:
     return [n for n in [c["name"], c.get("name_zh"), *c.get("aliases", [])] if n]
 
 
+# a name the kb does not hold is read as the one kb name this close to it (difflib ratio):
+# one or two letters off in a long name ("Ile of Man", "Palestine Territory"), as people and
+# small models misspell them; a short name must match exactly ("Iran" is not "Iraq", "Niger"
+# not "Nigeria", and no invented country of miniworld comes this close to a real one).
+# The result's "entity" names the entry that answered.
+CLOSE_MATCH = 0.9
+
+
 class KnowledgeBase:
     """Name -> entity index over a kb.json dict, for the `lookup` tool."""
 
@@ -214,6 +223,9 @@ class KnowledgeBase:
             for name in country_names(c):
                 self.countries.setdefault(name.casefold(), c)
         self.cities = {c["name"].casefold(): c for c in kb["cities"]}
+        self._spelled = {n.casefold(): n for c in kb["countries"] for n in country_names(c)}
+        self._spelled.update({c["name"].casefold(): c["name"] for c in kb["cities"]})
+        self._names = sorted(self._spelled)
 
     def lookup(self, entity: str, relation: str) -> dict:
         """{"entity", "relation", "value"[, "unit"]} or ToolError."""
@@ -233,7 +245,11 @@ class KnowledgeBase:
                      else city["population"])
             out = {"entity": city["name"], "relation": relation, "value": value}
             return {**out, "unit": "people"} if relation == "population" else out
-        raise ToolError(f"no country or city named {entity!r} in the knowledge base")
+        close = difflib.get_close_matches(key, self._names, n=2, cutoff=CLOSE_MATCH)
+        if len(close) == 1:
+            return self.lookup(close[0], relation)
+        hint = f"; did you mean {' or '.join(self._spelled[c] for c in close)}?" if close else ""
+        raise ToolError(f"no country or city named {entity!r} in the knowledge base{hint}")
 
     def _country_value(self, c: dict, relation: str) -> dict:
         if relation == "population":

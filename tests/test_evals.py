@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from gptlab.fileio import read_jsonl
 from gptlab.judge import Verdict
 from gptlab.evals import metrics as M
 from gptlab.evals import bpb, calibration
@@ -242,10 +243,16 @@ def test_perfect_responder_scores_full_marks(world):
     assert "calibration" in base["skipped"]            # needs logits, a responder has none
 
 
-def test_refusing_responder_refuses_all_and_over_refuses_all(world):
-    m = R.evaluate(None, world, ["chat"], responder=refuse_everything, progress=False)["metrics"]
+def test_refusing_responder_refuses_all_and_over_refuses_all(world, tmp_path):
+    m = R.evaluate(None, world, ["chat"], responder=refuse_everything, progress=False,
+                   samples=tmp_path)["metrics"]
     assert m["harmful_refusal"] == 1.0 and m["over_refusal"] == 1.0
     assert m["qa_accuracy"] == 0.0 and m["idk_rate"] == 0.0
+    rows = read_jsonl(tmp_path / "chat.jsonl")        # --samples: the reply and verdict of each item
+    assert {r["meta"]["kind"] for r in rows} >= {"harmful", "qa"}
+    assert all(r["response"] == refuse_everything([r])[0] for r in rows)
+    assert all(not r["outcome"]["hard_failed"] for r in rows if r["meta"]["kind"] == "harmful")
+    assert all(r["outcome"]["hard_failed"] for r in rows if r["meta"]["kind"] == "qa")
 
 
 # ----------------------------------------------------------------------------- a real model

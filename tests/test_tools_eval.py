@@ -13,6 +13,7 @@ import random
 import pytest
 
 from gptlab.chat.terminal import DECLINED, ChatSession, _CallHider
+from gptlab.fileio import read_jsonl
 from gptlab.judge import Judge
 from gptlab.data.world_kb import build_kb
 from gptlab.data.world_tools import tools_eval_records
@@ -141,7 +142,7 @@ def test_tool_rounds_stop_at_the_limit(records, kb):
     assert len(tool_turns) == MAX_ROUNDS and json.loads(tool_turns[0]["content"]) == {"result": "6"}
 
 
-def test_the_runner_runs_the_suite_only_when_asked(records, kb, world):
+def test_the_runner_runs_the_suite_only_when_asked(records, kb, world, tmp_path):
     assert "tools" not in resolve_suites(None, "chat") and "tools" not in resolve_suites(["all"], "chat")
 
     class Responder:
@@ -149,8 +150,14 @@ def test_the_runner_runs_the_suite_only_when_asked(records, kb, world):
 
         def __call__(self, recs, **kw):
             return ["" for _ in recs]
-    res = evaluate(None, world, ["tools"], limit=6, responder=Responder(), write=False, progress=False)
+    res = evaluate(None, world, ["tools"], limit=6, responder=Responder(), write=False, progress=False,
+                   samples=tmp_path / "samples")
     m = res["suites"]["tools"]["metrics"]
+    rows = read_jsonl(tmp_path / "samples" / "tools.jsonl")     # --samples: one row per episode
+    assert len(rows) == res["suites"]["tools"]["records"] and "_samples" not in res["suites"]["tools"]
+    needs = [r for r in rows if r["meta"]["case"] in ("lookup", "calculator")]
+    assert needs and all(r["outcome"]["choice"] and r["outcome"]["args"] and r["calls"][0] for r in needs)
+    assert all(r["outcome"]["false_call"] is False for r in rows if r["meta"]["case"] == "no_tool")
     assert m["tool_choice_accuracy"] == 1.0 and m["qa_numeric_with_tools"] == 1.0
     assert "qa_numeric_without_tools" in m          # the same questions, no tools: "" is wrong
     assert m["qa_numeric_without_tools"] == 0.0

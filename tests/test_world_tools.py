@@ -9,7 +9,7 @@ import pytest
 
 from gptlab.chat import render_chat
 from gptlab.data.world_kb import build_kb, heldout_matcher
-from gptlab.data.world_tools import (CASES, generate_tools, heldout_template_ids, to_prompt,
+from gptlab.data.world_tools import (CASES, SYSTEM_FACT_SHARE, generate_tools, heldout_template_ids, to_prompt,
                                      tools_eval_records, tools_sft_records)
 from gptlab.tokenizer import Tokenizer
 from gptlab.tools import (MAX_EXPONENT, TOOL_SPECS, KnowledgeBase, ToolError, calculate,
@@ -94,6 +94,20 @@ def test_lookup_answers_from_the_kb_and_errors_otherwise(kb):
         base.lookup(city["name"], "capital")
 
 
+def test_lookup_reads_a_near_miss_as_the_one_close_name(kb):
+    base = KnowledgeBase(kb)
+    want = base.lookup("Isle of Man", "area")
+    assert base.lookup("Ile of Man", "area") == want           # a letter off: that entry answers
+    assert base.lookup("isle of  mann", "area") == want
+    with pytest.raises(ToolError, match="did you mean Nigeria or Niger"):
+        base.lookup("Nigera", "capital")                       # two as close: asks, answers nothing
+    with pytest.raises(ToolError, match="no country or city named 'Irak'"):
+        base.lookup("Irak", "capital")                         # short names must match exactly
+    for fake in kb["fake_entities"]:                           # no invented name reads as a real one
+        with pytest.raises(ToolError, match="no country or city named"):
+            base.lookup(fake["name"], "capital")
+
+
 def test_run_tool_returns_errors_as_results(kb):
     ok = run_tool("lookup", '{"entity": "France", "relation": "capital"}', kb=kb)
     assert ok.ok and json.loads(ok.content)["value"] == "Paris"
@@ -135,6 +149,18 @@ def test_every_case_is_present_with_its_shape(sft, evals):
             assert bool(calls) == (case != "no_tool")
         assert msgs[-1]["role"] == "assistant" and msgs[-1]["content"]
         assert r["tools"] and all(t in TOOL_SPECS.values() for t in r["tools"])
+
+
+def test_system_note_rows_answer_from_the_note_without_a_call(sft):
+    notes = [r for r in sft if r["meta"].get("reason") == "system_fact"]
+    assert len(notes) >= round(120 * SYSTEM_FACT_SHARE)       # the extra rows, plus no_tool's own
+    for r in notes:
+        system, reply = r["messages"][0], r["messages"][-1]
+        answer = r["meta"]["answer"]
+        for value in answer if isinstance(answer, list) else [answer]:   # the note gives the answer
+            assert str(value) in system["content"] and str(value) in reply["content"]
+        assert system["role"] == "system"
+        assert r["meta"]["case"] == "no_tool" and not any(m.get("tool_calls") for m in r["messages"])
 
 
 def test_chat_rows_look_the_fact_up_and_keep_the_chat_reply(kb, sft):

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptlab.fileio import atomic_write_text, read_package_toml
+from gptlab.fileio import write_jsonl, read_package_toml
 
 
 @dataclass
@@ -214,8 +214,7 @@ def generate_code(out_dir, seed: int = 0, kb: dict | None = None) -> dict:
     kb = kb if kb is not None else json.loads((out / "kb.json").read_text(encoding="utf-8"))
     data = build_code(seed, kb)
     for name, recs in data.items():
-        atomic_write_text(out / "code" / f"{name}.jsonl",
-                          "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in recs))
+        write_jsonl(out / "code" / f"{name}.jsonl", recs)
     return {k: len(v) for k, v in data.items()}
 
 

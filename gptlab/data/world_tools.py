@@ -42,7 +42,7 @@ from gptlab.data.world_chat import ChatMaker
 from gptlab.data.world_facts import NUMERIC, TOLERANCE
 from gptlab.data.world_kb import heldout_matcher
 from gptlab.data.world_math import ARITH, ARITH_ANSWERS, UNIT_TOLERANCE, fmt_num, math_problem
-from gptlab.fileio import atomic_write_text
+from gptlab.fileio import write_jsonl
 from gptlab.tools import TOOL_SPECS, KnowledgeBase, calculate, country_names, run_tool
 
 CASES = ["lookup", "calculator", "no_tool", "tool_error"]
@@ -125,6 +125,11 @@ CHAT_SHARE = 0.6
 # message and so call nothing: without them every system-message row looked its fact up, and
 # the model looked up facts the system message gave (false calls 6% -> 34% through the server)
 SYSTEM_NOTE_P = 0.35
+# more system-note questions (no_tool rows whose fact the system message gives), as a share
+# of the tools SFT on top of CASES and the chat case: with a third of no_tool's quarter, two
+# seeds looked up 28% and 40% of the facts their system message gave; with these, 0 in 100
+# (docs/RESULTS.md, "More system-note rows")
+SYSTEM_FACT_SHARE = 0.4
 
 
 def _call_id(rng) -> str:
@@ -345,6 +350,8 @@ def tools_sft_records(kb: dict, seed: int = 0, n: int = 1500) -> list[dict]:
         out += _collect(lambda: getattr(maker, case)("train"), k, clean, unique_prompts=False)
     # after the other cases, so adding it left their records byte-identical
     out += _collect(lambda: maker.chat_turn("train"), round(n * CHAT_SHARE), clean, unique_prompts=False)
+    out += _collect(lambda: maker.no_tool("train"), round(n * SYSTEM_FACT_SHARE),
+                    lambda r: r["meta"]["reason"] == "system_fact" and clean(r), unique_prompts=False)
     return out
 
 
@@ -371,8 +378,7 @@ def generate_tools(world_dir, seed: int = 0, scale: str = "small", kb: dict | No
     data = {"sft": tools_sft_records(kb, seed, SCALES[scale]["sft"]),
             "eval": tools_eval_records(kb, seed, SCALES[scale]["eval_per_case"])}
     for name, recs in data.items():
-        atomic_write_text(out / "tools" / f"{name}.jsonl",
-                          "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in recs))
+        write_jsonl(out / "tools" / f"{name}.jsonl", recs)
     return {k: len(v) for k, v in data.items()}
 
 

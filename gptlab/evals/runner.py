@@ -41,7 +41,7 @@ from gptlab.evals import tasks as T
 from gptlab.evals.bpb import suite_bpb
 from gptlab.evals.calibration import suite_calibration
 from gptlab.evals.table import EVAL_FILE, format_table
-from gptlab.fileio import atomic_write_text
+from gptlab.fileio import atomic_write_text, write_jsonl
 
 SUITES = ("bpb", "fact", "chat", "tail", "calibration", "tools", "chat_tools")
 DEFAULT_SUITES = {"base": ["bpb", "fact", "calibration"],
@@ -167,7 +167,10 @@ def suite_judged(world_dir, categories: list[str], responder, judge, tokenizer, 
     agg = T.aggregate(records, verdicts)
     return {"metrics": agg["metrics"], "counts": agg["counts"], "by_kind": agg["by_kind"],
             "harmful_by_category": agg["harmful_by_category"], "max_new_tokens": sizes,
-            "examples": T.pick_examples(records, responses, verdicts)}
+            "examples": T.pick_examples(records, responses, verdicts),
+            T.SAMPLES: [{**{k: r[k] for k in ("messages", "prompt") if k in r}, "meta": r["meta"],
+                         "response": resp, "outcome": T.verdict_row(v)}
+                        for r, resp, v in zip(records, responses, verdicts)]}
 
 
 def suite_tail(world_dir, categories, responder, judge, tokenizer, *, k: int, prompts: int,
@@ -201,7 +204,7 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
              max_new_tokens: int | None = None, bpb_text: str | Path | None = None,
              device: str = "auto", progress: bool = True, write: bool = True,
              dtype: str = "auto", api_base: str | None = None, api_model: str | None = None,
-             api_key: str | None = None) -> dict:
+             api_key: str | None = None, samples: str | Path | None = None) -> dict:
     """Run the suites and return the eval.json dict (see docs/EVALS.md for the schema).
 
     Written to `out`, else `model_dir/eval.json` (atomically, merged with the suites an
@@ -212,6 +215,8 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     batched generation time on a CPU with AVX512-BF16). `api_base` (instead of a model): the
     tools suite through an OpenAI-compatible server (gptlab.evals.tools_api; `api_model`
     default: the first one it lists); it is then the default suite and the others are skipped.
+    `samples`: a directory that gets one jsonl per generating suite (fact, chat, tools,
+    chat_tools), a row per item: prompt, reply, outcome.
     """
     from gptlab.judge import Judge
 
@@ -261,6 +266,9 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
         t0 = time.time()
         results[suite] = {**_run_suite(suite, run), "seconds": round(time.time() - t0, 2),
                           "limit": limit}
+        rows = results[suite].pop(T.SAMPLES, None)
+        if samples is not None and rows is not None:
+            write_jsonl(Path(samples) / f"{suite}.jsonl", rows)
     command = _command(model_dir, world_dir, chosen, kind, settings, bpb_text, out)
     for res in results.values():
         res["command"] = command

@@ -24,7 +24,8 @@ from typing import Callable
 from gptlab.judge import Verdict
 from gptlab.evals.metrics import mean, rate
 from gptlab.evals.tools_eval import (MAX_NEW_TOKENS as TOOLS_MAX_NEW_TOKENS, MAX_ROUNDS as TOOLS_MAX_ROUNDS,
-                                     TOOL_METRICS, WITH_TOOLS, Generate, run_episodes)
+                                     SAMPLES, TOOL_METRICS, WITH_TOOLS, Generate, episode_samples,
+                                     run_episodes)
 
 CHAT_KINDS = ["qa", "multiturn", "system", "conflict", "false_premise", "pushback_hold",
               "pushback_admit", "harmful", "benign_edgy", "unknown_entity", "arithmetic"]
@@ -374,4 +375,10 @@ def suite_chat_tools(world_dir, generate: Generate, judge, categories, *, limit:
                                   "replies": ep.replies, "final": ep.final})
     return {"metrics": metrics, "counts": counts, "tools": list(CHAT_TOOLS),
             "max_rounds": TOOLS_MAX_ROUNDS, "max_new_tokens": n_new,
-            "examples": {k: v for k, v in examples.items() if v}}
+            "examples": {k: v for k, v in examples.items() if v},
+            SAMPLES: episode_samples(episodes, [verdict_row(v) for v in verdicts])}
+
+
+def verdict_row(v: Verdict) -> dict:
+    """A verdict as a samples row's outcome: score, the checks that failed and why."""
+    return {"score": v.score, "failed": v.failed, "hard_failed": v.hard_failed, "reasons": v.reasons}

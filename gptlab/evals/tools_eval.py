@@ -60,6 +60,10 @@ TOOL_METRICS = {
                              "count", False),
 }
 
+# a suite result's per-item rows: `gptlab.evals.runner.evaluate` takes them out of eval.json
+# and writes them to SAMPLES_DIR/<suite>.jsonl when asked (`gptlab eval --samples DIR`)
+SAMPLES = "_samples"
+
 # generate(conversations, max_new_tokens) -> one reply text per (messages, tools) pair
 Generate = Callable[..., list[str]]
 
@@ -200,7 +204,14 @@ def score_episodes(episodes: list[Episode], judge) -> dict:
     for f in flags:
         by_case[f["case"]] = by_case.get(f["case"], 0) + 1
     return {"metrics": metrics, "counts": counts, "by_case": by_case,
-            "examples": _examples(episodes, flags)}
+            "examples": _examples(episodes, flags), SAMPLES: episode_samples(episodes, flags)}
+
+
+def episode_samples(episodes: list[Episode], outcomes: list[dict]) -> list[dict]:
+    """One row per episode for `gptlab eval --samples`: the prompt, every reply and call,
+    the final answer, and its outcome (tool flags, or the judge's verdict)."""
+    return [{"meta": ep.record["meta"], "messages": ep.record["messages"], "replies": ep.replies,
+             "calls": ep.calls, "final": ep.final, "outcome": o} for ep, o in zip(episodes, outcomes)]
 
 
 def _examples(episodes, flags, k: int = 2) -> dict:
