@@ -35,7 +35,7 @@ ASSISTANT_PRESETS = {
     # at 3e-4: val loss 0.38 and judge score 0.589, against 0.98 / 0.528 for 200 steps on 12
     # blocks at 1e-4 (docs/RESULTS.md, "The assistant track"). tools_mix 0.3: the tools set
     # carries the chat categories held with tools offered (its `chat` case) and, since
-    # 2026-12-07, a fifth more rows of system-note questions; 0.3 keeps the other tools rows
+    # 2026-12-07, a quarter more rows: system-note questions; 0.3 keeps the other tools rows
     # at what 0.25 gave them (at 0.3 with more `chat` rows instead, the no-tools hold and
     # "I don't know" rates fell: docs/RESULTS.md, "Chat with the tools offered")
     "cpu-smol": dict(init="smollm2", dtype="bfloat16", sft_steps=300, sft_batch=16,

@@ -24,7 +24,7 @@ import json
 import random
 from pathlib import Path
 
-from gptlab.fileio import atomic_write_text, read_jsonl
+from gptlab.fileio import atomic_write_text, read_jsonl, write_jsonl
 
 from gptlab.data.world_chat import CATEGORIES, SFT_SHARES, build_chat, heldout_template_texts
 from gptlab.data.world_corpus import build_corpus
@@ -43,14 +43,6 @@ SCALES = {
              "eval_per_cat": 500, "fact_completion": 2000, "corpus_shard_docs": 20000},
 }
 CHARS_PER_TOKEN = 4       # token estimate = ceil(characters / 4), a GPT-2-like English ratio
-
-
-def _dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False)
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    atomic_write_text(path, "".join(_dumps(r) + "\n" for r in records))
 
 
 def _record_chars(rec: dict) -> int:
@@ -79,12 +71,12 @@ def _write_all(out: Path, kb: dict, docs: list[str], chat: dict, shard: int) -> 
     for i in range(0, max(1, len(docs)), shard):
         recs = [{"text": d} for d in docs[i:i + shard]]
         rel = f"corpus/part_{i // shard:03d}.jsonl"
-        _write_jsonl(out / rel, recs)
+        write_jsonl(out / rel, recs)
         files[rel] = _file_entry(out / rel, recs)
     for group, cats in chat.items():
         for cat, recs in cats.items():
             rel = f"{group}/{cat}.jsonl"
-            _write_jsonl(out / rel, recs)
+            write_jsonl(out / rel, recs)
             files[rel] = _file_entry(out / rel, recs)
     _remove_stale(out, files)
     return files

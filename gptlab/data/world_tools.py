@@ -126,9 +126,9 @@ CHAT_SHARE = 0.6
 # the model looked up facts the system message gave (false calls 6% -> 34% through the server)
 SYSTEM_NOTE_P = 0.35
 # more system-note questions (no_tool rows whose fact the system message gives), as a share
-# of the tools SFT on top of CASES and the chat case: with a third of no_tool's quarter, two
-# seeds looked up 28% and 40% of the facts their system message gave; with these, 0 in 100
-# (docs/RESULTS.md, "More system-note rows")
+# of the tools SFT on top of CASES and the chat case: with only a third of no_tool's quarter,
+# two seeds made a false call on 28% and 40% of the no-tool questions; with these, 0, 0 and
+# 10% on three runs (docs/RESULTS.md, "System-note rows in miniworld's tools set")
 SYSTEM_FACT_SHARE = 0.4
 
 
