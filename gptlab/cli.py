@@ -145,8 +145,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--world", help="miniworld directory (kb.json, eval/*.jsonl)")
     p.add_argument("--suite", action="append",
                    help="bpb, fact, chat, tail, calibration, tools, chat_tools (the chat records with "
-                        "lookup and calculator offered); world (= fact for base models, chat for chat "
-                        "models) or all (not the tools suites); repeatable (default: by model kind)")
+                        "lookup and calculator offered), code (held-out programming tasks run against "
+                        "hidden tests); world (= fact for base models, chat for chat models) or all "
+                        "(not the tools or code suites); repeatable (default: by model kind)")
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
     p.add_argument("--out", default=None, help="write the JSON here instead of MODEL/eval.json")
     p.add_argument("--kind", choices=["auto", "base", "chat"], default="auto",
@@ -158,6 +159,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="cap on generated tokens per reply (default: sized per task)")
     p.add_argument("--bpb-text", default=None, help="held-out text for bpb (default: the run's val shards)")
+    p.add_argument("--code-samples", type=int, default=10,
+                   help="code suite: samples per prompt at temperature 0.8 for pass@k (0: greedy only)")
     p.add_argument("--mc-shots", type=int, default=3,
                    help="solved examples before each calibration question (default: 3)")
     p.add_argument("--seed", type=int, default=0)
@@ -166,7 +169,7 @@ def _add_eval(sub) -> None:
                    help="weights: auto (bf16 on CUDA, else float32), bfloat16 or float32")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--samples", default=None, metavar="DIR",
-                   help="also write every item of the fact, chat, tools and chat_tools suites "
+                   help="also write every item of the fact, chat, tools, chat_tools and code suites "
                         "(prompt, reply, calls, verdict) to DIR/<suite>.jsonl")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print two eval.json files (or checkpoint dirs) side by side")
@@ -191,7 +194,7 @@ def cmd_eval(args) -> None:
                       bpb_text=args.bpb_text, mc_shots=args.mc_shots, seed=args.seed,
                       device=args.device, progress=args.progress, dtype=args.dtype,
                       api_base=args.api_base, api_model=args.api_model, api_key=args.api_key,
-                      samples=args.samples)
+                      samples=args.samples, code_samples=args.code_samples)
     print(format_table(result))
     if args.out or args.model:
         print(f"\nwrote {args.out or Path(args.model) / 'eval.json'}")

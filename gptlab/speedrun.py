@@ -414,7 +414,7 @@ STAGE_SECONDS = {"cpu-tiny": {
     "eval PPO": 25, "eval DPO": 21, "win rates": 15, "moderation": 102, "assistant SFT": 1750,
     "eval unchanged init": 82, "eval assistant SFT": 157, "assistant feedback": 107,
     "assistant DPO": 225, "eval assistant DPO": 241, "eval assistant tools": 300,
-    "eval assistant chat with tools": 180,
+    "eval assistant chat with tools": 180, "eval unchanged init code": 90, "eval assistant code": 240,
     "assistant win rate": 66, "red team": 288,
     "final": 1, "report": 2}}
 

@@ -30,6 +30,9 @@ from gptlab.fileio import read_package_toml
 # tools_limit: held-out items per case for the final model's `tools` eval (lookups: twice);
 # chat_tools_limit: held-out items per chat category for its `chat_tools` eval (the chat
 # records with lookup and calculator offered; about 4x slower per item than `chat`).
+# code_mix: share of SFT rows from WORLD/code/sft.jsonl (programming help; 0: none);
+# code_samples: samples per held-out code request for the final model's pass@k (unchanged
+# init gets greedy pass@1 only); code_limit: held-out code tasks (unset: all).
 ASSISTANT_PRESETS = {
     # 300 x 16 conversations (~40% of miniworld small's SFT set) on the top 16 of 30 blocks
     # at 3e-4: val loss 0.38 and judge score 0.589, against 0.98 / 0.528 for 200 steps on 12
@@ -43,16 +46,19 @@ ASSISTANT_PRESETS = {
                      eval_batch=32, k=4, prompts=120, noise=0.0, max_new_tokens=64,
                      dpo_pairs=400, dpo_epochs=1.0, dpo_beta=0.1, dpo_lr=1e-5,
                      winrate_per_category=20, tiebreak_samples=4, tools_mix=0.3, tools_limit=50,
-                     chat_tools_limit=25),
+                     chat_tools_limit=25, code_mix=0.05, code_samples=5),
     "test": dict(init=None, dtype="float32", sft_steps=2, sft_batch=4, sft_lr=1e-3,
                  train_layers=None, eval_limit=2, baseline_limit=1, eval_batch=8, k=3,
                  prompts=10, noise=0.25, max_new_tokens=8, dpo_pairs=8, dpo_epochs=1.0,
                  dpo_beta=0.1, dpo_lr=1e-4, winrate_per_category=1, tiebreak_samples=1,
-                 tools_mix=0.2, tools_limit=1, chat_tools_limit=1),
+                 tools_mix=0.2, tools_limit=1, chat_tools_limit=1, code_mix=0.1, code_samples=1,
+                 code_limit=2),
 }
 
 TOOLS_EVAL = "tools.eval.json"   # beside a model's eval.json: the `tools` suite's results
 CHAT_TOOLS_EVAL = "chat_tools.eval.json"   # and the `chat_tools` suite's
+CODE_EVAL = "code.eval.json"               # and the `code` suite's
+BASELINE_CODE_EVAL = "baseline.code.eval.json"   # unchanged init's, under OUT/assistant
 
 # (label, folder under OUT/assistant) of the models this track trains, in order
 MODELS = [("assistant SFT", Path("sft")), ("assistant DPO", Path("dpo"))]
@@ -75,8 +81,10 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
 
     def make_sft():
         from gptlab.train.sft import SFTConfig, sft
-        tools = world / "tools" / "sft.jsonl"
-        mix = f"{tools}:{a['tools_mix']}" if a.get("tools_mix") and tools.is_file() else None
+        ensure_code(world)
+        parts = [(world / "tools" / "sft.jsonl", a.get("tools_mix")),
+                 (world / "code" / "sft.jsonl", a.get("code_mix"))]
+        mix = ",".join(f"{path}:{share}" for path, share in parts if share and path.is_file()) or None
         sft(SFTConfig(init=str(resolve_init(init)), data=str(world), mix=mix, out=str(sft_dir),
                       max_steps=a["sft_steps"], batch_size=a["sft_batch"],
                       device_batch_size=a["sft_batch"], lr=a["sft_lr"],
@@ -84,11 +92,14 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
                       eval_every=max(a["sft_steps"] // 4, 1), save_every=max(a["sft_steps"] // 2, 1),
                       val_records=100, resume=True))
 
-    def make_eval(model: Callable[[], Path], limit: int, dest: Path | None = None, suite: str = "chat"):
+    def make_eval(model: Callable[[], Path], limit: int | None, dest: Path | None = None,
+                  suite: str = "chat", code_samples: int = 0):
         def run():
             from gptlab.evals import evaluate
+            if suite == "code":
+                ensure_code(world)
             evaluate(model(), world, [suite], limit=limit, out=dest, batch_size=a["eval_batch"],
-                     dtype=a["dtype"])
+                     dtype=a["dtype"], code_samples=code_samples)
         return run
 
     def make_feedback():
@@ -126,8 +137,22 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
         ("eval assistant chat with tools", dpo_dir / "final" / CHAT_TOOLS_EVAL,
          make_eval(lambda: dpo_dir / "final", a["chat_tools_limit"], dpo_dir / "final" / CHAT_TOOLS_EVAL,
                    "chat_tools")),
+        ("eval unchanged init code", root / BASELINE_CODE_EVAL,
+         make_eval(lambda: resolve_init(init), a.get("code_limit"), root / BASELINE_CODE_EVAL, "code")),
+        ("eval assistant code", dpo_dir / "final" / CODE_EVAL,
+         make_eval(lambda: dpo_dir / "final", a.get("code_limit"), dpo_dir / "final" / CODE_EVAL, "code",
+                   a.get("code_samples", 0))),
         ("assistant win rate", root / "winrate.json", make_winrate),
     ]
+
+
+def ensure_code(world: Path) -> None:
+    """A world made before miniworld had code tasks gets them (from its kb.json and seed)."""
+    if not (world / "code" / "eval.jsonl").is_file():
+        from gptlab.data.world_code import generate_code
+        seed = json.loads((world / "manifest.json").read_text()).get("seed", 0) \
+            if (world / "manifest.json").is_file() else 0
+        generate_code(world, seed=seed)
 
 
 def winrate_over_sft(root: Path, world: Path, a: dict) -> dict:
@@ -161,6 +186,7 @@ def assistant_models(out: Path) -> list[tuple[str, Path]]:
 _TARGETS = read_package_toml("gptlab", "targets.toml")
 TARGETS = [tuple(row) for row in _TARGETS["chat"]]
 TOOL_TARGETS = [tuple(row) for row in _TARGETS["tools"]]
+CODE_TARGETS = [tuple(row) for row in _TARGETS["code"]]
 
 
 def tools_table(out: Path) -> str:
@@ -175,6 +201,22 @@ def tools_table(out: Path) -> str:
     if "tool_malformed_calls" in ev["metrics"]:
         lines.append(f"| malformed tool calls | {ev['metrics']['tool_malformed_calls']:.0f} in "
                      f"{ev['counts'].get('tool_malformed_calls', 0)} replies | 0 |")
+    return "\n".join(lines)
+
+
+def code_table(out: Path) -> str:
+    """Markdown: held-out code pass rates of unchanged init and the assistant DPO model (their
+    `code` evals), "" when neither was run."""
+    root = out / "assistant"
+    cols = [(name, json.loads(p.read_text())) for name, p in
+            (("unchanged SmolLM2", root / BASELINE_CODE_EVAL),
+             ("assistant DPO", root / "dpo" / "final" / CODE_EVAL)) if p.is_file()]
+    if not cols:
+        return ""
+    lines = ["| code (held-out tasks, hidden tests) | " + " | ".join(n for n, _ in cols) + " | target |",
+             "| --- |" + " --- |" * (len(cols) + 1)]
+    lines += [f"| {label} | " + " | ".join(_cell(ev, key) for _, ev in cols) + f" | {target} |"
+              for key, label, target in CODE_TARGETS if any(key in ev["metrics"] for _, ev in cols)]
     return "\n".join(lines)
 
 
@@ -198,7 +240,7 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def _cell(ev: dict | None, key: str) -> str:
-    if not ev or key not in ev["metrics"]:
+    if not ev or ev["metrics"].get(key) is None:
         return "-"
     p, n = ev["metrics"][key], ev["counts"].get(key, 0)
     lo, hi = wilson(p, n)
@@ -246,7 +288,7 @@ def tracks_table(out: Path) -> str:
                      f"{r['win_rate']:.3f} with ties as 1/2, {no_ties} without ties "
                      f"({r['wins']} wins / {r['ties']} ties / {r['losses']} losses"
                      f"{_greedy_note(r)}); target >= 0.65")
-    tools = tools_table(out)
-    if tools:
-        lines += ["", tools]
+    for table in (tools_table(out), code_table(out)):
+        if table:
+            lines += ["", table]
     return "\n".join(lines)

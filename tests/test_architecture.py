@@ -157,7 +157,7 @@ LAYERS = [
               "gptlab.train.optim"]),
     ("shared parts", ["gptlab.train.checkpoints", "gptlab.train.metrics", "gptlab.train.loop",
                       "gptlab.train.lora", "gptlab.align", "gptlab.evals.tasks",
-                      "gptlab.evals.table", "gptlab.evals.tools_eval", "gptlab.evals.tools_api", "gptlab.evals.bpb",
+                      "gptlab.evals.table", "gptlab.evals.tools_eval", "gptlab.evals.tools_api", "gptlab.evals.code_eval", "gptlab.evals.bpb",
                       "gptlab.evals.calibration", "gptlab.safety.moderator",
                       "gptlab.safety.examples", "gptlab.safety.attacks", "gptlab.judge",
                       "gptlab.judge.*", "gptlab.feedback", "gptlab.interop", "gptlab.interop.*"]),

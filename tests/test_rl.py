@@ -170,6 +170,16 @@ def test_resume_reproduces_an_uninterrupted_run(chat_ckpt, prompts, tmp_path):
     assert ra == rb
 
 
+def test_train_layers_updates_only_the_top_blocks(chat_ckpt, prompts, tmp_path):
+    from gptlab.checkpoint import load_checkpoint
+
+    final = run_rl(_cfg(chat_ckpt, prompts, tmp_path, algo="grpo", steps=3, batch_size=16,
+                        train_layers=0), reward=ContainsE())
+    before, after = load_checkpoint(chat_ckpt).model.state_dict(), load_checkpoint(final).model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.norm.") for k in changed)   # no block, no embedding
+
+
 def dataclass_replace(cfg, **kw):
     import dataclasses
     return dataclasses.replace(cfg, **kw)

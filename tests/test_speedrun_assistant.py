@@ -5,6 +5,7 @@ choice sees the track; and the pieces that make SmolLM2 SFT affordable on a CPU
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,9 +45,11 @@ def test_every_stage_writes_its_output(track):
     out, names = track
     assert names == ["assistant SFT", "eval unchanged init", "eval assistant SFT",
                      "assistant feedback", "assistant DPO", "eval assistant DPO",
-                     "eval assistant tools", "eval assistant chat with tools", "assistant win rate"]
+                     "eval assistant tools", "eval assistant chat with tools",
+                     "eval unchanged init code", "eval assistant code", "assistant win rate"]
     data = json.loads((out / "assistant" / "sft" / "data.json").read_text())
-    assert "tools" in json.dumps(data)  # the tools conversations were mixed into the SFT
+    # the tools and code conversations were mixed into the SFT
+    assert {Path(m["source"]).parent.name for m in data["mix"]} == {"tools", "code"}
     for sub in ("sft", "dpo"):
         meta = json.loads((out / "assistant" / sub / "final" / "gptlab.json").read_text())
         assert meta["stage"] == sub
@@ -68,6 +71,8 @@ def test_tracks_table_has_intervals_and_the_baseline(track):
     tool_row = next(line for line in table.splitlines() if line.startswith("| tool choice"))
     assert ">= 90%" in tool_row and "n=" in tool_row
     assert "malformed tool calls" in table
+    code_row = next(line for line in table.splitlines() if line.startswith("| pass@1 (greedy), easy"))
+    assert code_row.count("n=") == 2 and code_row.rstrip().endswith(">= 50% |")   # baseline, DPO
 
 
 def test_final_choice_sees_the_assistant_track(track):

@@ -17,7 +17,7 @@ def world(tmp_path_factory):
     generate_world(out, seed=0, scale="tiny")
     counts = generate_code(out, seed=0)
     read = {name: [json.loads(line) for line in (out / "code" / f"{name}.jsonl").read_text().splitlines()]
-            for name in ("tasks", "sft", "eval")}
+            for name in ("tasks", "sft", "eval", "prompts")}
     return out, counts, read
 
 

@@ -478,10 +478,15 @@ class JudgeReward:
 def load_reward(spec: str | Path, world_dir=None, device: str = "cpu"):
     """A reward with ``.score(records_or_messages, responses) -> list[float]``:
     a reward-model directory (rewards normalized: SFT samples have mean 0, std 1),
-    "judge" (gold-judge score in [0, 1]) or "verifiable" (1.0 if no hard check fails)."""
+    "judge" (gold-judge score in [0, 1]), "verifiable" (1.0 if no hard check fails) or "code"
+    (the reply's code run against its task's hidden tests in the sandbox: 1.0 if all pass,
+    less 0.1 per style problem; for prompts such as WORLD/code/prompts.jsonl)."""
+    if str(spec) in ("judge", "verifiable", "code") and world_dir is None:
+        raise ValueError(f"reward {spec!r} needs the miniworld directory (world_dir, --world)")
+    if str(spec) == "code":
+        from gptlab.evals.code_eval import CodeTasks
+        return CodeTasks.from_dir(world_dir)
     if str(spec) in ("judge", "verifiable"):
-        if world_dir is None:
-            raise ValueError(f"reward {spec!r} needs the miniworld directory (world_dir)")
         from gptlab.judge import Judge
         return JudgeReward(Judge.from_dir(world_dir), verifiable=str(spec) == "verifiable")
     return RewardModel.load(spec, device=device)

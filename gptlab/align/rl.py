@@ -68,7 +68,7 @@ class RLConfig(TrainSettings):
     compile: bool = not_used(False, "rl runs the model eagerly")
     algo: str = _f("ppo", "ppo (value head + GAE) or grpo (group baseline)")
     init: str = _f("", "the chat model to improve (also the frozen KL reference)")
-    reward: str = _f("judge", "reward: a reward-model directory, judge (gold-judge score) or verifiable (1 if no hard check fails)")
+    reward: str = _f("judge", "reward: a reward-model directory, judge (gold-judge score), verifiable (1 if no hard check fails) or code (hidden tests pass, run in the sandbox)")
     prompts: str = _f("", "RL prompts: a miniworld dir (its prompts/*.jsonl) or a jsonl of {messages, meta} records")
     world: str | None = _f(None, "miniworld dir for the judge and the gold eval; unset: --prompts when it is one")
     steps: int = _f(30, "RL steps (one batch of rollouts and its update each)")
@@ -87,6 +87,7 @@ class RLConfig(TrainSettings):
     lam: float = _f(0.95, "ppo: GAE lambda")
     entropy_coef: float = _f(0.0, "entropy bonus weight (0 = off; entropy is logged either way)")
     eval_per_category: int = _f(6, "held-out prompts per category in the eval batch (0 = no gold eval)")
+    train_layers: int | None = _f(None, "update only the top N transformer blocks and the final norm (backward stops there: cheaper steps on CPU); unset: every weight")
 
 
 # --------------------------------------------------------------------------- math
@@ -403,6 +404,9 @@ def run_rl(cfg: RLConfig, reward=None) -> Path:
     reward_name = cfg.reward if reward is None else type(reward).__name__
     reward = reward if reward is not None else load_reward(cfg.reward, world_dir=world, device=str(device))
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    if cfg.train_layers is not None:
+        from gptlab.train.lora import freeze_below
+        freeze_below(policy, cfg.train_layers)
     value_head = None
     if cfg.algo == "ppo":
         value_head = nn.Linear(policy.config.hidden_size, 1).to(device)

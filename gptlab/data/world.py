@@ -10,6 +10,8 @@ docs/DATA.md):
     eval/*.jsonl       same shape, held out by entity and template; plus fact_completion
     tools/sft.jsonl    conversations with tool definitions, calls and results (gptlab.data.world_tools);
     tools/eval.jsonl   its held-out prompts (the `tools` eval suite)
+    code/*.jsonl       programming tasks with hidden tests, their SFT conversations, held-out
+                       requests (the `code` eval suite) and RL prompts (gptlab.data.world_code)
     manifest.json      counts, shares, token estimates, sha256 of every file
 
 Same seed -> byte-identical files: one `random.Random(seed)` drives everything, JSON is
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from gptlab.fileio import atomic_write_text, read_jsonl, write_jsonl
 
+from gptlab.data.world_code import generate_code
 from gptlab.data.world_chat import CATEGORIES, SFT_SHARES, build_chat, heldout_template_texts
 from gptlab.data.world_corpus import build_corpus
 from gptlab.data.world_kb import build_kb
@@ -125,10 +128,12 @@ def generate_world(out_dir, seed: int = 0, scale: str = "small") -> dict:
     files = _write_all(out, kb, docs, chat, cfg["corpus_shard_docs"])
     # tools/ sits beside sft/ rather than in it: the from-scratch track's SFT reads sft/ whole,
     # and its short context cannot hold tool definitions; the assistant track mixes tools in.
+    # code/ likewise: the assistant track mixes its SFT conversations in
     generate_tools(out, seed, scale, kb=kb)
-    for name in ("sft", "eval"):
-        path = out / "tools" / f"{name}.jsonl"
-        files[f"tools/{name}.jsonl"] = _file_entry(path, read_jsonl(path))
+    generate_code(out, seed, kb=kb)
+    for name in ("tools/sft", "tools/eval", "code/tasks", "code/sft", "code/eval", "code/prompts"):
+        path = out / f"{name}.jsonl"
+        files[f"{name}.jsonl"] = _file_entry(path, read_jsonl(path))
     manifest = _manifest(seed, scale, files, chat)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1) + "\n")
     return manifest

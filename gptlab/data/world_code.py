@@ -10,7 +10,9 @@
                         explain   -- code + the failing test output -> what is wrong + fix
                         followup  -- write -> (buggy code) -> the failing test output -> fix
                                      (meta.masked_turns = [1]: the buggy turn is not trained)
-    code/eval.jsonl   {"messages", "meta": {"task_id", "easy", ...}} held-out prompts
+    code/eval.jsonl   {"messages", "meta": {"task_id", "easy", "kind", ...}} held-out requests:
+                      "write" in each of the three wordings and "fix" (the buggy version)
+    code/prompts.jsonl the same requests for the train tasks (RL: `gptlab rl --reward code`)
 
 Tasks come from classic exercises (FizzBuzz, palindromes, run-length encoding, ...) and from
 the knowledge base (capitals, population density, largest country, ...). The held-out split
@@ -19,7 +21,8 @@ code from a reply and runs the hidden tests in `gptlab.sandbox` (never in this p
 `pass_at_k` is the unbiased estimator of Chen et al. (2021). Expected values come from
 running the gold solutions (gptlab's own code) in this process at generation time.
 
-Not added to the default SFT mixture (it lives in its own folder).
+Not in sft/ (the from-scratch track's SFT reads that folder whole); the assistant track mixes
+code/sft.jsonl in.
 """
 from __future__ import annotations
 
@@ -190,7 +193,7 @@ def build_code(seed: int, kb: dict, eval_every: int = 4, kb_variants: int = 4) -
     easy = [name for name, e in base if e]
     hard = [name for name, e in base if not e]
     held = {name for group in (easy, hard) for i, name in enumerate(group) if i % eval_every == eval_every - 1}
-    tasks, sft, evals = [], [], []
+    tasks, sft, evals, prompts = [], [], [], []
     for fam in families:
         expected = [text for _, text in _run_in_process(fam.solution, fam.calls)]
         task = {"id": f"code.{fam.name}", "family": fam.name, "easy": fam.easy,
@@ -199,17 +202,28 @@ def build_code(seed: int, kb: dict, eval_every: int = 4, kb_variants: int = 4) -
                 "tests": [[c, e] for c, e in zip(fam.calls, expected)]}
         tasks.append(task)
         if task["split"] == "heldout":
-            evals.append({"messages": [{"role": "user", "content": rng.choice(_WRITE).format(spec=fam.spec)}],
-                          "meta": {"category": "code", "task_id": task["id"], "easy": fam.easy,
-                                   "kind": "write", "split": "heldout"}})
+            # a knowledge-base family's variants differ only in the countries: one is enough
+            if fam.name.partition("#")[2] in ("", "0"):
+                evals += _requests(task, fam, "heldout")
         else:
             sft += _conversations(rng, task, fam)
-    return {"tasks": tasks, "sft": sft, "eval": evals}
+            prompts += _requests(task, fam, "train")
+    return {"tasks": tasks, "sft": sft, "eval": evals, "prompts": prompts}
+
+
+def _requests(task: dict, fam: Family, split: str) -> list[dict]:
+    """One-turn requests for a task, judged by its hidden tests: "write" in every wording and
+    "fix" with the buggy version (held-out evals; for train tasks, the RL prompts)."""
+    meta = {"category": "code", "task_id": task["id"], "easy": fam.easy, "split": split}
+    asks = [("write", w.format(spec=fam.spec)) for w in _WRITE]
+    asks.append(("fix", _FIX[0].format(spec=fam.spec, code=fam.bug, entry=fam.entry)))
+    return [{"messages": [{"role": "user", "content": text}], "meta": {**meta, "kind": kind}}
+            for kind, text in asks]
 
 
 def generate_code(out_dir, seed: int = 0, kb: dict | None = None) -> dict:
-    """Write code/tasks.jsonl, code/sft.jsonl, code/eval.jsonl under out_dir (a miniworld
-    directory: its kb.json is read unless `kb` is given); returns the counts."""
+    """Write code/{tasks,sft,eval,prompts}.jsonl under out_dir (a miniworld directory: its
+    kb.json is read unless `kb` is given); returns the counts."""
     out = Path(out_dir)
     kb = kb if kb is not None else json.loads((out / "kb.json").read_text(encoding="utf-8"))
     data = build_code(seed, kb)
@@ -223,20 +237,25 @@ def generate_code(out_dir, seed: int = 0, kb: dict | None = None) -> dict:
 _BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
 
 
-def extract_code(response: str) -> str:
-    """The last fenced code block of a reply (the whole reply when it has none)."""
+def extract_code(response: str, entry_point: str | None = None) -> str:
+    """The code of a reply: the last fenced block that defines `entry_point` (a usage example
+    often follows the function in a block of its own), else the last block, else the whole
+    reply."""
     blocks = _BLOCK.findall(response)
+    if entry_point:
+        defining = [b for b in blocks if re.search(rf"^def {re.escape(entry_point)}\(", b, re.M)]
+        blocks = defining or blocks
     return blocks[-1] if blocks else response
 
 
 def judge_code(task: dict, response: str, *, timeout: float = 5.0) -> dict:
-    """Run the task's hidden tests against the code in `response`, in the sandbox.
+    """Run the task's hidden tests against the code in `response` (`extract_code`), in the sandbox.
     Returns {"passed", "tests", "failed", "output", "style": {...}, "score"}: score is 1.0
     for passing code, less 0.1 per style problem (no `def entry_point`, lines over 100
     characters, print() in the solution), 0.0 when a test fails."""
     from gptlab.sandbox import run_python
 
-    code = extract_code(response)
+    code = extract_code(response, task["entry_point"])
     result = run_python(_RUNNER, files={"solution.py": code, "tests.json": json.dumps(task["tests"])},
                         timeout=timeout)
     m = re.search(r"(\d+) passed, (\d+) failed", result.stdout)

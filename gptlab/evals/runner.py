@@ -12,6 +12,9 @@ Suites (docs/EVALS.md has every definition):
   calibration  ECE of four-choice letter probabilities on kb questions, reliability PNG
   tools        held-out questions with lookup + calculator, real tools run in a loop
                (gptlab/evals/tools_eval.py); only when asked for, never by default
+  code         held-out programming tasks, the replies' code run against hidden tests in
+               the sandbox: pass@1 greedy, pass@k sampled (gptlab/evals/code_eval.py); only
+               when asked for
 
 Aliases: `world` = fact for base models, chat for chat models; `all` = every suite that
 applies. Without --suite: base -> bpb, fact, calibration; chat -> bpb, chat, tail,
@@ -43,7 +46,7 @@ from gptlab.evals.calibration import suite_calibration
 from gptlab.evals.table import EVAL_FILE, format_table
 from gptlab.fileio import atomic_write_text, write_jsonl
 
-SUITES = ("bpb", "fact", "chat", "tail", "calibration", "tools", "chat_tools")
+SUITES = ("bpb", "fact", "chat", "tail", "calibration", "tools", "chat_tools", "code")
 DEFAULT_SUITES = {"base": ["bpb", "fact", "calibration"],
                   "chat": ["bpb", "chat", "tail", "calibration"]}
 RELIABILITY_PNG = "eval_reliability.png"
@@ -204,7 +207,8 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
              max_new_tokens: int | None = None, bpb_text: str | Path | None = None,
              device: str = "auto", progress: bool = True, write: bool = True,
              dtype: str = "auto", api_base: str | None = None, api_model: str | None = None,
-             api_key: str | None = None, samples: str | Path | None = None) -> dict:
+             api_key: str | None = None, samples: str | Path | None = None,
+             code_samples: int = 10) -> dict:
     """Run the suites and return the eval.json dict (see docs/EVALS.md for the schema).
 
     Written to `out`, else `model_dir/eval.json` (atomically, merged with the suites an
@@ -216,7 +220,8 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     tools suite through an OpenAI-compatible server (gptlab.evals.tools_api; `api_model`
     default: the first one it lists); it is then the default suite and the others are skipped.
     `samples`: a directory that gets one jsonl per generating suite (fact, chat, tools,
-    chat_tools), a row per item: prompt, reply, outcome.
+    chat_tools, code), a row per item: prompt, reply, outcome. `code_samples`: samples per
+    prompt for the code suite's pass@k (0: greedy pass@1 only).
     """
     from gptlab.judge import Judge
 
@@ -245,7 +250,7 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     path = Path(out) if out is not None else (Path(model_dir) / EVAL_FILE if model_dir else None)
     settings = dict(limit=limit, seed=seed, batch_size=batch_size, tail_k=tail_k,
                     tail_prompts=tail_prompts, mc_shots=mc_shots, max_new_tokens=max_new_tokens,
-                    device=device, dtype=dtype)
+                    device=device, dtype=dtype, code_samples=code_samples)
     if api is not None:   # no api_key: eval.json must not hold a secret
         settings.update(decoding="api", api_base=api.base_url, api_model=api.model)
     run = _Run(model, tokenizer, meta, model_dir, world_dir, kind, responder,
@@ -326,6 +331,9 @@ def _run_suite(suite: str, r: _Run) -> dict:
         generate = getattr(r.responder, "tools_generate", None) or \
             ModelToolGenerator(r.model, tok, s["batch_size"])
         return T.suite_chat_tools(world, generate, r.judge, T.CHAT_KINDS, limit=limit, cap=cap)
+    if suite == "code":
+        from gptlab.evals.code_eval import suite_code
+        return suite_code(world, r.responder, n=s["code_samples"], seed=s["seed"], limit=limit, cap=cap)
     plot = r.path.parent / RELIABILITY_PNG if r.path is not None else None
     return suite_calibration(r.model, tok, r.kind, world, limit=limit, shots=s["mc_shots"],
                              seed=s["seed"], batch_size=s["batch_size"], plot_path=plot)
@@ -336,7 +344,7 @@ def _command(model_dir, world_dir, suites, kind, settings, bpb_text, out) -> str
     parts = ["gptlab eval", *([f"--model {model_dir}"] if model_dir is not None else []),
              f"--world {world_dir}", *(f"--suite {s}" for s in suites), f"--kind {kind}"]
     defaults = dict(limit=None, seed=0, batch_size=32, tail_k=8, tail_prompts=4, mc_shots=3,
-                    max_new_tokens=None, device="auto")
+                    max_new_tokens=None, device="auto", code_samples=10)
     for k, v in settings.items():
         if v != defaults.get(k) and k != "decoding":   # decoding=api: --api-base says it
             parts.append(f"--{k.replace('_', '-')} {v}")

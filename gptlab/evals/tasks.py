@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from gptlab.judge import Verdict
+from gptlab.evals.code_eval import CODE_METRICS
 from gptlab.evals.metrics import mean, rate
 from gptlab.evals.tools_eval import (MAX_NEW_TOKENS as TOOLS_MAX_NEW_TOKENS, MAX_ROUNDS as TOOLS_MAX_ROUNDS,
                                      SAMPLES, TOOL_METRICS, WITH_TOOLS, Generate, episode_samples,
@@ -115,8 +116,10 @@ def _registry() -> dict[str, Metric]:
                                  "probability mass the model puts on the four letter tokens"),
     })
     reg.update({name: Metric(name, *spec) for name, spec in TOOL_METRICS.items()})
+    reg.update({name: Metric(name, *spec) for name, spec in CODE_METRICS.items()})
     # the chat_tools suite: the chat metrics again, measured with lookup and calculator offered
-    chat_names = [n for n in reg if n not in TOOL_METRICS and n not in BASE_ONLY_METRICS]
+    chat_names = [n for n in reg if n not in TOOL_METRICS and n not in CODE_METRICS
+                  and n not in BASE_ONLY_METRICS]
     for name in chat_names:
         m = reg[name]
         reg[WITH_TOOLS + name] = Metric(WITH_TOOLS + name, f"{m.description} (tools offered)",
