@@ -174,7 +174,7 @@ def _conversations(rng: random.Random, task: dict, fam: Family) -> list[dict]:
         {"messages": [{"role": "user", "content": write},
                       {"role": "assistant", "content": _code(fam.bug)},
                       {"role": "user", "content": rng.choice(_FOLLOW).format(out=out_text)},
-                      {"role": "assistant", "content": f"You're right: {fam.bug_note}. Fixed:\n\n{_code(fam.solution)}"}],
+                      {"role": "assistant", "content": f"The failing test shows the bug: {fam.bug_note}. Fixed:\n\n{_code(fam.solution)}"}],
          "meta": {**meta, "kind": "followup", "masked_turns": [1]}},
     ]
 
