@@ -243,9 +243,12 @@ def extract_code(response: str, entry_point: str | None = None) -> str:
     reply."""
     blocks = _BLOCK.findall(response)
     if entry_point:
-        defining = [b for b in blocks if re.search(rf"^def {re.escape(entry_point)}\(", b, re.M)]
-        blocks = defining or blocks
+        blocks = [b for b in blocks if _defines(b, entry_point)] or blocks
     return blocks[-1] if blocks else response
+
+
+def _defines(code: str, entry_point: str) -> bool:
+    return bool(re.search(rf"^def {re.escape(entry_point)}\(", code, re.M))
 
 
 def judge_code(task: dict, response: str, *, timeout: float = 5.0) -> dict:
@@ -260,7 +263,7 @@ def judge_code(task: dict, response: str, *, timeout: float = 5.0) -> dict:
                         timeout=timeout)
     m = re.search(r"(\d+) passed, (\d+) failed", result.stdout)
     failed = int(m.group(2)) if m else len(task["tests"])
-    style = {"defines_entry_point": bool(re.search(rf"^def {re.escape(task['entry_point'])}\(", code, re.M)),
+    style = {"defines_entry_point": _defines(code, task["entry_point"]),
              "long_lines": sum(len(line) > 100 for line in code.splitlines()),
              "prints": _calls_print(code)}
     passed = result.ok and failed == 0
