@@ -65,10 +65,10 @@ class Checkpoint:
 # save
 # ---------------------------------------------------------------------------------------
 
-def _weights_for_saving(model) -> dict[str, torch.Tensor]:
+def _weights_for_saving(model, state: dict | None = None) -> dict[str, torch.Tensor]:
     """HF tensor names -> contiguous CPU tensors; a tied lm_head is left out, as HF does
     (safetensors refuses two names for one storage; HF re-ties on load)."""
-    sd = model.state_dict()
+    sd = dict(model.state_dict() if state is None else state)
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
@@ -133,17 +133,19 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def save_checkpoint(out_dir: str | Path, model, tokenizer: Tokenizer | None, *,
-                    train_state: dict | None = None, meta: dict | None = None) -> Path:
+                    train_state: dict | None = None, meta: dict | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint directory atomically; returns its path.
 
     `meta` goes to gptlab.json (keys such as stage, parent, metrics, data hashes);
     `created` and `gptlab_version` are filled in. `train_state` (optimizer, step, RNG,
     loader state, ...) goes to train_state.pt via torch.save. gptlab.json also gets
     `files`: the sha256 of every other file, checked by `load_checkpoint`. Weights with
-    NaN or inf raise `NonFiniteError` and nothing is written.
+    NaN or inf raise `NonFiniteError` and nothing is written. `weights`: the model's full
+    state dict when the caller has it already (gathered from FSDP shards); else read here.
     """
     out = Path(out_dir)
-    weights = _weights_for_saving(model)
+    weights = _weights_for_saving(model, weights)
     _refuse_non_finite(weights, out)
     with atomic_dir(out, markers=("config.json", META_NAME)) as tmp:
         cfg = _config_dict(model, tokenizer)

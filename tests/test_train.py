@@ -47,8 +47,9 @@ def _child_env(**extra) -> dict:
     return env
 
 
-def _run_child(cfg: dict, *, torchrun: int = 0, timeout: float = 120, **env) -> None:
-    """Run pretrain in a fresh process (optionally under torchrun) and require success."""
+def _run_child(cfg: dict, *, torchrun: int = 0, timeout: float = 120, **env) -> str:
+    """Run pretrain in a fresh process (optionally under torchrun), require success and
+    return what it printed."""
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={torchrun}", str(CHILD), json.dumps(cfg)]
@@ -57,6 +58,7 @@ def _run_child(cfg: dict, *, torchrun: int = 0, timeout: float = 120, **env) -> 
     r = subprocess.run(cmd, env=_child_env(**env), capture_output=True, text=True,
                        timeout=timeout, cwd=ROOT)
     assert r.returncode == 0, f"child failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
 
 
 def _start_paused(cfg: dict, marker: Path, **env) -> subprocess.Popen:
@@ -348,6 +350,48 @@ def test_ddp_and_accumulation_match_one_big_batch(tiny_shards, tiny_tokenizer, t
     # validation reads the same rows when device_batch x ranks matches
     _assert_same_curve(vals["ddp2_b4"], vals["single_b8"], 1e-5)
     _assert_same_curve(vals["ddp2_b2_accum2"], vals["single_b4_accum2"], 1e-5)
+
+
+def test_fsdp_matches_one_process_and_resumes_exactly(tiny_shards, tiny_tokenizer, tmp_path):
+    """FSDP2 over 2 gloo ranks (x 4 rows, accumulation 2 at 2 rows): the same per-step
+    loss as one process with the whole batch (<= 1e-5), a checkpoint that is a plain HF
+    directory, and a run stopped at step 4 then resumed to 8 that ends with the weights of
+    the uninterrupted FSDP run (<= 1e-6; constant LR, so stopping early changes nothing)."""
+    from gptlab.checkpoint import load_train_state
+
+    kw = dict(max_steps=8, eval_every=4, save_every=4, schedule="constant", warmup_steps=0)
+    runs = {"single": dict(device_batch_size=8),
+            "fsdp": dict(device_batch_size=4, fsdp=True, torchrun=2),
+            "fsdp_accum": dict(device_batch_size=2, fsdp=True, torchrun=2)}
+    curves = {}
+    for name, opts in runs.items():
+        nproc = opts.pop("torchrun", 0)
+        printed = _run_child(_base_cfg(tiny_shards, tiny_tokenizer, tmp_path / name, **kw, **opts), torchrun=nproc)
+        assert ("x 2 (FSDP)" in printed) == (nproc == 2), printed  # sharded over 2 ranks
+        curves[name] = _train_losses(tmp_path / name)
+    for name in ("fsdp", "fsdp_accum"):
+        _assert_same_curve(curves[name], curves["single"], 1e-5)
+    state = load_train_state(tmp_path / "fsdp" / "ckpt" / "step_000008")
+    assert state["world_size"] == 2 and state["config"]["fsdp"]
+    # the optimizer state was gathered whole: AdamW moments of full-size tensors
+    moments = [s["exp_avg"] for s in state["optimizer"]["optimizers"][0]["state"].values()]
+    assert sum(m.numel() for m in moments) == sum(w.numel() for w in _weights(tmp_path / "single" / "final").values())
+
+    run = tmp_path / "stopped"
+    cfg = _base_cfg(tiny_shards, tiny_tokenizer, run, **{**kw, "max_steps": 4}, device_batch_size=4, fsdp=True)
+    _run_child(cfg, torchrun=2)
+    _run_child({**cfg, "max_steps": 8, "resume": True}, torchrun=2)
+    _assert_same_curve(_train_losses(run), curves["fsdp"], 1e-6)
+    a, b = _weights(run / "final"), _weights(tmp_path / "fsdp" / "final")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    one = _weights(tmp_path / "single" / "final")   # gathered whole: the one-process weights
+    assert sorted(one) == sorted(b) and max(float((one[k] - b[k]).abs().max()) for k in b) <= 1e-4
+
+
+def test_fsdp_refuses_muon():
+    from gptlab.train.pretrain import PretrainConfig, validate_config
+    with pytest.raises(ValueError, match="--fsdp trains with --optimizer adamw"):
+        validate_config(PretrainConfig(fsdp=True, optimizer="muon"))
 
 
 def _tiny_checkpoint(path: Path, step: int) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gptlab.checkpoint import load_checkpoint, load_train_state, verify_checkpoint
-from gptlab.train.dist import all_reduce_sum, barrier, print0
+from gptlab.train.dist import all_reduce_sum, barrier, load_model_state, load_optimizer_state, print0
 
 # --------------------------------------------------------------------------- checkpoints
 
@@ -138,8 +138,8 @@ def restore_step(latest: Path, state: dict, model, optimizer, *, adapter: bool =
         from peft import set_peft_model_state_dict  # deferred: peft loads transformers
         set_peft_model_state_dict(model, state["adapter"])
     else:
-        model.load_state_dict(load_checkpoint(latest, device="cpu").model.state_dict())
-    optimizer.load_state_dict(state["optimizer"])
+        load_model_state(model, load_checkpoint(latest, device="cpu").model.state_dict())
+    load_optimizer_state(model, optimizer, state["optimizer"])
     restore_data(state)
     set_rng_state(state["rng"])
     print0(f"resumed from {latest} (step {state['step']})")

@@ -3,8 +3,11 @@
 - the process group from ``torchrun`` environment variables (gloo on CPU, nccl on CUDA),
   rank-0-only printing and scalar all-reduces (:func:`setup_dist`, :func:`print0`,
   :func:`all_reduce_mean`), seeding;
-- precision and wrapping: bf16 autocast (on CUDA by default, on CPU when asked), DDP,
-  optional ``torch.compile`` (:func:`wrap_model`, :func:`unwrap`).
+- precision and wrapping: bf16 autocast (on CUDA by default, on CPU when asked), DDP or
+  FSDP2 (:func:`shard_model`), optional ``torch.compile`` (:func:`wrap_model`, :func:`unwrap`);
+- state dicts that work either way: full weights and optimizer state gathered from FSDP's
+  shards to save, scattered back to resume (:func:`full_model_state`, :func:`load_model_state`,
+  ...), so a checkpoint is the same HF directory however it was trained.
 """
 
 from __future__ import annotations
@@ -153,11 +156,12 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
 
 
 def wrap_model(model: nn.Module, env: DistEnv, *, compile: bool = False) -> nn.Module:
-    """DDP-wrap (when distributed), then optionally ``torch.compile``.
+    """DDP-wrap (when distributed and not already sharded by :func:`shard_model`), then
+    optionally ``torch.compile``.
 
     Keep a reference to the unwrapped model for saving; use :func:`unwrap` to get it back.
     """
-    if env.ddp:
+    if env.ddp and not is_sharded(model):
         ids = [env.local_rank] if env.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile:
@@ -175,3 +179,81 @@ def unwrap(model: nn.Module) -> nn.Module:
 def ddp_of(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
     inner = getattr(model, "_orig_mod", model)
     return inner if isinstance(inner, nn.parallel.DistributedDataParallel) else None
+
+
+# --------------------------------------------------------------------------- FSDP2
+
+
+def shard_model(model: nn.Module, env: DistEnv) -> nn.Module:
+    """FSDP2 (``fully_shard``): every transformer block, then the rest (embeddings, final
+    norm, head) as the root, sharded over all ranks; in place, and before the optimizer is
+    built (its parameters become DTensors). Each rank then holds 1/world of the weights,
+    gradients and optimizer state; a block's weights are gathered just for its forward and
+    backward. DDP keeps a full copy per rank instead: it is the faster choice whenever the
+    model and its AdamW state (16 bytes per parameter) fit one device.
+    A no-op in a single process."""
+    if not env.ddp:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(env.device.type, (env.world_size,))
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)   # the root: tied embeddings and head stay one parameter
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP), the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _full_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights. Under FSDP a collective (call it on every rank): the shards
+    are gathered to CPU on rank 0, the other ranks get an empty dict."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put full weights back (every rank passes them; FSDP keeps its own shard of each)."""
+    if not is_sharded(model):
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+    set_model_state_dict(model, state, options=_full_options())
+
+
+def full_optimizer_state(model: nn.Module, optimizer) -> dict:
+    """``optimizer.state_dict()`` (an :class:`OptimizerGroup`); under FSDP gathered like
+    :func:`full_model_state` (a collective; rank 0 gets it, keyed by parameter name)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    return {"optimizers": [get_optimizer_state_dict(model, o, options=_full_options(cpu_offload=True))
+                           for o in optimizer.optimizers]}
+
+
+def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    states = state["optimizers"]
+    if len(states) != len(optimizer.optimizers):
+        raise ValueError("optimizer state does not match (adamw vs muon?)")
+    for o, s in zip(optimizer.optimizers, states):
+        set_optimizer_state_dict(model, o, s, options=_full_options())

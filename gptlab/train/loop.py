@@ -26,7 +26,9 @@ import torch.nn as nn
 
 from gptlab.checkpoint import NonFiniteError
 from gptlab.train.checkpoints import StopSignal
-from gptlab.train.dist import DistEnv, all_reduce_mean, all_reduce_sum, ddp_of, print0, unwrap
+from gptlab.train.dist import (
+    DistEnv, all_reduce_mean, all_reduce_sum, ddp_of, is_sharded, local_tensor, print0, unwrap,
+)
 from gptlab.train.metrics import MetricsLogger, Progress, model_flops_utilization, peak_flops
 from gptlab.train.optim import OptimizerGroup, lr_multiplier
 
@@ -58,15 +60,19 @@ def train_step(model: nn.Module, optimizer: OptimizerGroup,
 
     Each micro loss is divided by ``accum_steps`` so the gradient is the mean over the
     whole batch; with equal-size micro-batches (pretraining) this equals one big batch.
-    DDP all-reduces gradients only on the last micro-step (``no_sync`` before it).
+    DDP all-reduces gradients only on the last micro-step (``no_sync`` before it); FSDP
+    reduce-scatters them only then too (``set_requires_gradient_sync``).
     Returns ``{"loss": mean loss over ranks and micro-steps, "grad_norm": float | None}``.
     """
     ddp = ddp_of(model)
+    fsdp = unwrap(model) if is_sharded(model) else None
     total = None  # summed on the device: no host sync per micro-step
     it = iter(micro_batches)
     for i in range(accum_steps):
         batch = next(it)
         sync = ddp is None or i == accum_steps - 1
+        if fsdp is not None:
+            fsdp.set_requires_gradient_sync(i == accum_steps - 1)
         with (contextlib.nullcontext() if sync else ddp.no_sync()), autocast():
             loss = loss_fn(model, batch)
         (loss / accum_steps).backward()
@@ -74,7 +80,9 @@ def train_step(model: nn.Module, optimizer: OptimizerGroup,
     grad_norm = None
     if grad_clip and grad_clip > 0:
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        # under FSDP the norm is a DTensor over the shards: its full value is the same on every rank
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return {"loss": all_reduce_mean(total / accum_steps), "grad_norm": grad_norm}
@@ -222,7 +230,10 @@ def check_finite_weights(model: nn.Module, step: int) -> None:
     """Before a save: NonFiniteError when a parameter holds NaN or inf (one pass over the
     weights, on the device; cheap next to writing them)."""
     bad = [n for n, p in unwrap(model).named_parameters()
-           if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
+           if p.is_floating_point() and not bool(torch.isfinite(local_tensor(p.detach())).all())]
+    # FSDP: each rank sees its own shards, so every rank must learn that one of them is bad
+    if all_reduce_sum(len(bad)) and not bad:
+        bad = ["a shard on another rank"]
     if bad:
         raise NonFiniteError(f"step {step}: NaN or inf in {len(bad)} weight tensor(s) "
                              f"({', '.join(bad[:3])}); stopping without saving")

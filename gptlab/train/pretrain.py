@@ -31,8 +31,8 @@ import torch
 from gptlab.settings import TrainSettings, cli_field as _f  # one definition of a --flag field for every stage
 from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, resume_run, rng_state
 from gptlab.train.dist import (
-    DistEnv, autocast_context, barrier, print0, resolve_dtype, run_distributed, seed_everything,
-    wrap_model,
+    DistEnv, autocast_context, barrier, full_model_state, full_optimizer_state, print0,
+    resolve_dtype, run_distributed, seed_everything, shard_model, wrap_model,
 )
 from gptlab.train.loop import (
     LoopConfig, LoopHooks, bits_per_byte, evaluate_loss, grad_accum_steps, run_loop,
@@ -71,6 +71,7 @@ class PretrainConfig(TrainSettings):
     eval_batches: int = _f(8, "validation batches (of device_batch_size rows per process)")
     val_docs: int = _f(1000, "documents held out for validation when building shards")
     data_tokens: int | None = _f(None, "stop reading --data once this many training tokens are tokenized (hub data sets are streamed); unset: all of it")
+    fsdp: bool = _f(False, "under torchrun, shard weights, gradients and AdamW state over the processes (FSDP2) instead of a full copy each (DDP): for models that do not fit one device")
 
 
 def depth_defaults(depth: int) -> dict:
@@ -154,6 +155,9 @@ def validate_config(cfg: PretrainConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if cfg.max_epochs is not None and cfg.max_epochs <= 0:
         raise ValueError(f"--max-epochs must be > 0, got {cfg.max_epochs}")
+    if cfg.fsdp and cfg.optimizer != "adamw":
+        # Muon orthogonalizes each whole matrix, and FSDP gives every rank a slice of it
+        raise ValueError("--fsdp trains with --optimizer adamw (Muon needs whole matrices)")
 
 
 def _pick(value, default):
@@ -298,17 +302,19 @@ def make_saver(model, optimizer, loader, tokenizer, cfg: PretrainConfig, env: Di
 
     def save(step: int, final: bool) -> Path:
         path = checkpoint_path(out / "ckpt", step)
+        # every rank: under FSDP these gather the shards (rank 0 receives them)
+        weights, opt_state = full_model_state(model), full_optimizer_state(model, optimizer)
         if env.is_main:
             meta = {"stage": "pretrain", "step": step, "tokens": step * cfg.total_batch_tokens,
                     "metrics": dict(metrics), **model_meta}
             state = {"step": step, "tokens": step * cfg.total_batch_tokens,
-                     "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                     "optimizer": opt_state, "rng": rng_state(),
                      "loader": loader.state_dict(), "config": dataclasses.asdict(cfg),
                      "world_size": env.world_size}
-            save_checkpoint(path, model, tokenizer, train_state=state, meta=meta)
+            save_checkpoint(path, model, tokenizer, train_state=state, meta=meta, weights=weights)
             prune_checkpoints(out / "ckpt", cfg.keep_checkpoints)
             if final:
-                save_checkpoint(out / "final", model, tokenizer, meta=meta)
+                save_checkpoint(out / "final", model, tokenizer, meta=meta, weights=weights)
         barrier()
         return out / "final" if final else path
 
@@ -316,7 +322,8 @@ def make_saver(model, optimizer, loader, tokenizer, cfg: PretrainConfig, env: Di
 
 
 # Fields that change the model or the data stream: resuming with other values is an error.
-_RESUME_FIXED = ("depth", "width", "seq_len", "total_batch_tokens", "seed", "optimizer")
+# (fsdp: its optimizer state is keyed by parameter name, DDP's by position)
+_RESUME_FIXED = ("depth", "width", "seq_len", "total_batch_tokens", "seed", "optimizer", "fsdp")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -337,6 +344,8 @@ def _pretrain(cfg: PretrainConfig, env: DistEnv) -> Path:
     cfg = resolve_config(cfg, env.world_size)
     raw = build_model(cfg, tokenizer, env.device)
     cfg = cap_epochs(cfg, env.world_size, raw.num_params(), train_tokens(shard_dir))
+    if cfg.fsdp:
+        shard_model(raw, env)   # before the optimizer: it must hold the sharded parameters
     accum = grad_accum_steps(cfg.total_batch_tokens, cfg.device_batch_size, cfg.seq_len,
                              env.world_size)
     optimizer = build_optimizer(raw, kind=cfg.optimizer, lr=cfg.lr, matrix_lr=cfg.matrix_lr,
@@ -394,6 +403,7 @@ def _announce(cfg: PretrainConfig, model, accum: int, env: DistEnv) -> None:
     n = model.num_params()
     print0(f"model: depth {cfg.depth}, {n / 1e6:.2f}M params | {env.world_size} process(es) on "
            f"{env.device} | batch {cfg.total_batch_tokens} tokens = {cfg.device_batch_size} x "
-           f"{cfg.seq_len} x {accum} accum x {env.world_size} | {cfg.max_steps} steps "
+           f"{cfg.seq_len} x {accum} accum x {env.world_size}"
+           f"{' (FSDP)' if cfg.fsdp and env.ddp else ''} | {cfg.max_steps} steps "
            f"({cfg.max_steps * cfg.total_batch_tokens / n:.1f} tokens/param) | {cfg.optimizer} "
            f"lr {cfg.lr:.2e}, warmup {cfg.warmup_steps}, {cfg.schedule}")
