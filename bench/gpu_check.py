@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -197,7 +198,8 @@ def cmd_table(a) -> None:
                          f"first step {m['first_step_s']:.0f} s |")
         a_, b_ = mfu["rows"]
         lines.append(f"| gptlab / transformers | {a_['tokens_per_s'] / b_['tokens_per_s']:.2f}x |")
-    for name, label in (("pretrain", "pretrain (compiled, bf16)"), ("sft", "SFT (compiled, bf16)")):
+    dtype = "float32" if os.environ.get("GPU_CHECK_TINY") == "1" else "bf16"   # gpu_check.sh's $DTYPE
+    for name, label in (("pretrain", f"pretrain (compiled, {dtype})"), ("sft", f"SFT (compiled, {dtype})")):
         m = load(f"{name}.json")
         if m:
             mfu_txt = "-" if m.get("mfu") is None else f"{100 * m['mfu']:.1f}%"

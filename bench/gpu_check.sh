@@ -24,10 +24,12 @@ if [ "$TINY" = 1 ]; then
   export GPU_CHECK_STRICT="${GPU_CHECK_STRICT:-1}"
   SCALE=tiny VOCAB=512 DEPTH=2 SEQ=128 BATCH=8 PRE_BATCH=2048 PRE_STEPS=6 SFT_STEPS=4
   SFT_BATCH=8 EVAL_LIMIT=2 MFU_STEPS=2 STREAMS=4 NEW=8 DEVICE=cpu DTYPE=float32
+  VAL_DOCS=100   # miniworld tiny's corpus has ~740 documents: pretrain's default 1000 left none
   LIMIT_SCALE=8  # compiling on a (busy) CPU is slow: the GPU's part time limits x 8
 else
   SCALE=full VOCAB=32768 DEPTH=12 SEQ=1024 BATCH=32 PRE_BATCH=65536 PRE_STEPS=150 SFT_STEPS=150
   SFT_BATCH=64 EVAL_LIMIT=100 MFU_STEPS=20 STREAMS=64 NEW=128 DEVICE=cuda DTYPE=bfloat16
+  VAL_DOCS=1000
   LIMIT_SCALE=1
 fi
 
@@ -68,6 +70,7 @@ part mfu 150 "${CHECK[@]}" mfu --depth "$DEPTH" --vocab-size "$VOCAB" --batch-si
 part pretrain 150 "${GPTLAB[@]}" pretrain --data "$DIR/world/corpus" --tokenizer "$DIR/tokenizer" \
   --out "$RUN/pretrain" --depth "$DEPTH" --seq-len "$SEQ" --device-batch-size "$BATCH" \
   --total-batch-tokens "$PRE_BATCH" --max-steps "$PRE_STEPS" --max-epochs 4 --optimizer muon \
+  --val-docs "$VAL_DOCS" \
   --eval-every 50 --save-every 0 --device "$DEVICE" --dtype "$DTYPE" --compile --no-progress
 [ -f "$RUN/pretrain/metrics.jsonl" ] && "${CHECK[@]}" metrics "$RUN/pretrain/metrics.jsonl" --out "$RES/pretrain.json" >/dev/null
 part sft 90 "${GPTLAB[@]}" sft --init "$RUN/pretrain/final" --data "$DIR/world" --out "$RUN/sft" \
