@@ -231,3 +231,21 @@ def test_orjson_lines_match_json_dumps():
     text = "".join(map(chr, range(0, 0xD800))) + "\U0001F642 \u2028 \"q\" \\"
     assert b'{"text": ' + orjson.dumps(text) + b'}\n' == \
         (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def test_leaked_quiz_pages_are_removed_and_the_rest_is_the_clean_corpus(tiny_world, tmp_path):
+    """bench/contamination.py's leak: every held-out QA item on quiz pages of 5, twice, after
+    the corpus. Decontamination removes every page and leaves the clean curation's corpus
+    byte for byte; without it (no eval sets) every page is kept, since the copies are not
+    duplicates of each other."""
+    import runpy
+    from pathlib import Path
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "contamination.py"))
+    leaked, pages = bench["leaked_corpus"](tiny_world, tmp_path, copies=2, per_page=5)
+    runs = {"clean": (tiny_world / "corpus", tiny_world), "curated": (leaked, tiny_world), "leaked": (leaked, None)}
+    reports = {name: curate(CurateConfig(input=str(src), out=str(tmp_path / name), world=str(w) if w else None,
+                                         workers=0, progress=False)) for name, (src, w) in runs.items()}
+    removed = {name: r["removed"]["contamination"]["docs"] for name, r in reports.items()}
+    assert pages > 0 and removed["curated"] == removed["clean"] + pages and removed["leaked"] == 0
+    assert reports["leaked"]["kept"]["docs"] == reports["clean"]["kept"]["docs"] + pages + removed["clean"]
+    assert bench["corpus_sha"](tmp_path / "curated" / "corpus") == bench["corpus_sha"](tmp_path / "clean" / "corpus")
