@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -119,14 +118,10 @@ def corpus_sha(folder: Path) -> str:
     return h.hexdigest()
 
 
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
-
-
 def main(argv=None) -> None:
     from gptlab.data.world import generate_world
     from gptlab.speedrun import PRESETS
+    from gptlab.speedrun_assistant import wilson
     from gptlab.tokenizer import train_tokenizer_from_source
 
     args = parse_args(argv)

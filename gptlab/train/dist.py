@@ -243,8 +243,8 @@ def full_optimizer_state(model: nn.Module, optimizer) -> dict:
     if not is_sharded(model):
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-    return {"optimizers": [get_optimizer_state_dict(model, o, options=_full_options(cpu_offload=True))
-                           for o in optimizer.optimizers]}
+    return optimizer.state_dict(
+        lambda o: get_optimizer_state_dict(model, o, options=_full_options(cpu_offload=True)))
 
 
 def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
@@ -252,8 +252,4 @@ def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-    states = state["optimizers"]
-    if len(states) != len(optimizer.optimizers):
-        raise ValueError("optimizer state does not match (adamw vs muon?)")
-    for o, s in zip(optimizer.optimizers, states):
-        set_optimizer_state_dict(model, o, s, options=_full_options())
+    optimizer.load_state_dict(state, lambda o, s: set_optimizer_state_dict(model, o, s, options=_full_options()))

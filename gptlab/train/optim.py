@@ -45,15 +45,20 @@ class OptimizerGroup:
         for o in self.optimizers:
             o.zero_grad(set_to_none=set_to_none)
 
-    def state_dict(self) -> dict:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+    def state_dict(self, get=None) -> dict:
+        """``get(optimizer) -> its state`` (default ``optimizer.state_dict()``; FSDP gathers
+        the shards instead, gptlab.train.dist.full_optimizer_state)."""
+        get = get or (lambda o: o.state_dict())
+        return {"optimizers": [get(o) for o in self.optimizers]}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, put=None) -> None:
+        """``put(optimizer, its state)`` (default ``optimizer.load_state_dict``)."""
+        put = put or (lambda o, s: o.load_state_dict(s))
         states = state["optimizers"]
         if len(states) != len(self.optimizers):
             raise ValueError("optimizer state does not match (adamw vs muon?)")
         for o, s in zip(self.optimizers, states):
-            o.load_state_dict(s)
+            put(o, s)
 
 
 def _is_embedding_or_head(name: str) -> bool:
