@@ -79,6 +79,7 @@ def start_server(tmp_path, models=None, tokenizer_dir=None, **settings):
         models = [str(save_tiny_chat_model(tmp_path / "tiny-chat", tokenizer_dir))]
     settings.setdefault("db", str(tmp_path / "serve.db"))
     settings.setdefault("host", "127.0.0.1")
+    settings.setdefault("freeze_gc", False)  # a test process starts many servers
     settings.setdefault("threads", 1)  # tiny models: one thread per worker is fastest, and the CI box is shared
     port = settings.pop("port", None) or free_port()
     cfg = ServeSettings(models=list(models), port=port, **settings)

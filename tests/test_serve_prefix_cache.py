@@ -130,6 +130,51 @@ def test_a_repeated_prompt_joins_the_batch_without_a_pass_of_its_own(setup):
         worker.stop()
 
 
+def test_a_repeat_reads_the_cached_keys_in_place_and_stores_no_copy(setup):
+    """A repeat joining a running batch reads the stored keys/values without copying them
+    first, must not write into them, and, since what it fed is already stored, is not copied
+    back into the cache when it ends."""
+    model, tok = setup
+    worker = Worker(model, tok, [], max_batch=4, threads=1).start()
+    try:
+        repeated = tok.encode("alice lives in lima. every day she walks to the market and")
+        _run(worker, repeated, 6)
+        (key, (k, v)), = worker.prefix_cache.entries.items()
+        k0, v0 = k.clone(), v.clone()
+        stored = []
+        put = worker.prefix_cache.put
+        worker.prefix_cache.put = lambda ids, *a, **kw: (stored.append(ids), put(ids, *a, **kw))
+        other = tok.encode("omar lives in oslo and kenji lives in")
+        long_sink, again = Sink(), Sink()
+        worker.submit(Job(prompt_ids=other, max_tokens=30, emit=long_sink, temperature=0.0))
+        while not long_sink.deltas:   # the repeat joins a running batch
+            time.sleep(0.001)
+        job = Job(prompt_ids=repeated, max_tokens=4, emit=again, temperature=0.0)
+        worker.submit(job)
+        assert again.done.wait(30) and long_sink.done.wait(30) and not again.errors + long_sink.errors
+        assert job.cached_tokens == len(repeated) - 1
+        assert again.texts == [_greedy_alone(model, tok, repeated, 4)]
+        assert long_sink.texts[0] == _greedy_alone(model, tok, other, 30)
+        assert torch.equal(k, k0) and torch.equal(v, v0)   # read, never written
+        assert worker.prefix_cache.entries[key][0] is k     # the same entry, not a copy
+        deadline = time.time() + 10
+        while worker.load()["active_rows"] and time.time() < deadline:
+            time.sleep(0.001)
+        assert stored and not any(ids[:len(repeated)] == repeated for ids in stored)  # only the other row
+    finally:
+        worker.stop()
+
+
+def test_covers_tells_a_stored_sequence_or_its_prefix_per_tenant():
+    cache = PrefixCache(max_bytes=10**6)
+    cache.put(list(range(20)), *_kv(20), tenant="a")
+    assert cache.covers(list(range(20)), "a") and cache.covers(list(range(12)), "a")
+    assert not cache.covers(list(range(21)), "a")        # longer: put would store it
+    assert not cache.covers([1] + list(range(1, 12)), "a")
+    assert not cache.covers(list(range(12)), "b")        # another key's entry
+    assert not PrefixCache(max_bytes=10**6).covers([1, 2, 3])
+
+
 def test_api_reports_cached_tokens_on_the_next_turn(tmp_path, tiny_tokenizer):
     url, stop = start_server(tmp_path, tokenizer_dir=tiny_tokenizer)
     try:

@@ -280,3 +280,19 @@ def test_cli_sft_and_too_long_policy(base_ckpt, chat_file, tmp_path, capsys):
     assert json.loads((tmp_path / "o2" / "data.json").read_text())["train"]["truncated"] == 1
     assert main(["sft", "--init", str(base_ckpt), "--data", str(data), "--batch-size", "6",
                  "--device-batch-size", "4", "--out", str(tmp_path / "o3")]) == 2
+
+
+def test_a_mix_file_trains_the_same_wherever_it_lies(base_ckpt, chat_file, tmp_path):
+    """The --mix shuffle follows the seed and the part's place, not the path: the same chat
+    file in another directory gives the same weights; another seed does not."""
+    import shutil
+
+    elsewhere = tmp_path / "copy" / "elsewhere.jsonl"
+    elsewhere.parent.mkdir()
+    shutil.copy(chat_file, elsewhere)
+    kw = dict(max_steps=3, save_every=3, eval_every=3)
+    a = _weights(sft(_cfg(base_ckpt, chat_file, tmp_path / "a", mix=f"{chat_file}:0.5", **kw)))
+    b = _weights(sft(_cfg(base_ckpt, chat_file, tmp_path / "b", mix=f"{elsewhere}:0.5", **kw)))
+    c = _weights(sft(_cfg(base_ckpt, chat_file, tmp_path / "c", mix=f"{elsewhere}:0.5", seed=7, **kw)))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

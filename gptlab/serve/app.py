@@ -14,6 +14,7 @@ See docs/SERVING.md for what each field does and what is not implemented.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import uuid
 from pathlib import Path
@@ -65,6 +66,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
     registry = _load_registry(settings, store)
 
     async def lifespan(_app):
+        # everything loaded so far (torch, the models, the app) lives as long as the server:
+        # out of the collector's sight, a full collection no longer walks it. It took 120-140
+        # ms, holding the GIL, every few seconds under load, which stalled the worker
+        # between its decode steps (docs/PERFORMANCE.md, "Serving under attack")
+        if settings.freeze_gc:
+            gc.collect()
+            gc.freeze()
         yield
         for e in registry.entries.values():
             e.worker.stop()

@@ -50,6 +50,15 @@ def rows_view(k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, batch: int,
     return c
 
 
+def borrowed(k: torch.Tensor, v: torch.Tensor) -> KVCache:
+    """A full one-row KVCache over keys/values (layers, kv_heads, n, head_dim) kept elsewhere
+    (the prefix cache), without copying them: only to be read (``join_rows``, ``select_rows``)."""
+    c = KVCache.__new__(KVCache)
+    c.k, c.v, c.valid = k[:, None], v[:, None], None
+    c.batch_size, c.max_len, c.pos = 1, k.shape[2], k.shape[2]
+    return c
+
+
 def spare_rows(cache: KVCache) -> int:
     alloc = getattr(cache, "rows_alloc", None)
     return 0 if alloc is None else alloc[0].shape[1] - cache.batch_size

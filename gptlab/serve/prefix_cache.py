@@ -62,6 +62,13 @@ class PrefixCache:
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self.entries)))
 
+    def covers(self, ids: list[int], tenant: str = "") -> bool:
+        """Whether ``tenant`` already stores ``ids`` or a sequence that extends it: then ``put``
+        would keep nothing new, and the caller can skip copying the keys/values out (a client
+        re-sending one prompt would otherwise cost a copy of its cache per request)."""
+        key = tuple(ids)
+        return any(who == tenant and old[:len(key)] == key for who, old in self.entries)
+
     def lookup(self, prompt: list[int], tenant: str = "") -> tuple[int, torch.Tensor, torch.Tensor] | None:
         """(n, keys, values) of the longest prefix of ``prompt`` stored by ``tenant`` that
         leaves at least one prompt token to compute, or None."""

@@ -45,6 +45,10 @@ class ServeSettings:
     # the operator names them ("lookup,calculator,python"); the lookup reads WORLD/kb.json.
     enable_tools: str | list | None = None
     world: str | None = None
+    # Not a flag: keep what is loaded at start-up out of the cyclic collector's sight
+    # (gc.freeze). Off in tests that start many servers in one process, where it would keep
+    # every earlier test's garbage alive.
+    freeze_gc: bool = True
 
     def auth_enabled(self) -> bool:
         if self.auth not in ("auto", "on", "off"):

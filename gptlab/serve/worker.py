@@ -37,8 +37,8 @@ import torch
 from gptlab.decode import TextStream, left_pad, sample_rows
 from gptlab.engine import FUSED_DTYPES, ONE_THREAD_MAX_BYTES, FusedDecoder
 from gptlab.model import KVCache
-from gptlab.serve.batch_cache import (HEADROOM, SPARE_ROWS, drop_rows, join_rows, select_rows, unused_columns,
-                                      valid_mask)
+from gptlab.serve.batch_cache import (HEADROOM, SPARE_ROWS, borrowed, drop_rows, join_rows, rows_view,
+                                      select_rows, unused_columns, valid_mask)
 from gptlab.serve.fairqueue import FairQueue
 from gptlab.serve.prefix_cache import PrefixCache
 
@@ -264,7 +264,7 @@ class Worker:
             if hit is None:
                 fresh.append(job)
             elif hit[0] == len(job.prompt_ids) - 1:
-                groups.append(([job], self._cache_from(job, *hit), None))
+                groups.append(([job], hit, None))   # its cache is made when it joins
             else:
                 groups.append(([job], *self._prompt_pass_from(job, *hit)))
         if fresh:
@@ -273,6 +273,8 @@ class Worker:
             # one cache row per choice: repeat each prompt's row n times
             which = [i for i, j in enumerate(group) for _ in range(j.n)]
             later = logits is None   # the last prompt token is fed by the next step
+            if later:  # joining a running batch reads the cached keys/values where they are
+                cache = self._cache_from(group[0], *cache, borrow=bool(self.rows))
             new_rows = []
             for job in group:
                 for c in range(job.n):
@@ -283,8 +285,12 @@ class Worker:
                                         last=job.prompt_ids[-1] if later else 0))
             if not later:
                 self._sample(new_rows, logits[which])
-            cache = select_rows(cache, which)
-            self.cache = join_rows(self.cache, cache) if self.rows else cache
+            if which != list(range(cache.batch_size)):
+                cache = select_rows(cache, which)
+            if self.rows:
+                self.cache = join_rows(self.cache, cache)
+            else:  # the prompt pass's own cache becomes the batch's: no copy
+                self.cache = rows_view(cache.k, cache.v, valid_mask(cache), cache.batch_size, cache.pos)
             self.rows += new_rows
         self._retire()
 
@@ -299,8 +305,12 @@ class Worker:
                             logits_to_keep=1)[:, -1]
         return cache, logits
 
-    def _cache_from(self, job: Job, n: int, k: torch.Tensor, v: torch.Tensor) -> KVCache:
-        """A one-row cache holding the cached keys/values of ``job``'s first ``n`` tokens."""
+    def _cache_from(self, job: Job, n: int, k: torch.Tensor, v: torch.Tensor, borrow: bool = False) -> KVCache:
+        """A one-row cache holding the cached keys/values of ``job``'s first ``n`` tokens;
+        ``borrow``: a read-only view of them, for a join or a select that copies them anyway."""
+        if borrow:
+            job.cached_tokens = n
+            return borrowed(k, v)
         cache = KVCache(self.model.config, 1, len(job.prompt_ids) + HEADROOM, device=self.device, dtype=self.dtype)
         cache.k[:, 0, :, :n] = k
         cache.v[:, 0, :, :n] = v
@@ -402,7 +412,7 @@ class Worker:
             start = int(used[0])
             r = self.rows[i]
             fed = (r.job.prompt_ids + r.ids)[:cache.pos - start]
-            if len(fed) == cache.pos - start:
+            if len(fed) == cache.pos - start and not self.prefix_cache.covers(fed, r.job.tenant):
                 self.prefix_cache.put(fed, cache.k[:, i, :, start:cache.pos].clone(),
                                       cache.v[:, i, :, start:cache.pos].clone(), r.job.tenant)
 

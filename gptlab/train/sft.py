@@ -131,16 +131,18 @@ def prepare_data(cfg: SFTConfig, tokenizer, seq_len: int) -> SFTData:
            f"val {st_val.summary(seq_len, cfg.too_long)}")
     mixes, parts = [], parse_mix(cfg.mix)
     share = 1.0 - sum(w for _, w in parts)
-    for source, w in parts:
+    for part, (source, w) in enumerate(parts):
         per_epoch = max(1, round(w / share * len(train)))
         kind = source_kind(source)
         if kind == "chat":
             pool, st = chat_examples(tokenizer, load_chat_records(source), seq_len, cfg.too_long)
-            random.Random(f"mix-{cfg.seed}-{source}").shuffle(pool)
+            # shuffled by the seed and the part's place in --mix, not its path: the same data
+            # under another directory (a clone elsewhere, --out absolute) trains the same
+            random.Random(f"mix-{cfg.seed}-{part}").shuffle(pool)
             note = st.summary(seq_len, cfg.too_long)
         else:
             needed = per_epoch * max(1, math.ceil(cfg.epochs))
-            pool = text_pool(source, tokenizer, seq_len, needed, cfg.seed)
+            pool = text_pool(source, tokenizer, seq_len, needed, cfg.seed, part)
             note = f"{len(pool)} text pieces"
         if not pool:
             raise ValueError(f"--mix {source}: nothing to train on")

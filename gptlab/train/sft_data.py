@@ -198,10 +198,11 @@ def chat_examples(tokenizer, records: list[dict], seq_len: int, policy: str
     return fit_examples((Example.make(ids, mask) for ids, mask in rendered), seq_len, policy)
 
 
-def text_pool(source: str, tokenizer, seq_len: int, needed: int, seed: int,
+def text_pool(source: str, tokenizer, seq_len: int, needed: int, seed: int, part: int = 0,
                max_docs: int = 200_000) -> list[Example]:
     """Tokenized text pieces for a mixture: local sources are read whole (up to max_docs
-    documents), streamed ones only as far as needed; shuffled with the seed."""
+    documents), streamed ones only as far as needed; shuffled with the seed and ``part``,
+    the source's place in --mix (not its path, so a copy elsewhere gives the same order)."""
     from gptlab.data.loaders import iter_texts
 
     limit = max_docs if not source.startswith("hf:") else max(needed, 1)
@@ -214,7 +215,7 @@ def text_pool(source: str, tokenizer, seq_len: int, needed: int, seed: int,
     for i in range(0, len(docs), 1000):
         ids = tokenizer.encode_batch(docs[i:i + 1000])
         pool += text_examples((d + [tokenizer.eos_id] for d in ids), seq_len)
-    random.Random(f"mix-{seed}-{source}").shuffle(pool)
+    random.Random(f"mix-{seed}-{part}").shuffle(pool)
     if not pool:
         raise ValueError(f"--mix {source}: no text")
     return pool
