@@ -30,6 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--tied", action="store_true", help="tie input/output embeddings")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile gptlab's model (transformers "
+                   "stays eager, the reference); the first step's time, compile included, is printed")
     return p.parse_args(argv)
 
 
@@ -73,8 +75,12 @@ def main(argv=None):
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len + 1), generator=g)
     x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()
-    steps = make_steps(ours, hf, x, y)
-    first = {name: step() for name, step in steps.items()}  # also the first warm-up step
+    steps = make_steps(torch.compile(ours) if args.compile else ours, hf, x, y)
+    first, first_s = {}, {}
+    for name, step in steps.items():  # also the first warm-up step (compiling, with --compile)
+        t0 = time.perf_counter()
+        first[name] = step()
+        first_s[name] = time.perf_counter() - t0
     times = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
         for name in (list(steps) if i % 2 == 0 else list(steps)[::-1]):
@@ -85,9 +91,11 @@ def main(argv=None):
     tokens = args.batch_size * args.seq_len
     print(f"same initial loss: {abs(first['gptlab'] - first['hf']) < 1e-4} "
           f"(gptlab {first['gptlab']:.5f}, hf {first['hf']:.5f})")
+    print(f"first step (compile included{'' if args.compile else ': none'}): gptlab {first_s['gptlab']:.1f} s, "
+          f"hf {first_s['hf']:.1f} s")
     print(f"config: depth={args.depth} params={ours.num_params() / 1e6:.2f}M vocab={cfg.vocab_size} "
           f"batch={args.batch_size}x{args.seq_len} threads={args.threads} tied={args.tied} "
-          f"torch={torch.__version__}")
+          f"compiled={args.compile} torch={torch.__version__}")
     tps = {}
     for name, ts in times.items():
         med = statistics.median(ts)
