@@ -161,6 +161,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--bpb-text", default=None, help="held-out text for bpb (default: the run's val shards)")
     p.add_argument("--code-samples", type=int, default=10,
                    help="code suite: samples per prompt at temperature 0.8 for pass@k (0: greedy only)")
+    p.add_argument("--tool-calls", choices=("grammar", "free"), default="grammar",
+                   help="tools suites: decode calls under the grammar gptlab serve uses (default), "
+                        "or freely (then malformed calls can occur)")
     p.add_argument("--mc-shots", type=int, default=3,
                    help="solved examples before each calibration question (default: 3)")
     p.add_argument("--seed", type=int, default=0)
@@ -194,7 +197,7 @@ def cmd_eval(args) -> None:
                       bpb_text=args.bpb_text, mc_shots=args.mc_shots, seed=args.seed,
                       device=args.device, progress=args.progress, dtype=args.dtype,
                       api_base=args.api_base, api_model=args.api_model, api_key=args.api_key,
-                      samples=args.samples, code_samples=args.code_samples)
+                      samples=args.samples, code_samples=args.code_samples, tool_calls=args.tool_calls)
     print(format_table(result))
     if args.out or args.model:
         print(f"\nwrote {args.out or Path(args.model) / 'eval.json'}")

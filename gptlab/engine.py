@@ -108,14 +108,21 @@ class Engine:
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int = 256, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop_token_ids=None, stop_strings=None) -> list[list[int]]:
-        """Complete each prompt (a list of token ids); returns the completion ids only."""
+                 stop_token_ids=None, stop_strings=None, constraints=None) -> list[list[int]]:
+        """Complete each prompt (a list of token ids); returns the completion ids only.
+
+        ``constraints``: one per prompt (or None), each with ``mask_logits(logits)`` and
+        ``choose(token, budget_left)``, as gptlab.serve.grammar.Constraint has: a grammar the
+        row's tokens must follow (the server's tool-call and JSON decoding, here for evals)."""
         self._check(temperature, stop_strings)
+        if constraints is not None and len(constraints) != len(prompts):
+            raise ValueError(f"{len(constraints)} constraints for {len(prompts)} prompts")
         stops, stop_strings = self._stop_ids(stop_token_ids), list(stop_strings or [])
         out = [[] for _ in prompts]
         done = [False] * len(prompts)
         reasons = ["length"] * len(prompts)
-        for tokens in self._steps(prompts, max_new_tokens, temperature, top_k, top_p, seed, done):
+        for tokens in self._steps(prompts, max_new_tokens, temperature, top_k, top_p, seed, done,
+                                  constraints):
             for i, t in enumerate(tokens):
                 if done[i]:
                     continue
@@ -180,7 +187,8 @@ class Engine:
             ids.pop()
 
     @torch.inference_mode()
-    def _steps(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, done) -> Iterator[list[int]]:
+    def _steps(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, done,
+               constraints=None) -> Iterator[list[int]]:
         """Yield one new token per row per step until max_new_tokens or all rows ``done``
         (a list the caller updates)."""
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -201,7 +209,11 @@ class Engine:
                             logits_to_keep=1)[:, -1]
         next_pos = None if positions is None else positions[:, -1:] + 1
         for step in range(max_new_tokens):
-            token = sample(logits, temperature, top_k, top_p, gen)
+            if constraints is None:
+                token = sample(logits, temperature, top_k, top_p, gen)
+            else:
+                token = _constrained(logits, constraints, done, max_new_tokens - step,
+                                     lambda x: sample(x, temperature, top_k, top_p, gen))
             tokens = token.tolist()
             if step == 0:  # time to the first token
                 self.last_prefill_s = time.perf_counter() - t
@@ -218,6 +230,21 @@ class Engine:
                 logits = self.model(token[:, None], kv_cache=cache, position_ids=next_pos)[:, -1]
             if next_pos is not None:
                 next_pos += 1
+
+
+def _constrained(logits, constraints, done, budget_left: int, pick) -> torch.Tensor:
+    """One token per row where each open row with a constraint samples among what its
+    grammar allows and the constraint takes it (or its closer's token, when the document
+    would no longer close within ``budget_left``)."""
+    live = [i for i, c in enumerate(constraints) if c is not None and not done[i]]
+    if live:
+        logits = logits.float().clone()
+        for i in live:
+            logits[i] = constraints[i].mask_logits(logits[i])
+    token = pick(logits)
+    for i in live:
+        token[i] = constraints[i].choose(int(token[i]), budget_left)
+    return token
 
 
 # ----------------------------------------------------------------------------- fused decode step

@@ -306,3 +306,57 @@ def test_chat_records_with_tools_are_judged_on_the_final_reply(tiny_world):
     assert good["metrics"][WITH_TOOLS + "tool_use/unknown_entity"] == 0.0
     assert good["metrics"][WITH_TOOLS + "tool_malformed_calls"] == 0
     assert all(k.startswith(WITH_TOOLS) for k in good["metrics"])
+
+
+# ---------------------------------------------------------------------------- calls under the grammar
+
+def test_the_engine_decodes_each_constrained_row_under_its_grammar(chat_ckpt, tiny_tokenizer):
+    """Engine.generate(constraints=): a row with a json_object grammar gives JSON that parses
+    (a random model's free text never does), a row without one is what it is unconstrained."""
+    from gptlab.checkpoint import load_checkpoint
+    from gptlab.engine import Engine
+    from gptlab.serve.grammar import GrammarFactory
+    from gptlab.serve.schemas import ResponseFormat
+    from gptlab.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tiny_tokenizer)
+    model = load_checkpoint(chat_ckpt).model.eval()
+    factory = GrammarFactory(tok, tok.vocab_size, [tok.eos_id], compile_workers=1)
+    compiled = factory.compile(ResponseFormat.model_validate({"type": "json_object"}))
+    prompts = [tok.encode("a b c"), tok.encode("hello"), tok.encode("x")]
+    engine = Engine(model, tok)
+    free = engine.generate(prompts, max_new_tokens=12, stop_token_ids=[tok.eos_id])
+    held = engine.generate(prompts, max_new_tokens=12, stop_token_ids=[tok.eos_id],
+                           constraints=[factory.constraint(compiled), None, factory.constraint(compiled)])
+    assert held[1] == free[1]
+    for i in (0, 2):
+        assert isinstance(json.loads(tok.decode(held[i])), dict) and len(held[i]) <= 12
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(tok.decode(free[0]))
+    with pytest.raises(ValueError, match="constraints"):
+        engine.generate(prompts, max_new_tokens=2, constraints=[None])
+
+
+def test_auto_tool_constraints_hold_a_started_call_to_its_schema(tiny_tokenizer):
+    """The eval's grammar is the server's `auto` one: free text, but a started call must name a
+    tool and fit its parameters (the demo's free decoding wrote relation "industry")."""
+    from gptlab.serve.tools import AutoToolConstraints
+    from gptlab.tokenizer import Tokenizer
+    from gptlab.tools import TOOL_SPECS
+
+    tok = Tokenizer.load(tiny_tokenizer)
+    constraints = AutoToolConstraints(tok, tok.vocab_size, [tok.eos_id])
+    tools = [TOOL_SPECS["lookup"], TOOL_SPECS["calculator"]]
+    call = '<tool_call>\n{"name": "lookup", "arguments": {"entity": "Chad", "relation": "%s"}}\n</tool_call>'
+    assert constraints(tools).matcher.accept_string("Let me check. " + call % "population")
+    assert not constraints(tools).matcher.accept_string(call % "industry")
+    assert not constraints(tools).matcher.accept_string('<tool_call>\n{"name": "search"')
+    assert constraints(None) is None and len(constraints._compiled) == 1
+
+
+def test_the_tools_eval_records_how_calls_were_decoded(chat_ckpt, world):
+    res = evaluate(chat_ckpt, world, ["tools"], limit=1, max_new_tokens=4, write=False, progress=False,
+                   tool_calls="free")
+    assert res["settings"]["tool_calls"] == "free" and "--tool-calls free" in res["command"]
+    with pytest.raises(ValueError, match="tool_calls"):
+        evaluate(chat_ckpt, world, ["tools"], tool_calls="loose", write=False, progress=False)

@@ -46,6 +46,7 @@ from gptlab.evals.calibration import suite_calibration
 from gptlab.evals.table import EVAL_FILE, format_table
 from gptlab.fileio import atomic_write_text, write_jsonl
 
+TOOL_CALL_MODES = ("grammar", "free")   # evaluate(tool_calls=): see its docstring
 SUITES = ("bpb", "fact", "chat", "tail", "calibration", "tools", "chat_tools", "code")
 DEFAULT_SUITES = {"base": ["bpb", "fact", "calibration"],
                   "chat": ["bpb", "chat", "tail", "calibration"]}
@@ -208,7 +209,7 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
              device: str = "auto", progress: bool = True, write: bool = True,
              dtype: str = "auto", api_base: str | None = None, api_model: str | None = None,
              api_key: str | None = None, samples: str | Path | None = None,
-             code_samples: int = 10) -> dict:
+             code_samples: int = 10, tool_calls: str = "grammar") -> dict:
     """Run the suites and return the eval.json dict (see docs/EVALS.md for the schema).
 
     Written to `out`, else `model_dir/eval.json` (atomically, merged with the suites an
@@ -221,10 +222,14 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     default: the first one it lists); it is then the default suite and the others are skipped.
     `samples`: a directory that gets one jsonl per generating suite (fact, chat, tools,
     chat_tools, code), a row per item: prompt, reply, outcome. `code_samples`: samples per
-    prompt for the code suite's pass@k (0: greedy pass@1 only).
+    prompt for the code suite's pass@k (0: greedy pass@1 only). `tool_calls` (tools suites,
+    in-process): `grammar` decodes a reply that opens a `<tool_call>` under the grammar
+    `gptlab serve` uses (so calls parse and fit their schemas, as served), `free` without it.
     """
     from gptlab.judge import Judge
 
+    if tool_calls not in TOOL_CALL_MODES:
+        raise ValueError(f"tool_calls must be one of {', '.join(TOOL_CALL_MODES)}, got {tool_calls!r}")
     world_dir = Path(world_dir)
     if not (world_dir / "kb.json").is_file():
         raise FileNotFoundError(f"{world_dir} is not a miniworld directory (no kb.json)")
@@ -250,7 +255,7 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     path = Path(out) if out is not None else (Path(model_dir) / EVAL_FILE if model_dir else None)
     settings = dict(limit=limit, seed=seed, batch_size=batch_size, tail_k=tail_k,
                     tail_prompts=tail_prompts, mc_shots=mc_shots, max_new_tokens=max_new_tokens,
-                    device=device, dtype=dtype, code_samples=code_samples)
+                    device=device, dtype=dtype, code_samples=code_samples, tool_calls=tool_calls)
     if api is not None:   # no api_key: eval.json must not hold a secret
         settings.update(decoding="api", api_base=api.base_url, api_model=api.model)
     run = _Run(model, tokenizer, meta, model_dir, world_dir, kind, responder,
@@ -322,15 +327,10 @@ def _run_suite(suite: str, r: _Run) -> dict:
                           tok, k=s["tail_k"], prompts=n, seed=s["seed"],
                           postprocess=T.cut_first_sentence if base else None, cap=cap)
     if suite == "tools":
-        from gptlab.evals.tools_eval import ModelToolGenerator, suite_tools
-        generate = getattr(r.responder, "tools_generate", None) or \
-            ModelToolGenerator(r.model, tok, s["batch_size"])
-        return suite_tools(world, generate, r.judge, limit=limit, cap=cap)
+        from gptlab.evals.tools_eval import suite_tools
+        return suite_tools(world, _tool_generator(r), r.judge, limit=limit, cap=cap)
     if suite == "chat_tools":
-        from gptlab.evals.tools_eval import ModelToolGenerator
-        generate = getattr(r.responder, "tools_generate", None) or \
-            ModelToolGenerator(r.model, tok, s["batch_size"])
-        return T.suite_chat_tools(world, generate, r.judge, T.CHAT_KINDS, limit=limit, cap=cap)
+        return T.suite_chat_tools(world, _tool_generator(r), r.judge, T.CHAT_KINDS, limit=limit, cap=cap)
     if suite == "code":
         from gptlab.evals.code_eval import suite_code
         return suite_code(world, r.responder, n=s["code_samples"], seed=s["seed"], limit=limit, cap=cap)
@@ -339,12 +339,27 @@ def _run_suite(suite: str, r: _Run) -> dict:
                              seed=s["seed"], batch_size=s["batch_size"], plot_path=plot)
 
 
+def _tool_generator(r: _Run):
+    """The tools suites' `generate`: the responder's (an API), else the model's, with the
+    server's tool-call grammar unless settings say `free`."""
+    from gptlab.evals.tools_eval import ModelToolGenerator
+
+    if hasattr(r.responder, "tools_generate"):
+        return r.responder.tools_generate
+    constrain = None
+    if r.settings["tool_calls"] == "grammar":
+        from gptlab.chat import stop_token_ids
+        from gptlab.serve.tools import AutoToolConstraints
+        constrain = AutoToolConstraints(r.tokenizer, r.model.config.vocab_size, stop_token_ids(r.tokenizer))
+    return ModelToolGenerator(r.model, r.tokenizer, r.settings["batch_size"], constrain=constrain)
+
+
 def _command(model_dir, world_dir, suites, kind, settings, bpb_text, out) -> str:
     """The `gptlab eval` command line that reproduces this run."""
     parts = ["gptlab eval", *([f"--model {model_dir}"] if model_dir is not None else []),
              f"--world {world_dir}", *(f"--suite {s}" for s in suites), f"--kind {kind}"]
     defaults = dict(limit=None, seed=0, batch_size=32, tail_k=8, tail_prompts=4, mc_shots=3,
-                    max_new_tokens=None, device="auto", code_samples=10)
+                    max_new_tokens=None, device="auto", code_samples=10, tool_calls="grammar")
     for k, v in settings.items():
         if v != defaults.get(k) and k != "decoding":   # decoding=api: --api-base says it
             parts.append(f"--{k.replace('_', '-')} {v}")

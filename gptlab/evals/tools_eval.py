@@ -264,15 +264,18 @@ def load_tool_records(world_dir, limit: int | None = None, seed: int = 0) -> lis
 
 class ModelToolGenerator:
     """`generate` over a model: each conversation rendered with its tools
-    (gptlab.chat.render_prompt), greedy, batched with the Engine, stopping at end of turn."""
+    (gptlab.chat.render_prompt), greedy, batched with the Engine, stopping at end of turn.
+    `constrain(tools)`: a fresh grammar constraint for a reply that may call those tools
+    (gptlab.serve.tools.AutoToolConstraints: the server's), or None to decode freely."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 32):
+    def __init__(self, model, tokenizer, batch_size: int = 32, constrain=None):
         from gptlab.chat import stop_token_ids
         from gptlab.engine import Engine
 
         self.engine, self.tokenizer = Engine(model, tokenizer), tokenizer
         self.batch_size, self.stops = batch_size, stop_token_ids(tokenizer)
         self.max_len = int(model.config.max_position_embeddings)
+        self.constrain = constrain
 
     def __call__(self, conversations, *, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         from gptlab.chat import render_prompt
@@ -283,8 +286,10 @@ class ModelToolGenerator:
         out = [""] * len(ids)
         for b in range(0, len(order), self.batch_size):
             chunk = order[b:b + self.batch_size]
+            constraints = None if self.constrain is None else \
+                [self.constrain(conversations[i][1]) for i in chunk]
             gens = self.engine.generate([ids[i] for i in chunk], max_new_tokens=max_new_tokens,
-                                        temperature=0.0, stop_token_ids=self.stops)
+                                        temperature=0.0, stop_token_ids=self.stops, constraints=constraints)
             for i, g in zip(chunk, gens):
                 out[i] = self.tokenizer.decode(g, skip_special_tokens=True)
         return out

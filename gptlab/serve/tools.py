@@ -32,7 +32,8 @@ from xgrammar.structural_tag import (GrammarFormat, StructuralTag, TagFormat, Ta
                                      TriggeredTagsFormat)
 
 from gptlab.serve.errors import invalid
-from gptlab.serve.grammar import GrammarError, check_schema, json_schema_ebnf
+from gptlab.serve.grammar import GrammarError, GrammarFactory, check_schema, json_schema_ebnf
+from gptlab.serve.schemas import ChatCompletionRequest
 from gptlab.tool_format import (TOOL_CALL_CLOSE, TOOL_CALL_OPEN, new_call_id, parse_tool_calls)
 
 MAX_TOOLS = 128                                   # OpenAI's limit
@@ -81,6 +82,26 @@ class ToolGrammar:
 
     structural_tag: str
     type: str = "structural_tag"
+
+
+class AutoToolConstraints:
+    """tools -> a fresh Constraint for one reply that may call them (``tool_choice: auto``):
+    the grammar this server decodes such a reply under, for decoding outside it (the
+    in-process tools evals, gptlab.evals.runner). Each tool set is compiled once."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int]):
+        self.factory = GrammarFactory(tokenizer, vocab_size, stop_ids, compile_workers=1)
+        self._compiled: dict[str, object] = {}
+
+    def __call__(self, tools: list[dict] | None):
+        if not tools:
+            return None
+        key = json.dumps(tools, sort_keys=True)
+        if key not in self._compiled:
+            request = ChatCompletionRequest(model="-", messages=[{"role": "user", "content": "-"}],
+                                            tools=tools, tool_choice="auto")
+            self._compiled[key] = self.factory.compile(plan_tools(request).grammar_format())
+        return self.factory.constraint(self._compiled[key])
 
 
 # ----------------------------------------------------------------------------- request
