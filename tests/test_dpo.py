@@ -94,6 +94,7 @@ def test_training_prefers_chosen_and_caches_reference(chat_ckpt, pairs_file, tmp
     assert math.isclose(train[0], math.log(2), rel_tol=1e-5)  # step 1's loss is before any update
     assert sum(train[-3:]) / 3 < 0.5 * math.log(2), train
     assert recs[-1]["val_loss"] < recs[0]["val_loss"]
+    assert all(r["tokens_per_s"] > 0 for r in recs if "loss" in r)   # the bar's tok/s is not 0
     assert json.loads((final / "gptlab.json").read_text())["stage"] == "dpo"
     cache = out / "ref_logps.pt"
     assert cache.is_file()

@@ -354,8 +354,10 @@ def run_dpo(cfg: DPOConfig) -> Path:
     print(f"dpo: {len(train)} train / {len(val)} val pairs ({dropped} too long), beta {cfg.beta}, "
           f"{steps} steps of {cfg.batch_size}, lr {cfg.lr:g}"
           + (f", LoRA r={cfg.lora_r}" if cfg.lora_r else ""), flush=True)
+    pair_tokens = sum(len(it[0]) + len(it[2]) for it in train) / len(train)   # for tokens/s
     loop_cfg = LoopConfig(max_steps=steps, accum_steps=accum, warmup_steps=cfg.warmup_steps
                           if cfg.warmup_steps is not None else round(0.1 * steps),
+                          tokens_per_step=round(pair_tokens * cfg.batch_size),
                           schedule=cfg.schedule, final_lr_frac=0.0, grad_clip=cfg.grad_clip,
                           eval_every=cfg.eval_every, save_every=cfg.save_every,
                           progress=cfg.progress, desc="dpo")
