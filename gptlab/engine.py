@@ -138,14 +138,16 @@ class Engine:
 
     def stream(self, prompt_ids: list[int], max_new_tokens: int = 256, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-               stop_token_ids=None, stop_strings=None) -> Iterator[str]:
-        """Yield the completion of one prompt as text deltas (whole characters only)."""
+               stop_token_ids=None, stop_strings=None, constraint=None) -> Iterator[str]:
+        """Yield the completion of one prompt as text deltas (whole characters only);
+        ``constraint``: a grammar for the reply, as in ``generate``."""
         self._check(temperature, stop_strings, need_tokenizer=True)
         stops = self._stop_ids(stop_token_ids)
         text = TextStream(self.tokenizer.decode, stop_strings or [])
         done = [False]
         self.last_finish_reasons = ["length"]
-        for (t,) in self._steps([prompt_ids], max_new_tokens, temperature, top_k, top_p, seed, done):
+        for (t,) in self._steps([prompt_ids], max_new_tokens, temperature, top_k, top_p, seed, done,
+                                None if constraint is None else [constraint]):
             if t in stops:
                 self.last_finish_reasons = ["stop"]
                 break

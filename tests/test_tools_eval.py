@@ -201,9 +201,11 @@ class ScriptedEngine:
 
     def __init__(self, replies):
         self.replies, self.last_finish_reasons = list(replies), ["stop"]
+        self.constraints = []       # what each reply was asked to follow (None: nothing)
 
     def stream(self, prompt, **kw):
         text = self.replies.pop(0)
+        self.constraints.append(kw.get("constraint"))
         for i in range(0, len(text), 3):
             yield text[i:i + 3]
 
@@ -239,6 +241,11 @@ def test_chat_shows_each_call_and_runs_it_only_when_approved(chat_model):
     s = _session(chat_model, [call, "12."], auto_approve=True)      # --yes: nobody is asked
     s.respond("What is 3 * 4?", shown.append, notes.append, None)
     assert json.loads(s.messages[2]["content"]) == {"result": "12"}
+    # each reply was decoded under the server's call grammar: the call fits it, a broken one not
+    grammar = s.engine.constraints
+    assert len(grammar) == 2 and all(g is not None for g in grammar) and grammar[0] is not grammar[1]
+    assert grammar[0].matcher.accept_string(call)
+    assert not s._call_grammar().matcher.accept_string('<tool_call>\n{"name": "calculator", "arguments": {"expr"')
 
 
 def test_without_tools_the_chat_is_unchanged(chat_model):
@@ -247,6 +254,7 @@ def test_without_tools_the_chat_is_unchanged(chat_model):
     out = []
     assert s.respond("hi", out.append, out.append) == "<tool_call>\n{}\n</tool_call>"
     assert [m["role"] for m in s.messages] == ["user", "assistant"] and s.tools is None
+    assert s.engine.constraints == [None]
 
 
 def test_call_markup_is_held_back_across_deltas():
@@ -329,6 +337,9 @@ def test_the_engine_decodes_each_constrained_row_under_its_grammar(chat_ckpt, ti
     held = engine.generate(prompts, max_new_tokens=12, stop_token_ids=[tok.eos_id],
                            constraints=[factory.constraint(compiled), None, factory.constraint(compiled)])
     assert held[1] == free[1]
+    streamed = "".join(engine.stream(prompts[0], max_new_tokens=12, stop_token_ids=[tok.eos_id],
+                                     constraint=factory.constraint(compiled)))
+    assert streamed == tok.decode(held[0])
     for i in (0, 2):
         assert isinstance(json.loads(tok.decode(held[i])), dict) and len(held[i]) <= 12
     with pytest.raises(json.JSONDecodeError):

@@ -19,7 +19,9 @@ Tools (opt-in, ``--tools lookup,calculator,python``; gptlab/tools.py): their def
 into the prompt, and when a reply calls one, the call is shown and runs only after the
 person answers ``y`` (``--yes`` approves every call, for scripts); a declined call tells
 the model so. The result goes back to the model, which then answers (at most
-``MAX_TOOL_ROUNDS`` rounds of calls per message). The call markup is not printed.
+``MAX_TOOL_ROUNDS`` rounds of calls per message). The call markup is not printed. Replies
+are decoded under the grammar ``gptlab serve`` uses for ``tool_choice: auto``, so a call
+always parses and fits its tool's parameters.
 """
 
 from __future__ import annotations
@@ -65,12 +67,13 @@ class ChatSession:
         self.system = system or None
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.max_new_tokens, self.seed = max_new_tokens, seed
-        self.context = model.config.max_position_embeddings
+        self.context, self.vocab_size = model.config.max_position_embeddings, model.config.vocab_size
         self.stops = stop_token_ids(tokenizer)
         self.messages: list[dict] = []  # user / assistant (/ tool) turns, the whole conversation
         self.tool_names = list(tools or [])
         self.tools = tool_specs(self.tool_names) or None     # definitions in the prompt
         self.kb, self.auto_approve = kb, auto_approve
+        self._grammar = None            # tools on: the server's call grammar, built on first use
         self.first = 0                  # messages[first:] still fit in the context
         self.turns = 0
 
@@ -121,12 +124,24 @@ class ChatSession:
         seed = None if self.seed is None else self.seed + self.turns + 1000 * rnd
         for delta in self.engine.stream(prompt, max_new_tokens=min(self.max_new_tokens, self.context - len(prompt)),
                                         temperature=self.temperature, top_k=self.top_k,
-                                        top_p=self.top_p, seed=seed, stop_token_ids=self.stops):
+                                        top_p=self.top_p, seed=seed, stop_token_ids=self.stops,
+                                        constraint=self._call_grammar()):
             reply.append(delta)
             sink(delta)
         if self.tools:
             sink.flush()
         return "".join(reply)
+
+    def _call_grammar(self):
+        """With tools on, a fresh constraint for one reply: once it writes ``<tool_call>`` the
+        call must name a tool and fit its schema (what ``gptlab serve`` enforces), so a call
+        always parses; None without tools."""
+        if not self.tools:
+            return None
+        if self._grammar is None:
+            from gptlab.serve.tools import AutoToolConstraints
+            self._grammar = AutoToolConstraints(self.tokenizer, self.vocab_size, self.stops)
+        return self._grammar(self.tools)
 
     def _run_calls(self, text: str, calls: list[dict], notice, ask) -> None:
         """Show each call, run the approved ones, and add the call and result turns."""
