@@ -72,6 +72,23 @@ def test_loss_is_log2_when_policy_equals_reference(chat_ckpt):
     assert (ref < 0).all() and ref[0, 0] != ref[0, 1]      # real, different log-probs
 
 
+def test_reference_logprobs_come_back_in_the_pairs_order(chat_ckpt):
+    """The reference pass batches pairs by length; each row is still its own pair's, equal to
+    that pair scored alone."""
+    from gptlab.chat import load_chat_model
+
+    ck = load_chat_model(chat_ckpt)
+    tok = ck.tokenizer
+    items = []
+    for i, q in enumerate(["hi", "where does alice live? " * 6, "and bob?", "a b c d e f g h " * 3]):
+        prompt = [{"role": "user", "content": q}]
+        items.append((*answer_example(tok, prompt, "yes " * (i + 1)), *answer_example(tok, prompt, "no.")))
+    ref = reference_logprobs(ck.model, items, tok.pad_id, "cpu", rows=2, progress=False)
+    for k, item in enumerate(items):
+        alone = reference_logprobs(ck.model, [item], tok.pad_id, "cpu", progress=False)[0]
+        assert torch.allclose(ref[k], alone, atol=1e-4), (k, ref[k], alone)
+
+
 def test_answer_mask_covers_the_answer_and_its_end(chat_ckpt):
     from gptlab.chat import load_chat_model
 

@@ -168,20 +168,24 @@ def pair_batch(items: list[tuple], pad_id: int, device) -> tuple[torch.Tensor, t
 @torch.no_grad()
 def reference_logprobs(model, items: list[tuple], pad_id: int, device, rows: int = 32,
                        progress: bool = True) -> torch.Tensor:
-    """(N, 2): summed log-probs of each pair's chosen and rejected answer under ``model``."""
+    """(N, 2): summed log-probs of each pair's chosen and rejected answer under ``model``.
+    Pairs go through in order of length (and come back in their own order): a chunk is
+    padded to its longest row, so mixing one long multi-turn pair into short ones would pad
+    them all."""
     from tqdm.auto import tqdm
 
     was = model.training
     model.eval()
-    out = []
+    order = sorted(range(len(items)), key=lambda k: max(len(items[k][0]), len(items[k][2])))
+    out = torch.empty(len(items), 2, dtype=torch.float64)
     for i in tqdm(range(0, len(items), rows), desc="reference log-probs", disable=not progress,
                   leave=False, dynamic_ncols=True):
-        chunk = items[i:i + rows]
-        ids, mask = pair_batch(chunk, pad_id, device)
+        where = order[i:i + rows]
+        ids, mask = pair_batch([items[k] for k in where], pad_id, device)
         lp = sequence_logprobs(model, ids, mask).double().cpu()
-        out.append(torch.stack([lp[:len(chunk)], lp[len(chunk):]], dim=1))
+        out[where] = torch.stack([lp[:len(where)], lp[len(where):]], dim=1)
     model.train(was)
-    return torch.cat(out)
+    return out
 
 
 def _data_key(cfg: DPOConfig, items: list[tuple]) -> str:
