@@ -199,7 +199,9 @@ def tools_table(out: Path) -> str:
     lines += [f"| {label} | {_cell(ev, key)} | {target} |" for key, label, target in TOOL_TARGETS
               if key in ev["metrics"]]
     if "tool_malformed_calls" in ev["metrics"]:
-        lines.append(f"| malformed tool calls | {ev['metrics']['tool_malformed_calls']:.0f} in "
+        how = {"grammar": " (decoded under the server's call grammar)",
+               "free": " (decoded freely)"}.get(ev.get("settings", {}).get("tool_calls"), "")
+        lines.append(f"| malformed tool calls{how} | {ev['metrics']['tool_malformed_calls']:.0f} in "
                      f"{ev['counts'].get('tool_malformed_calls', 0)} replies | 0 |")
     return "\n".join(lines)
 
