@@ -6,7 +6,8 @@
   seeded ``torch.Generator``: the engine) and ``sample_rows`` (per-row temperature and top-p,
   one uniform number per row by inverse CDF: the server, where each row's seed must not
   depend on its batch). Both filter with ``top_k_filter`` and ``top_p_filter`` (nucleus
-  sampling, Holtzman et al. 2019, arXiv:1904.09751).
+  sampling, Holtzman et al. 2019, arXiv:1904.09751). ``mask_rows`` first applies each row's
+  grammar (a ``gptlab.serve.grammar.Constraint``: JSON, tool calls) where it has one.
 - ``TextStream``: token ids in, text deltas out. Deltas are whole characters and are cut
   exactly before the first stop string; joined they equal the decoded completion (up to
   that stop string). Stop strings are not part of the output, as in the OpenAI API.
@@ -74,6 +75,14 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+def mask_rows(logits: torch.Tensor, constraints: Sequence) -> None:
+    """In place: each row of (B, V) logits whose constraint is not None gets the tokens its
+    grammar does not allow set to -inf (``constraint.mask_logits``)."""
+    for i, c in enumerate(constraints):
+        if c is not None:
+            logits[i] = c.mask_logits(logits[i])
 
 
 def sample_rows(logits: torch.Tensor, temperatures: Sequence[float], top_ps: Sequence[float | None],

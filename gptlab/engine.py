@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptlab.decode import TextStream, cut_at_stop, left_pad, sample
+from gptlab.decode import TextStream, cut_at_stop, left_pad, mask_rows, sample
 from gptlab.model import GPT, KVCache, rope_tables
 
 WEIGHT_MODES = (None, "int4", "int4+int8", "int8", "bf16")
@@ -238,14 +238,14 @@ def _constrained(logits, constraints, done, budget_left: int, pick) -> torch.Ten
     """One token per row where each open row with a constraint samples among what its
     grammar allows and the constraint takes it (or its closer's token, when the document
     would no longer close within ``budget_left``)."""
-    live = [i for i, c in enumerate(constraints) if c is not None and not done[i]]
-    if live:
+    open_rows = [None if done[i] else c for i, c in enumerate(constraints)]
+    if any(c is not None for c in open_rows):
         logits = logits.float().clone()
-        for i in live:
-            logits[i] = constraints[i].mask_logits(logits[i])
+        mask_rows(logits, open_rows)
     token = pick(logits)
-    for i in live:
-        token[i] = constraints[i].choose(int(token[i]), budget_left)
+    for i, c in enumerate(open_rows):
+        if c is not None:
+            token[i] = c.choose(int(token[i]), budget_left)
     return token
 
 

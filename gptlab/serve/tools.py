@@ -87,7 +87,8 @@ class ToolGrammar:
 class AutoToolConstraints:
     """tools -> a fresh Constraint for one reply that may call them (``tool_choice: auto``):
     the grammar this server decodes such a reply under, for decoding outside it (the
-    in-process tools evals, gptlab.evals.runner). Each tool set is compiled once."""
+    in-process tools evals, gptlab.evals.runner, and ``gptlab chat --tools``). Each tool set
+    is compiled once."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int]):
         self.factory = GrammarFactory(tokenizer, vocab_size, stop_ids, compile_workers=1)

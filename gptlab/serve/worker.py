@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from gptlab.decode import TextStream, left_pad, sample_rows
+from gptlab.decode import TextStream, left_pad, mask_rows, sample_rows
 from gptlab.engine import FUSED_DTYPES, ONE_THREAD_MAX_BYTES, FusedDecoder
 from gptlab.model import KVCache
 from gptlab.serve.batch_cache import (HEADROOM, SPARE_ROWS, borrowed, drop_rows, join_rows, rows_view,
@@ -521,9 +521,7 @@ def _sample_rows(rows: list[Row], logits: torch.Tensor) -> list[int]:
     temperature / top-p. The uniform number of a row whose job has a seed comes from the
     row's own generator (so a seeded reply does not depend on what else is in the batch),
     the others' from torch's global generator."""
-    for i, r in enumerate(rows):
-        if r.constraint is not None:
-            logits[i] = r.constraint.mask_logits(logits[i])
+    mask_rows(logits, [r.constraint for r in rows])
 
     def uniforms(hot: list[int]) -> torch.Tensor:
         u = torch.rand(len(hot))
