@@ -1,11 +1,13 @@
 """Training throughput of gptlab.model.GPT against transformers.LlamaForCausalLM.
 
-Same config, same weights, same batch, same thread count, same optimizer (AdamW), measured
-in one process: the two models alternate step by step after a warm-up, and the medians of
+Same config, same weights, same batch, same thread count, same precision, same optimizer
+(fused AdamW: what `build_optimizer` gives ours, and the default of the transformers Trainer on
+torch >= 2.8), measured in one process: the two models alternate step by step after a warm-up, and the medians of
 the per-step times are compared. Prints tokens/s for both and the ratio (ours / HF).
 
     python bench/train_step.py                      # depth 4, batch 8 x 256, 20 steps
     python bench/train_step.py --depth 6 --seq-len 512 --batch-size 4 --steps 10
+    python bench/train_step.py --compile --dtype bfloat16   # both under bf16 autocast
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--tied", action="store_true", help="tie input/output embeddings")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: both models' steps run under CPU bf16 autocast (weights and "
+                   "AdamW state stay float32, as in `gptlab pretrain --dtype bfloat16`)")
     p.add_argument("--compile", action="store_true", help="torch.compile gptlab's model (transformers "
                    "stays eager, the reference); the first step's time, compile included, is printed")
     return p.parse_args(argv)
@@ -47,15 +52,16 @@ def build(args):
     return cfg, ours.train(), hf.train()
 
 
-def make_steps(ours, hf, x, y):
+def make_steps(ours, hf, x, y, dtype=torch.float32):
     """One closure per model doing forward + backward + AdamW step on the same loss
     (HF gets ``shift_labels=y``: the same targets, no internal shift)."""
 
     def step_fn(model, loss_fn):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
 
         def step():
-            loss = loss_fn()
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                loss = loss_fn()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -75,7 +81,7 @@ def main(argv=None):
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len + 1), generator=g)
     x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()
-    steps = make_steps(torch.compile(ours) if args.compile else ours, hf, x, y)
+    steps = make_steps(torch.compile(ours) if args.compile else ours, hf, x, y, getattr(torch, args.dtype))
     first, first_s = {}, {}
     for name, step in steps.items():  # also the first warm-up step (compiling, with --compile)
         t0 = time.perf_counter()
@@ -89,13 +95,14 @@ def main(argv=None):
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
     tokens = args.batch_size * args.seq_len
-    print(f"same initial loss: {abs(first['gptlab'] - first['hf']) < 1e-4} "
+    tol = 1e-4 if args.dtype == "float32" else 1e-2  # bf16 rounds each matmul's inputs
+    print(f"same initial loss: {abs(first['gptlab'] - first['hf']) < tol} "
           f"(gptlab {first['gptlab']:.5f}, hf {first['hf']:.5f})")
     print(f"first step (compile included{'' if args.compile else ': none'}): gptlab {first_s['gptlab']:.1f} s, "
           f"hf {first_s['hf']:.1f} s")
     print(f"config: depth={args.depth} params={ours.num_params() / 1e6:.2f}M vocab={cfg.vocab_size} "
           f"batch={args.batch_size}x{args.seq_len} threads={args.threads} tied={args.tied} "
-          f"compiled={args.compile} torch={torch.__version__}")
+          f"dtype={args.dtype} compiled={args.compile} torch={torch.__version__}")
     tps = {}
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -251,7 +251,8 @@ def train_run(plan: dict, cfg: SweepConfig, data: dict, run_dir: Path) -> dict:
             device_batch_size=cfg.device_batch_size, total_batch_tokens=cfg.batch_tokens,
             max_steps=plan["steps"], lr=_lr(plan, cfg.lr_mult), eval_every=0,
             eval_batches=cfg.eval_batches, save_every=0, keep_checkpoints=1, seed=cfg.seed,
-            device=cfg.device, progress=False)
+            device=cfg.device, progress=False,
+            compile=False)  # eager: train_s is compared across runs, and a compile is no step
         pretrain(pcfg)
         train_s = time.perf_counter() - t0
     else:  # trained before: its step times are in metrics.jsonl

@@ -155,6 +155,28 @@ def test_optimizer_param_groups():
     assert any("embed_tokens" in n for n in others) and any("lm_head" in n for n in others)
     assert any("norm" in n for n in others) and not hidden & others
     assert len(hidden | others) == len(names)
+    # CPU AdamW runs the fused kernel (one pass a tensor), and steps exactly like the default one
+    assert adamw.optimizers[0].defaults["fused"] and adam_opt.defaults["fused"]
+    ref = _tiny_model()
+    ref.load_state_dict(model.state_dict())
+    plain = torch.optim.AdamW(ref.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    fused = build_optimizer(model, kind="adamw", lr=1e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(model.parameters(), ref.parameters()):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        fused.step(), plain.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_compile_defaults_on_only_for_runs_long_enough_to_pay_for_it():
+    from gptlab.train.pretrain import COMPILE_AUTO_MICRO_STEPS, PretrainConfig, use_compile
+    long = PretrainConfig(max_steps=COMPILE_AUTO_MICRO_STEPS // 4)
+    assert use_compile(long, accum=4) and not use_compile(long, accum=3)
+    assert not use_compile(PretrainConfig(max_steps=10**6, compile=False), accum=1)
+    assert use_compile(PretrainConfig(max_steps=1, compile=True), accum=1)
 
 
 def test_grad_accumulation_matches_big_batch():

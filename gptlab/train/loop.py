@@ -195,6 +195,9 @@ def run_loop(model: nn.Module, optimizer: OptimizerGroup, cfg: LoopConfig, hooks
             rec = {"step": done, "loss": out["loss"], "lr": optimizer.param_groups[0]["lr"],
                    "lr_mult": mult, "tokens": tokens, "tokens_per_s": tps,
                    "grad_norm": out["grad_norm"], "mfu": mfu, "dt": dt}
+            if step == start_step and _is_compiled(model):
+                rec["compile_s"] = dt  # the first step traces and compiles the graph
+                bar.write(f"step {done}: {dt:.1f} s, torch.compile included")
             if not _finite_step(out):
                 logger.log(rec)  # the bad step is on record (as null), then stop
                 bar.close()
@@ -219,6 +222,11 @@ def run_loop(model: nn.Module, optimizer: OptimizerGroup, cfg: LoopConfig, hooks
                 stop.raise_if_stopping()
     bar.close()
     return path
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is a torch.compile module (`wrap_model` compiles outside DDP)."""
+    return hasattr(model, "_orig_mod")
 
 
 def _finite_step(out: dict) -> bool:

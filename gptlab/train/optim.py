@@ -75,8 +75,11 @@ def build_optimizer(model: nn.Module, *, kind: str = "adamw", lr: float = 3e-3,
     ``kind="adamw"``); ``matrix_lr`` is Muon's peak LR for the 2-D hidden matrices.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    # The fused CUDA kernel is the fastest AdamW; CPU keeps the default implementation.
-    fused = {"fused": True} if all(p.is_cuda for _, p in named) else {}
+    # The fused kernel is the fastest AdamW on CUDA and on CPU too: one pass over each tensor
+    # instead of a dozen foreach ops (bench/adamw.py, 2 CPU threads: 4.1 against 16.0 ms a
+    # step at depth 4, 38.5 against 168 ms for SmolLM2's top 16 blocks). Other devices keep
+    # the default implementation.
+    fused = {"fused": True} if named and all(p.device.type in ("cpu", "cuda") for _, p in named) else {}
     if kind == "adamw":
         decay = [p for n, p in named if p.dim() >= 2]
         no_decay = [p for n, p in named if p.dim() < 2]

@@ -71,6 +71,8 @@ class PretrainConfig(TrainSettings):
     eval_batches: int = _f(8, "validation batches (of device_batch_size rows per process)")
     val_docs: int = _f(1000, "documents held out for validation when building shards")
     data_tokens: int | None = _f(None, "stop reading --data once this many training tokens are tokenized (hub data sets are streamed); unset: all of it")
+    compile: bool | None = _f(None, "torch.compile the model; unset: on for runs of at least 1000 "
+                              "micro-batches, where the compile time pays off")
     fsdp: bool = _f(False, "under torchrun, shard weights, gradients and AdamW state over the processes (FSDP2) instead of a full copy each (DDP): for models that do not fit one device")
 
 
@@ -134,6 +136,21 @@ def cap_epochs(cfg: PretrainConfig, world_size: int, num_params: int, tokens: in
            f"{full.max_steps * full.total_batch_tokens / tokens:.1f} passes over the {tokens:,} "
            f"training tokens; training {cap} steps")
     return resolve_config(dataclasses.replace(cfg, max_steps=cap), world_size, num_params)
+
+
+# Compiled, a depth-4 float32 step on 2 CPU cores ran 1.12-1.14x the eager one (8,090 against
+# 7,198 tokens/s) after a 23 s compile on a cold cache (bench/train_step.py, docs/PERFORMANCE.md):
+# ~35 ms saved a step pays for it after ~700 steps of that size, sooner for bigger models whose
+# steps save more. An unset --compile turns it on for runs this long (in micro-batches: that is
+# what each compiled call runs).
+COMPILE_AUTO_MICRO_STEPS = 1000
+
+
+def use_compile(cfg: PretrainConfig, accum: int) -> bool:
+    """--compile as given, else on when the run is long enough to pay for compiling."""
+    if cfg.compile is not None:
+        return cfg.compile
+    return cfg.max_steps * accum >= COMPILE_AUTO_MICRO_STEPS
 
 
 def train_tokens(shard_dir: Path) -> int:
@@ -364,7 +381,7 @@ def _pretrain(cfg: PretrainConfig, env: DistEnv) -> Path:
     def autocast():
         return autocast_context(env.device, dtype)
 
-    model = wrap_model(raw, env, compile=cfg.compile)
+    model = wrap_model(raw, env, compile=use_compile(cfg, accum))
     _announce(cfg, raw, accum, env)
     meta = {"parent": None, "data": {"shards": str(shard_dir), **_data_hashes(shard_dir)}}
     latest: dict = {}
@@ -406,4 +423,6 @@ def _announce(cfg: PretrainConfig, model, accum: int, env: DistEnv) -> None:
            f"{cfg.seq_len} x {accum} accum x {env.world_size}"
            f"{' (FSDP)' if cfg.fsdp and env.ddp else ''} | {cfg.max_steps} steps "
            f"({cfg.max_steps * cfg.total_batch_tokens / n:.1f} tokens/param) | {cfg.optimizer} "
-           f"lr {cfg.lr:.2e}, warmup {cfg.warmup_steps}, {cfg.schedule}")
+           f"lr {cfg.lr:.2e}, warmup {cfg.warmup_steps}, {cfg.schedule}"
+           f"{' | torch.compile' if use_compile(cfg, accum) else ''}"
+           f"{' (auto: a long run)' if cfg.compile is None and use_compile(cfg, accum) else ''}")
