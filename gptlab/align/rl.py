@@ -66,23 +66,34 @@ class RLConfig(TrainSettings):
     # run without autocast or torch.compile
     dtype: str = not_used("auto", "rl runs in float32")
     compile: bool = not_used(False, "rl runs the model eagerly")
+    # what is trained, and what scores it
     algo: str = _f("ppo", "ppo (value head + GAE) or grpo (group baseline)")
     init: str = _f("", "the chat model to improve (also the frozen KL reference)")
     reward: str = _f("judge", "reward: a reward-model directory, judge (gold-judge score), verifiable (1 if no hard check fails) or code (hidden tests pass, run in the sandbox)")
     prompts: str = _f("", "RL prompts: a miniworld dir (its prompts/*.jsonl) or a jsonl of {messages, meta} records")
     world: str | None = _f(None, "miniworld dir for the judge and the gold eval; unset: --prompts when it is one")
+    # rollouts: each step samples a fresh batch from the current policy (on-policy), scores it
+    # once, then updates on it; max_new_tokens bounds the cost of a step on CPU
     steps: int = _f(30, "RL steps (one batch of rollouts and its update each)")
     batch_size: int = _f(32, "answers sampled per step: as many prompts (ppo), or batch_size / group_size prompts x group_size answers (grpo)")
     group_size: int = _f(4, "grpo: answers sampled per prompt")
     max_new_tokens: int = _f(64, "longest answer; one that does not end by then is penalized")
     temperature: float = _f(1.0, "sampling temperature of the rollouts")
     top_k: int | None = _f(None, "sample from the top k tokens only (unset: all)")
+    # the objective: score minus kl_coef x KL(policy || reference). Without the KL term the
+    # policy drifts to whatever wording the scorer over-rates (reward hacking); with ppo it is
+    # paid per token as reward, with grpo it is a loss term (DeepSeekMath).
     kl_coef: float = _f(0.05, "weight of the per-token KL penalty against the reference")
     unfinished_penalty: float = _f(0.5, "subtracted from the reward of an answer with no end-of-turn token")
+    # the clipped update (Schulman et al. 2017): once a token's probability ratio has moved past
+    # 1 +- clip in the direction its advantage favours, it gets no more gradient, so several
+    # passes over one batch cannot carry the policy far from the one that sampled it
     ppo_epochs: int = _f(2, "passes over each batch of rollouts")
     minibatch_size: int = _f(32, "rollouts per optimizer step")
     clip: float = _f(0.2, "PPO clip range of the probability ratio")
     vf_coef: float = _f(0.5, "ppo: weight of the value loss")
+    # gamma 1: an episode is one short answer scored at its end, so discounting would only
+    # shrink the score seen by the early tokens
     gamma: float = _f(1.0, "ppo: discount")
     lam: float = _f(0.95, "ppo: GAE lambda")
     entropy_coef: float = _f(0.0, "entropy bonus weight (0 = off; entropy is logged either way)")
