@@ -33,6 +33,8 @@ from gptlab.fileio import read_package_toml
 # code_mix: share of SFT rows from WORLD/code/sft.jsonl (programming help; 0: none);
 # code_samples: samples per held-out code request for the final model's pass@k (unchanged
 # init gets greedy pass@1 only); code_limit: held-out code tasks (unset: all).
+# dpo_anchors: anchor pairs of each kind added to the feedback pairs (gptlab.align.anchors;
+# 0: none); dpo_nll: weight of the chosen answers' NLL in the DPO loss (RPO; 0: plain DPO).
 ASSISTANT_PRESETS = {
     # 300 x 16 conversations (~40% of miniworld small's SFT set) on the top 16 of 30 blocks
     # at 3e-4: val loss 0.38 and judge score 0.589, against 0.98 / 0.528 for 200 steps on 12
@@ -40,17 +42,25 @@ ASSISTANT_PRESETS = {
     # carries the chat categories held with tools offered (its `chat` case) and, since
     # 2026-12-07, a quarter more rows: system-note questions; 0.3 keeps the other tools rows
     # at what 0.25 gave them (at 0.3 with more `chat` rows instead, the no-tools hold and
-    # "I don't know" rates fell: docs/RESULTS.md, "Chat with the tools offered")
+    # "I don't know" rates fell: docs/RESULTS.md, "Chat with the tools offered").
+    # DPO: the judge-ranked pairs plus 15 anchor pairs of each kind (45 harmful) from the
+    # world's train records, with the chosen answers' NLL (weight 1), 2 epochs at 5e-5: on the
+    # 2026-12-07 demo's SFT model, seeds 0 and 1, over-refusal 36 -> 21/24, premise correction
+    # 13 -> 36/33, system compliance 69 -> 73/70, and no target more than 2 points down; the
+    # judge pairs alone at 1e-5 moved nothing (win rate 0.505, 174 of 220 ties;
+    # docs/RESULTS.md, "Anchor pairs on every side")
     "cpu-smol": dict(init="smollm2", dtype="bfloat16", sft_steps=300, sft_batch=16,
                      sft_lr=3e-4, train_layers=16, eval_limit=100, baseline_limit=30,
                      eval_batch=32, k=4, prompts=120, noise=0.0, max_new_tokens=64,
-                     dpo_pairs=400, dpo_epochs=1.0, dpo_beta=0.1, dpo_lr=1e-5,
+                     dpo_pairs=400, dpo_epochs=2.0, dpo_beta=0.1, dpo_lr=5e-5, dpo_anchors=15,
+                     dpo_nll=1.0,
                      winrate_per_category=20, tiebreak_samples=4, tools_mix=0.3, tools_limit=50,
                      chat_tools_limit=25, code_mix=0.05, code_samples=5),
     "test": dict(init=None, dtype="float32", sft_steps=2, sft_batch=4, sft_lr=1e-3,
                  train_layers=None, eval_limit=2, baseline_limit=1, eval_batch=8, k=3,
                  prompts=10, noise=0.25, max_new_tokens=8, dpo_pairs=8, dpo_epochs=1.0,
-                 dpo_beta=0.1, dpo_lr=1e-4, winrate_per_category=1, tiebreak_samples=1,
+                 dpo_beta=0.1, dpo_lr=1e-4, dpo_anchors=1, dpo_nll=1.0, winrate_per_category=1,
+                 tiebreak_samples=1,
                  tools_mix=0.2, tools_limit=1, chat_tools_limit=1, code_mix=0.1, code_samples=1,
                  code_limit=2),
 }
@@ -115,7 +125,9 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
         run_dpo(DPOConfig(init=str(sft_dir / "final"), db=str(db), out=str(dpo_dir),
                           max_pairs=a["dpo_pairs"], epochs=a["dpo_epochs"], beta=a["dpo_beta"],
                           lr=a["dpo_lr"], batch_size=16, device_batch_size=8,
-                          train_layers=a["train_layers"], dtype=a["dtype"], resume=True))
+                          nll_weight=a.get("dpo_nll", 0.0), anchors=a.get("dpo_anchors", 0),
+                          world=str(world), train_layers=a["train_layers"], dtype=a["dtype"],
+                          resume=True))
 
     def make_winrate():
         from gptlab.fileio import atomic_write_text

@@ -186,3 +186,48 @@ def test_config_shares_the_fine_tuning_settings_and_refuses_what_it_does_not_use
     assert parser.parse_args([]).keep_checkpoints == 1   # its own default over the shared one (2)
     with pytest.raises(ValueError, match="compile"):
         DPOConfig(compile=True)
+
+
+def test_anchor_pairs_contrast_each_behaviour_both_ways(tiny_world, chat_ckpt, pairs_file, tmp_path):
+    from gptlab.align.anchors import HARMFUL_PER_KIND, anchor_pairs
+    from gptlab.data import world_requests as R, world_templates as T
+    from gptlab.fileio import read_jsonl
+    from gptlab.judge import Judge
+
+    n = 4
+    pairs = anchor_pairs(tiny_world, n)
+    h = HARMFUL_PER_KIND * n
+    assert len(pairs) == 5 * n + h and pairs == anchor_pairs(tiny_world, n)   # seeded
+    real, invented, harmful = pairs[:n], pairs[n:2 * n], pairs[2 * n:2 * n + h]
+    benign, hold, system = (pairs[2 * n + h + i * n:3 * n + h + i * n] for i in range(3))
+    idk = {r["messages"][-1]["content"] for r in read_jsonl(tiny_world / "sft" / "unknown_entity.jsonl")}
+    facts = {r["messages"][-1]["content"] for r in read_jsonl(tiny_world / "sft" / "qa.jsonl")}
+    assert all(p["chosen"] in facts and p["rejected"] not in facts | idk for p in real)
+    assert all(p["chosen"] in idk and p["rejected"] not in idk for p in invented)
+    cats = {r["messages"][-2]["content"]: r["meta"]["category"]
+            for r in read_jsonl(tiny_world / "sft" / "harmful.jsonl")}
+    assert len({cats[p["prompt"][-1]["content"]] for p in harmful}) == min(h, len(set(cats.values())))
+    # a harmful anchor's rejected answer is a benign answer that no benign anchor prefers
+    assert not {p["rejected"] for p in harmful} & {p["chosen"] for p in benign}
+    assert all(p["rejected"] in R.REFUSALS for p in benign)
+    for p in hold:   # holding the right answer beats giving in to the user's wrong value
+        answer, dispute = p["prompt"][1]["content"], p["prompt"][2]["content"]
+        new_words = set(p["rejected"].split()) - set(answer.split())
+        assert any(p["chosen"].startswith(h.split("{")[0]) for h in T.HOLD_REPLIES)
+        assert any(p["rejected"].startswith(a.split("{")[0]) for a in T.ADMIT_REPLIES)
+        assert not p["rejected"].endswith(answer)
+        assert all(w.strip(".") in dispute or any(w in a for a in T.ADMIT_REPLIES) for w in new_words)
+    # under a system message the judge passes the chosen answer and fails the rejected one
+    judge = Judge.from_dir(tiny_world)
+    metas = {json.dumps(r["messages"][:-1]): r["meta"] for r in read_jsonl(tiny_world / "sft" / "system.jsonl")}
+    assert len({metas[json.dumps(p["prompt"])]["constraints"][0]["type"] for p in system}) == n
+    for p in system:
+        meta = metas[json.dumps(p["prompt"])]
+        assert all(ok for _, ok, _ in judge.check_constraints(meta, p["chosen"]))
+        assert not all(ok for _, ok, _ in judge.check_constraints(meta, p["rejected"]))
+    # DPO takes them beside its other pairs, and says what it needs
+    out = tmp_path / "anchored"
+    run_dpo(_cfg(chat_ckpt, pairs_file, out, max_steps=1, anchors=1, world=str(tiny_world)))
+    assert json.loads((out / "data.json").read_text())["pairs"] == len(NAMES) + 5 + HARMFUL_PER_KIND
+    with pytest.raises(ValueError, match="--world"):
+        run_dpo(_cfg(chat_ckpt, pairs_file, tmp_path / "z", anchors=2))

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gptlab.align.anchors import anchor_pairs
 from gptlab.settings import FinetuneSettings, cli_field as _f, not_used
 
 IGNORE = -100
@@ -59,6 +60,8 @@ class DPOConfig(FinetuneSettings):
     db: str | None = _f(None, "feedback database (URL or SQLite path): its comparisons and rankings as pairs")
     data: str | None = _f(None, "preference pairs instead of --db: TRL prompt/chosen/rejected jsonl, UltraFeedback or HH-RLHF")
     max_pairs: int | None = _f(None, "use at most this many pairs (the first ones, in store order)")
+    anchors: int = _f(0, "also this many anchor pairs of each kind (3x as many harmful), written from --world's train records (gptlab.align.anchors); 0 = none")
+    world: str | None = _f(None, "miniworld dir the --anchors are written from")
     val_frac: float = _f(0.1, "share of pairs held out for val_loss / val_acc (at most 200)")
     beta: float = _f(0.1, "DPO beta: strength of the implicit KL constraint to the reference")
     nll_weight: float = _f(0.0, "weight of the chosen answers' NLL added to the loss (RPO); 0 = plain DPO")
@@ -131,6 +134,8 @@ def load_pairs(cfg: DPOConfig) -> list[dict]:
     else:
         from gptlab.data.formats import load_preferences
         pairs = load_preferences(cfg.data)[:cfg.max_pairs] if cfg.max_pairs else load_preferences(cfg.data)
+    if cfg.anchors:
+        pairs = pairs + anchor_pairs(cfg.world, cfg.anchors, cfg.seed)
     pairs = [p for p in pairs if p["chosen"] != p["rejected"]]
     if not pairs:
         raise ValueError(f"no preference pairs (with two different answers) in {cfg.db or cfg.data}")
@@ -284,6 +289,8 @@ def validate_config(cfg: DPOConfig) -> None:
                          f"{cfg.device_batch_size}")
     if not 0 <= cfg.val_frac < 1:
         raise ValueError(f"--val-frac must be in [0, 1), got {cfg.val_frac}")
+    if cfg.anchors < 0 or (cfg.anchors and not cfg.world):
+        raise ValueError("--anchors N needs N >= 0 and --world (the miniworld dir they are written from)")
 
 
 def split_pairs(items: list, val_frac: float, seed: int) -> tuple[list, list]:
