@@ -1,9 +1,10 @@
 """Training throughput of gptlab.model.GPT against transformers.LlamaForCausalLM.
 
 Same config, same weights, same batch, same thread count, same precision, same optimizer
-(fused AdamW: what `build_optimizer` gives ours, and the default of the transformers Trainer on
-torch >= 2.8), measured in one process: the two models alternate step by step after a warm-up, and the medians of
-the per-step times are compared. Prints tokens/s for both and the ratio (ours / HF).
+(fused AdamW: what `build_optimizer` gives ours, and the default of the transformers Trainer
+on torch >= 2.8), measured in one process: the two models alternate step by step after a
+warm-up, and the medians of the per-step times are compared. Prints tokens/s for both and
+the ratio (ours / HF).
 
     python bench/train_step.py                      # depth 4, batch 8 x 256, 20 steps
     python bench/train_step.py --depth 6 --seq-len 512 --batch-size 4 --steps 10
