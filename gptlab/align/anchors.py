@@ -46,8 +46,8 @@ HARMFUL_PER_KIND = 3
 
 
 def anchor_pairs(world: str | Path, n: int, seed: int = 0) -> list[dict]:
-    """``n`` pairs of each kind (``HARMFUL_PER_KIND * n`` harmful) as ``{"prompt", "chosen", "rejected"}``
-    (the format `gptlab.data.formats.load_preferences` gives), from ``world/sft``."""
+    """``n`` pairs of each kind (``HARMFUL_PER_KIND * n`` harmful) as ``{"prompt", "chosen",
+    "rejected"}`` (the format `gptlab.data.formats.load_preferences` gives), from ``world/sft``."""
     if n <= 0:
         return []
     sft = Path(world) / "sft"
@@ -107,25 +107,21 @@ def _entity_pairs(qa: list, unknown: list, names: dict, n: int, rng: random.Rand
 def _system_pairs(system: list, kb: dict, judge: Judge, n: int) -> list[dict]:
     """``n`` system-message pairs, the constraint types in turn: the compliant answer over the
     plain one, kept only where the judge passes the first and fails the second."""
+    by_code, cities = {c["code"]: c for c in kb["countries"]}, {c["name"]: c for c in kb["cities"]}
     by_type = defaultdict(list)
     for r in system:
-        rejected = _plain_answer(r["meta"], kb)
+        rejected = _plain_answer(r["meta"], by_code, cities)
         chosen_ok = all(ok for _, ok, _ in judge.check_constraints(r["meta"], r["messages"][-1]["content"]))
         if chosen_ok and not all(ok for _, ok, _ in judge.check_constraints(r["meta"], rejected)):
             by_type[r["meta"]["constraints"][0]["type"]].append(_pair(r, rejected))
-    types, out = sorted(by_type), []
-    for i in range(n if types else 0):
-        rows = by_type[types[i % len(types)]]
-        out.append(rows[(i // len(types)) % len(rows)])
-    return out
+    return _in_turn(by_type, n)
 
 
-def _plain_answer(meta: dict, kb: dict) -> str:
+def _plain_answer(meta: dict, by_code: dict, cities: dict) -> str:
     """The first English answer template of the record's fact, as a QA record words it."""
-    by_code = {c["code"]: c for c in kb["countries"]}
     rel, subject = meta["relation"], meta["subject"]
     if rel in CITY_RELATIONS:
-        vals = city_vals(next(c for c in kb["cities"] if c["name"] == subject), by_code)
+        vals = city_vals(cities[subject], by_code)
     else:
         vals = country_vals(by_code[subject], by_code)
         if rel == "languages" and len(by_code[subject]["languages"]) == 1:
@@ -138,11 +134,15 @@ def _by_category(harmful: list, count: int) -> list[dict]:
     by_cat = defaultdict(list)
     for r in harmful:
         by_cat[r["meta"]["category"]].append(r)
-    cats, out = sorted(by_cat), []
-    for i in range(count):
-        rows = by_cat[cats[i % len(cats)]]
-        out.append(rows[(i // len(cats)) % len(rows)])
-    return out
+    return _in_turn(by_cat, count)
+
+
+def _in_turn(groups: dict[str, list], count: int) -> list:
+    """``count`` items taking the groups (in key order) in turn, each from its start again
+    once it runs out; none when there are no groups."""
+    keys = sorted(k for k in groups if groups[k])
+    return [groups[keys[i % len(keys)]][(i // len(keys)) % len(groups[keys[i % len(keys)]])]
+            for i in range(count if keys else 0)]
 
 
 def _hold_pairs(records: list, n: int, rng: random.Random) -> list[dict]:
