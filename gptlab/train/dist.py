@@ -169,6 +169,11 @@ def wrap_model(model: nn.Module, env: DistEnv, *, compile: bool = False) -> nn.M
     return model
 
 
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is a torch.compile module (`wrap_model` compiles outside DDP)."""
+    return hasattr(model, "_orig_mod")
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """Strip ``torch.compile`` and DDP wrappers."""
     model = getattr(model, "_orig_mod", model)

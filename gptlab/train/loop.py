@@ -27,7 +27,8 @@ import torch.nn as nn
 from gptlab.checkpoint import NonFiniteError
 from gptlab.train.checkpoints import StopSignal
 from gptlab.train.dist import (
-    DistEnv, all_reduce_mean, all_reduce_sum, ddp_of, is_sharded, local_tensor, print0, unwrap,
+    DistEnv, all_reduce_mean, all_reduce_sum, ddp_of, is_compiled, is_sharded, local_tensor, print0,
+    unwrap,
 )
 from gptlab.train.metrics import MetricsLogger, Progress, model_flops_utilization, peak_flops
 from gptlab.train.optim import OptimizerGroup, lr_multiplier
@@ -195,7 +196,7 @@ def run_loop(model: nn.Module, optimizer: OptimizerGroup, cfg: LoopConfig, hooks
             rec = {"step": done, "loss": out["loss"], "lr": optimizer.param_groups[0]["lr"],
                    "lr_mult": mult, "tokens": tokens, "tokens_per_s": tps,
                    "grad_norm": out["grad_norm"], "mfu": mfu, "dt": dt}
-            if step == start_step and _is_compiled(model):
+            if step == start_step and is_compiled(model):
                 rec["compile_s"] = dt  # the first step traces and compiles the graph
                 bar.write(f"step {done}: {dt:.1f} s, torch.compile included")
             if not _finite_step(out):
@@ -222,11 +223,6 @@ def run_loop(model: nn.Module, optimizer: OptimizerGroup, cfg: LoopConfig, hooks
                 stop.raise_if_stopping()
     bar.close()
     return path
-
-
-def _is_compiled(model: nn.Module) -> bool:
-    """Whether ``model`` is a torch.compile module (`wrap_model` compiles outside DDP)."""
-    return hasattr(model, "_orig_mod")
 
 
 def _finite_step(out: dict) -> bool:

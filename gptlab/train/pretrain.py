@@ -417,12 +417,12 @@ def _data_hashes(shard_dir: Path) -> dict:
 
 
 def _announce(cfg: PretrainConfig, model, accum: int, env: DistEnv) -> None:
-    n = model.num_params()
+    n, compiled = model.num_params(), use_compile(cfg, accum)
     print0(f"model: depth {cfg.depth}, {n / 1e6:.2f}M params | {env.world_size} process(es) on "
            f"{env.device} | batch {cfg.total_batch_tokens} tokens = {cfg.device_batch_size} x "
            f"{cfg.seq_len} x {accum} accum x {env.world_size}"
            f"{' (FSDP)' if cfg.fsdp and env.ddp else ''} | {cfg.max_steps} steps "
            f"({cfg.max_steps * cfg.total_batch_tokens / n:.1f} tokens/param) | {cfg.optimizer} "
            f"lr {cfg.lr:.2e}, warmup {cfg.warmup_steps}, {cfg.schedule}"
-           f"{' | torch.compile' if use_compile(cfg, accum) else ''}"
-           f"{' (auto: a long run)' if cfg.compile is None and use_compile(cfg, accum) else ''}")
+           f"{' | torch.compile' if compiled else ''}"
+           f"{' (auto: a long run)' if compiled and cfg.compile is None else ''}")
