@@ -407,11 +407,13 @@ def headline_table(out: Path) -> str:
 # Stage wall times of a whole `make demo` (2026-12-04, docs/RESULTS.md: a loaded machine, so
 # these are on the long side), for the ETA printed when a stage starts. The assistant SFT
 # since its tools mix went to 0.25 with the chat-with-tools rows: 300 steps in 29 min on a
-# quiet machine (2026-12-06; the tool definitions make those rows long).
+# quiet machine (2026-12-06; the tool definitions make those rows long). Its midtraining:
+# 300 steps of 16 corpus rows in 14 min alone (2026-12-07).
 STAGE_SECONDS = {"cpu-tiny": {
     "miniworld data": 3, "curate": 1, "tokenizer": 1, "pretrain": 415, "SFT": 173,
     "feedback": 10, "reward model": 9, "PPO": 60, "DPO": 18, "eval base": 3, "eval SFT": 24,
-    "eval PPO": 25, "eval DPO": 21, "win rates": 15, "moderation": 102, "assistant SFT": 1750,
+    "eval PPO": 25, "eval DPO": 21, "win rates": 15, "moderation": 102, "assistant midtraining": 840,
+    "assistant SFT": 1750,
     "eval unchanged init": 82, "eval assistant SFT": 157, "assistant feedback": 107,
     "assistant DPO": 225, "eval assistant DPO": 241, "eval assistant tools": 300,
     "eval assistant chat with tools": 180, "eval unchanged init code": 90, "eval assistant code": 240,

@@ -43,13 +43,18 @@ def track(tiny_world, long_chat_ckpt, tmp_path_factory):
 
 def test_every_stage_writes_its_output(track):
     out, names = track
-    assert names == ["assistant SFT", "eval unchanged init", "eval assistant SFT",
+    assert names == ["assistant midtraining", "assistant SFT", "eval unchanged init", "eval assistant SFT",
                      "assistant feedback", "assistant DPO", "eval assistant DPO",
                      "eval assistant tools", "eval assistant chat with tools",
                      "eval unchanged init code", "eval assistant code", "assistant win rate"]
     data = json.loads((out / "assistant" / "sft" / "data.json").read_text())
     # the tools and code conversations were mixed into the SFT
     assert {Path(m["source"]).parent.name for m in data["mix"]} == {"tools", "code"}
+    # midtraining read the world's corpus, and SFT started from what it wrote
+    mid = json.loads((out / "assistant" / "mid" / "data.json").read_text())
+    assert [Path(m["source"]).name for m in mid["mix"]] == ["corpus"] and mid["mix"][0]["kind"] == "text"
+    sft_meta = json.loads((out / "assistant" / "sft" / "final" / "gptlab.json").read_text())
+    assert Path(sft_meta["parent"]).resolve() == (out / "assistant" / "mid" / "final").resolve()
     for sub in ("sft", "dpo"):
         meta = json.loads((out / "assistant" / sub / "final" / "gptlab.json").read_text())
         assert meta["stage"] == sub
