@@ -98,10 +98,11 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
     root = out / "assistant"
     mid_dir, sft_dir, dpo_dir, db = root / "mid", root / "sft", root / "dpo", root / "feedback.db"
 
-    def fine_tune(start: str, parts: list, out: Path, steps: int):
+    def fine_tune(start: str, parts: list, dest: Path, steps: int):
+        """`gptlab sft` from `start` on the world's chat records plus `parts` ((source, share))."""
         from gptlab.train.sft import SFTConfig, sft
         mix = ",".join(f"{path}:{share}" for path, share in parts if share and path.exists()) or None
-        sft(SFTConfig(init=start, data=str(world), mix=mix, out=str(out), max_steps=steps,
+        sft(SFTConfig(init=start, data=str(world), mix=mix, out=str(dest), max_steps=steps,
                       batch_size=a["sft_batch"], device_batch_size=a["sft_batch"], lr=a["sft_lr"],
                       train_layers=a["train_layers"], dtype=a["dtype"],
                       eval_every=max(steps // 4, 1), save_every=max(steps // 2, 1),
