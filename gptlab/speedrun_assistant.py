@@ -97,6 +97,7 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
     """(name, output that marks it done, run) for each stage of the assistant track."""
     root = out / "assistant"
     mid_dir, sft_dir, dpo_dir, db = root / "mid", root / "sft", root / "dpo", root / "feedback.db"
+    midtrain = bool(a.get("mid_steps"))
 
     def fine_tune(start: str, parts: list, dest: Path, steps: int):
         """`gptlab sft` from `start` on the world's chat records plus `parts` ((source, share))."""
@@ -113,7 +114,7 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
 
     def make_sft():
         ensure_code(world)
-        start = mid_dir / "final" if a.get("mid_steps") else resolve_init(init)
+        start = mid_dir / "final" if midtrain else resolve_init(init)
         fine_tune(str(start), [(world / "tools" / "sft.jsonl", a.get("tools_mix")),
                                (world / "code" / "sft.jsonl", a.get("code_mix"))], sft_dir, a["sft_steps"])
 
@@ -149,7 +150,7 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
         result = winrate_over_sft(root, world, a)
         atomic_write_text(root / "winrate.json", json.dumps(result, indent=2) + "\n")
 
-    mid = [("assistant midtraining", mid_dir / "final" / "config.json", make_mid)] if a.get("mid_steps") else []
+    mid = [("assistant midtraining", mid_dir / "final" / "config.json", make_mid)] if midtrain else []
     return mid + [
         ("assistant SFT", sft_dir / "final" / "config.json", make_sft),
         ("eval unchanged init", root / "baseline.eval.json",
