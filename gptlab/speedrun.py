@@ -295,12 +295,13 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
 
     def make_redteam():
         from gptlab.safety.redteam import RedteamConfig, run_redteam
+        from gptlab.speedrun_assistant import track_dtype
         best = best_model(out)
         big = p.get("assistant") and (out / "assistant") in best.parents  # a 135M model
         run_redteam(RedteamConfig(model=str(best), world=str(world),
                                   out=str(out / "redteam"), guard=str(out / "moderator"),
                                   limit=a["redteam_limit"],
-                                  dtype=p["assistant"]["dtype"] if big else "float32"))
+                                  dtype=track_dtype(p["assistant"]["dtype"]) if big else "float32"))
 
     def make_final():
         from gptlab.checkpoint import atomic_dir

@@ -36,6 +36,9 @@ from gptlab.fileio import read_package_toml
 # mid_steps: steps x sft_batch rows of the midtraining stage before SFT: the world's corpus
 # (mid_corpus of the rows; the rest chat records, so the chat format stays), which is where
 # the facts of held-out entities are written (0: no midtraining; SFT starts from init).
+# dtype: "bf16-if-native" is bfloat16 where the CPU multiplies it natively (AVX512-BF16 or
+# AMX), float32 elsewhere (`track_dtype`): on an AVX512-BF16 EPYC a bf16 training step of
+# SmolLM2 was 1.9x float32's, on a Xeon without it 3.5x *slower* (emulated; docs/PERFORMANCE.md).
 # dpo_anchors: anchor pairs of each kind added to the feedback pairs (gptlab.align.anchors;
 # 0: none); dpo_nll: weight of the chosen answers' NLL in the DPO loss (RPO; 0: plain DPO).
 ASSISTANT_PRESETS = {
@@ -56,7 +59,7 @@ ASSISTANT_PRESETS = {
     # 14, the midtrained SFT model 25; SFT judge score 0.577 -> 0.640, and after DPO premise
     # correction 33-36 -> 42, admit 8-13 -> 22, QA 16-19 -> 24 (docs/RESULTS.md,
     # "Midtraining on the world's corpus")
-    "cpu-smol": dict(init="smollm2", dtype="bfloat16", mid_steps=300, mid_corpus=0.9,
+    "cpu-smol": dict(init="smollm2", dtype="bf16-if-native", mid_steps=300, mid_corpus=0.9,
                      sft_steps=300, sft_batch=16,
                      sft_lr=3e-4, train_layers=16, eval_limit=100, baseline_limit=30,
                      eval_batch=32, k=4, prompts=120, noise=0.0, max_new_tokens=64,
@@ -92,9 +95,24 @@ def resolve_init(init: str) -> Path:
     return Path(path)
 
 
+def track_dtype(requested: str, cpuinfo: str | None = None) -> str:
+    """The preset's dtype as a training / eval dtype: "bf16-if-native" is "bfloat16" on a CPU
+    with native bf16 matrix multiplication, else "float32" (said once, with why); any other
+    value is returned as it is. ``cpuinfo``: /proc/cpuinfo's text (read when None)."""
+    if requested != "bf16-if-native":
+        return requested
+    from gptlab.serve.settings import fast_bf16
+    native = fast_bf16("cpu", cpuinfo)
+    if not native:
+        print("assistant track: this CPU has no native bf16 (AVX512-BF16 / AMX), so it trains and "
+              "evaluates in float32 (emulated bf16 was 3.5x slower)", flush=True)
+    return "bfloat16" if native else "float32"
+
+
 def assistant_stages(out: Path, world: Path, a: dict, init: str
                      ) -> list[tuple[str, Path, Callable[[], None]]]:
     """(name, output that marks it done, run) for each stage of the assistant track."""
+    a = {**a, "dtype": track_dtype(a["dtype"])}
     root = out / "assistant"
     mid_dir, sft_dir, dpo_dir, db = root / "mid", root / "sft", root / "dpo", root / "feedback.db"
     midtrain = bool(a.get("mid_steps"))

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.speedrun_assistant import ASSISTANT_PRESETS, assistant_stages, tracks_table, wilson
+from gptlab.speedrun_assistant import (ASSISTANT_PRESETS, assistant_stages, track_dtype,
+                                       tracks_table, wilson)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -154,3 +155,15 @@ def test_loss_skips_the_head_on_ignored_rows_without_changing_it():
     assert torch.allclose(loss, ref, atol=1e-5)
     for n, p in model.named_parameters():
         assert torch.allclose(got[n], p.grad, atol=1e-5), n
+
+
+def test_track_dtype_is_bf16_only_where_the_cpu_multiplies_it_natively(capsys):
+    """cpu-smol's "bf16-if-native": bf16 on an AVX512-BF16 or AMX CPU, float32 (said) on one
+    that would emulate it; an explicit dtype is kept whatever the CPU."""
+    ice_lake = "flags : fpu sse avx2 avx512f avx512bw avx512_vnni"
+    assert track_dtype("bf16-if-native", ice_lake + " avx512_bf16") == "bfloat16"
+    assert track_dtype("bf16-if-native", ice_lake + " amx_bf16 amx_tile") == "bfloat16"
+    assert track_dtype("bf16-if-native", ice_lake) == "float32"
+    assert "no native bf16" in capsys.readouterr().out
+    assert track_dtype("bfloat16", ice_lake) == "bfloat16"
+    assert ASSISTANT_PRESETS["cpu-smol"]["dtype"] == "bf16-if-native"

@@ -110,12 +110,13 @@ def serving_dtype(model, requested: str, device: str, threads: int | None = None
     return dtype
 
 
-def fast_bf16(device: str) -> bool:
-    """Whether ``device`` has native bf16 matrix multiplication."""
+def fast_bf16(device: str, cpuinfo: str | None = None) -> bool:
+    """Whether ``device`` has native bf16 matrix multiplication (on a CPU: the AVX512-BF16 or
+    AMX flag of ``cpuinfo``, /proc/cpuinfo's text, read when None)."""
     if str(device).startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     try:  # Linux: the CPU flags; elsewhere assume not (float32 is the safe choice)
-        flags = Path("/proc/cpuinfo").read_text().split()
+        flags = (Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo).split()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
