@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 import gptlab
 from gptlab.fileio import atomic_dir, recover_dir  # noqa: F401  (atomic_dir: re-exported for callers)
+from gptlab.model import GPT, ModelConfig
 from gptlab.tokenizer import Tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
@@ -282,8 +283,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     HF directories. The sha256 recorded in gptlab.json are checked first (CheckpointError
     naming a damaged file).
     """
-    from gptlab.model import GPT, ModelConfig  # deferred: keeps atomic_dir import-light
-
     path = Path(path)
     recover_dir(path)
     if not path.is_dir():

@@ -367,7 +367,7 @@ class FeedbackStore:
         rejected, whoever rated them) or repeated in the file are skipped. Returns the number
         added, with ``.skipped``.
         """
-        from gptlab.data.formats import iter_records
+        from gptlab.data.formats import iter_records  # deferred: formats pulls in torch
 
         source = str(path) if str(path).startswith("hf:") else Path(path).name
         # Read and check the whole file before the transaction starts, so the write lock

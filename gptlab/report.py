@@ -19,10 +19,14 @@ import shutil
 import time
 from pathlib import Path
 
+from gptlab.data.curate import curation_table
 from gptlab.evals import runner as R
 from gptlab.evals import table as eval_table
 from gptlab.evals import tasks as T
+from gptlab.evals.plots import bar_chart, curves_plot
 from gptlab.fileio import read_jsonl
+from gptlab.safety.redteam import format_report
+from gptlab.speedrun_assistant import tracks_table
 
 REPORT_FILE = "REPORT.md"
 FIG_DIR = "report"
@@ -67,7 +71,6 @@ def report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def _tracks(ctx) -> list[str]:
     """The from-scratch and assistant tracks side by side (when the run has both)."""
-    from gptlab.speedrun_assistant import tracks_table
     table = tracks_table(ctx.run)
     if not table:
         return []
@@ -159,7 +162,6 @@ def _curation(ctx: _Ctx) -> list[str]:
     rep = _read_json(ctx.run / "curated" / "report.json")
     if not rep:
         return []
-    from gptlab.data.curate import curation_table
     pii = rep["pii"]
     return ["## Data curation", "", *curation_table(rep), "",
             f"PII replaced in {pii['docs']} kept documents ({pii['email']} e-mail, {pii['phone']} "
@@ -205,8 +207,6 @@ def _series(recs: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 
 def _training(ctx: _Ctx, files: list[Path]) -> list[str]:
-    from gptlab.evals.plots import curves_plot
-
     out = ["## Training", ""]
     if not files:
         return out + ["_No metrics.jsonl found (training stages write one into their output "
@@ -274,8 +274,6 @@ def _model_name(ctx: _Ctx, p: Path) -> str:
 
 
 def _evals(ctx: _Ctx, files: list[Path]) -> list[str]:
-    from gptlab.evals.plots import bar_chart
-
     out = ["## Evals", ""]
     loaded = [(f, _read_json(f)) for f in files]
     loaded = [(f, e) for f, e in loaded if e and isinstance(e.get("metrics"), dict)]
@@ -432,7 +430,6 @@ def _redteam(ctx: _Ctx) -> list[str]:
     rt = _read_json(ctx.run / "redteam" / "redteam.json")
     if not rt:
         return out + ["No red-team run yet (`gptlab redteam --model DIR --out RUN/redteam`).", ""]
-    from gptlab.safety.redteam import format_report
     body = format_report(rt).splitlines()
     # drop its title; demote its headings one level under this section
     body = [("#" + line if line.startswith("##") else line) for line in body

@@ -30,6 +30,7 @@ deleted afterwards.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import stat
@@ -126,7 +127,6 @@ def _sandbox_uid() -> int:
 def _limits(memory_mb: int, cpu_seconds: int, file_mb: int, uid: int | None, netns: bool):
     """The child's set-up between fork and exec (runs in the child only)."""
     def setup():
-        import resource
         os.setsid()
         if netns:
             import ctypes

@@ -51,6 +51,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,9 +62,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptlab.checkpoint import load_checkpoint
+from gptlab.data.loaders import build_shards
+from gptlab.data.world import generate_world
+from gptlab.engine import Engine
+from gptlab.judge import Judge
+from gptlab.model import GPT, preset, training_defaults
 from gptlab.scaling_fit import capability, chinchilla_loss, fit, fpt_curve, power_law
 from gptlab.scaling_plot import plot
 from gptlab.settings import cli_field as _f  # one definition of a --flag field for every stage
+from gptlab.tokenizer import Tokenizer, train_tokenizer_from_source
+from gptlab.train.dist import resolve_device
+from gptlab.train.pretrain import PretrainConfig, pretrain, with_width
 
 
 # The size ladder, N increasing: depth >= 2 (one layer cannot form induction heads), width
@@ -128,9 +138,6 @@ def parse_size(spec: str) -> tuple[int, int]:
 
 def model_config(size: str, vocab_size: int, seq_len: int):
     """The ModelConfig pretrain builds for a size (preset(depth) at the size's width)."""
-    from gptlab.model import preset
-    from gptlab.train.pretrain import with_width
-
     depth, width = parse_size(size)
     return with_width(preset(depth, vocab_size, max_seq_len=seq_len), width)
 
@@ -138,8 +145,6 @@ def model_config(size: str, vocab_size: int, seq_len: int):
 def size_stats(size: str, vocab_size: int, seq_len: int) -> dict:
     """Non-embedding and total parameters and training FLOPs per token of a size
     (the model is built on the meta device: no memory, no time)."""
-    from gptlab.model import GPT
-
     with torch.device("meta"):
         model = GPT(model_config(size, vocab_size, seq_len))
     return {"params": model.num_params(non_embedding=True), "params_total": model.num_params(),
@@ -183,10 +188,6 @@ def plan_grid(cfg: SweepConfig, vocab_size: int) -> list[dict]:
 
 def prepare_data(cfg: SweepConfig) -> dict:
     """miniworld (if needed), one tokenizer and one set of token shards for every run."""
-    from gptlab.data.loaders import build_shards
-    from gptlab.data.world import generate_world
-    from gptlab.tokenizer import Tokenizer, train_tokenizer_from_source
-
     out = Path(cfg.out)
     world = Path(cfg.world) if cfg.world else out / "world"
     if not (world / "manifest.json").is_file():
@@ -212,9 +213,6 @@ def fact_accuracy(model, tokenizer, world: Path, limit: int | None = None,
                   batch_size: int = 64, max_new_tokens: int = 16) -> tuple[float, int]:
     """Share of eval/fact_completion.jsonl prompts whose greedy continuation (first sentence,
     up to a newline) states the fact, judged by the gold judge (as `gptlab eval --suite fact`)."""
-    from gptlab.judge import Judge
-    from gptlab.engine import Engine
-
     recs = [json.loads(x) for x in (world / "eval" / "fact_completion.jsonl").read_text().splitlines() if x.strip()]
     recs = recs[:limit] if limit else recs
     judge = Judge(json.loads((world / "kb.json").read_text()))
@@ -232,16 +230,12 @@ def fact_accuracy(model, tokenizer, world: Path, limit: int | None = None,
 
 
 def _first_sentence(text: str) -> str:
-    import re
     m = re.search(r"(?<=[.!?。])\s|\n", text)
     return text[:m.start()] if m else text
 
 
 def train_run(plan: dict, cfg: SweepConfig, data: dict, run_dir: Path) -> dict:
     """Pretrain one planned run (skipped when run_dir/final holds it), then evaluate it."""
-    from gptlab.checkpoint import load_checkpoint
-    from gptlab.train.pretrain import PretrainConfig, pretrain
-
     final = run_dir / "final"
     t0 = time.perf_counter()
     if _final_step(final) != plan["steps"]:
@@ -271,7 +265,6 @@ def _lr(plan: dict, mult: float) -> float | None:
     """pretrain's default LR for the size (None: let pretrain derive it), times ``mult``."""
     if mult == 1.0:
         return None
-    from gptlab.model import training_defaults
     return mult * training_defaults(plan["depth"])["lr"] * math.sqrt(64 * plan["depth"] / plan["width"])
 
 
@@ -287,7 +280,6 @@ def _final_step(final: Path) -> int | None:
 
 
 def _device(device: str) -> str:
-    from gptlab.train.dist import resolve_device
     return str(resolve_device(device))
 
 
@@ -507,7 +499,6 @@ def load_sweep_config(out: str | Path) -> SweepConfig:
 
 def _spec(out: Path) -> dict:
     cfg = load_sweep_config(out)
-    from gptlab.tokenizer import Tokenizer
     return {"vocab_size": Tokenizer.load(out / "tokenizer").vocab_size, "seq_len": cfg.seq_len,
             "batch_tokens": cfg.batch_tokens, "sizes": [x.strip() for x in cfg.sizes.split(",")]}
 

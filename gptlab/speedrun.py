@@ -10,11 +10,37 @@ OUT/final on the best chat model of both, and REPORT.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from gptlab.align.common import generate_answers, heldout_records, win_rate
+from gptlab.align.dpo import DPOConfig, run_dpo
+from gptlab.align.reward import RewardConfig, best_of_n, load_reward, train_reward
+from gptlab.align.rl import RLConfig, run_rl
+from gptlab.align.simulate import simulate_feedback
+from gptlab.chat import load_chat_model
+from gptlab.checkpoint import atomic_dir
+from gptlab.data.curate import CurateConfig, curate
+from gptlab.data.world import generate_world
+from gptlab.evals import evaluate
+from gptlab.fileio import atomic_write_text
+from gptlab.judge import Judge
+from gptlab.report import report
+from gptlab.safety import ModeratorConfig, train_moderator
+from gptlab.safety.redteam import RedteamConfig, run_redteam
+from gptlab.speedrun_assistant import ASSISTANT_PRESETS, assistant_models, track_dtype
+from gptlab.tokenizer import train_tokenizer_from_source
+from gptlab.train.pretrain import PretrainConfig, pretrain
+from gptlab.train.sft import SFTConfig, sft
 
 # cpu-tiny: a few-million-parameter model that learns miniworld's facts in minutes on 2
 # cores (docs/RESULTS.md has the measurements behind these numbers); `test` is the
@@ -85,8 +111,6 @@ ALIGN_PRESETS = {
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Can we reach the Hugging Face hub? (HF_HUB_OFFLINE=1 says no without asking.)"""
-    import os
-    import socket
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
         return False
     try:
@@ -119,7 +143,6 @@ def offline_settings(p: dict, src: dict) -> dict:
 def config_argv(cfg) -> list[str]:
     """A stage config -> the CLI flags that rebuild it (fields left at their default are
     omitted), to launch the same stage under torchrun."""
-    import dataclasses
     argv = []
     for f in dataclasses.fields(cfg):
         value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
@@ -136,8 +159,6 @@ def run_distributed(command: str, cfg, nproc: int) -> None:
     """`gptlab COMMAND` with cfg's flags on `nproc` local processes (torchrun --standalone).
     For several nodes, run the stage commands under torchrun on every node (docs/SPEEDRUN
     in README), then `gptlab speedrun` on node 0 skips the stages already done."""
-    import subprocess
-    import sys
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "gptlab", command, *config_argv(cfg)]
     print("  " + " ".join(cmd), flush=True)
@@ -157,17 +178,14 @@ def _stages(out: Path, p: dict, scale: str, nproc: int = 1) -> list[Stage]:
     p = offline_settings(p, src)
 
     def make_world():
-        from gptlab.data.world import generate_world
         generate_world(world, seed=0, scale=scale)
 
     curated = _curate_stage(out, world, scale, src)
 
     def make_tokenizer():
-        from gptlab.tokenizer import train_tokenizer_from_source
         train_tokenizer_from_source(src["pretrain"], tok, vocab_size=p["vocab_size"])
 
     def make_pretrain():
-        from gptlab.train.pretrain import PretrainConfig, pretrain
         tokens = p["pretrain_steps"] * p["total_batch_tokens"]
         cfg = PretrainConfig(
             data=src["pretrain"], tokenizer=str(tok), out=str(pre), depth=p["depth"],
@@ -183,7 +201,6 @@ def _stages(out: Path, p: dict, scale: str, nproc: int = 1) -> list[Stage]:
         run_distributed("pretrain", cfg, nproc) if nproc > 1 else pretrain(cfg)
 
     def make_sft():
-        from gptlab.train.sft import SFTConfig, sft
         cfg = SFTConfig(init=str(pre / "final"), data=src["sft"], out=str(sft_dir),
                         mix=f"{src['pretrain']}:{p['sft_mix']}", seq_len=p["seq_len"],
                         epochs=p["sft_epochs"], lr=p.get("sft_lr"), dtype=p.get("dtype", "auto"),
@@ -192,14 +209,12 @@ def _stages(out: Path, p: dict, scale: str, nproc: int = 1) -> list[Stage]:
 
     def make_eval(model: Path):
         def run():
-            from gptlab.evals import evaluate
             evaluate(model, world, limit=p["eval_limit"], tail_k=p.get("eval_tail_k", 8),
                      tail_prompts=p.get("eval_tail_prompts", 4),
                      max_new_tokens=p.get("eval_max_new_tokens"))
         return run
 
     def make_report():
-        from gptlab.report import report
         report(out)
 
     align = _align_stages(out, p, world, sft_dir / "final", src["prefs"])
@@ -234,7 +249,6 @@ def _curate_stage(out: Path, world: Path, scale: str, src: dict) -> list[Stage]:
     src["pretrain"] = str(out / "curated" / "corpus")
 
     def make_curate():
-        from gptlab.data.curate import CurateConfig, curate
         curate(CurateConfig(input=str(world / "corpus"), out=str(out / "curated"), world=str(world),
                             workers=0 if scale == "tiny" else 2, progress=False))
     return [Stage("curate", out / "curated" / "report.json", make_curate)]
@@ -254,8 +268,7 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
     a = p["align"]
 
     def make_feedback():
-        from gptlab.align.simulate import simulate_feedback
-        from gptlab.feedback import FeedbackStore
+        from gptlab.feedback import FeedbackStore  # deferred: needs sqlalchemy (not on GPU boxes)
         imported = 0
         if prefs and not FeedbackStore(db).counts()["comparisons"]:
             imported = FeedbackStore(db).import_file(prefs, limit=a.get("hub_prefs"))
@@ -265,20 +278,17 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
                                               "imported_from": prefs})
 
     def make_rm():
-        from gptlab.align.reward import RewardConfig, train_reward
         train_reward(RewardConfig(init=str(sft_final), db=str(db), out=str(rm),
                                   epochs=a["rm_epochs"], world=str(world),
                                   train_layers=a.get("rm_train_layers")))
 
     def make_ppo():
-        from gptlab.align.rl import RLConfig, run_rl
         run_rl(RLConfig(algo="ppo", init=str(sft_final), reward=str(rm), prompts=str(world),
                         out=str(out / "ppo"), steps=a["ppo_steps"], batch_size=a["ppo_batch"],
                         max_new_tokens=a["max_new_tokens"], eval_per_category=a["rl_eval"],
                         resume=True))
 
     def make_dpo():
-        from gptlab.align.dpo import DPOConfig, run_dpo
         run_dpo(DPOConfig(init=str(sft_final), db=str(db), out=str(out / "dpo"),
                           max_pairs=a["dpo_pairs"], epochs=a["dpo_epochs"], beta=a["dpo_beta"],
                           resume=True))
@@ -287,15 +297,12 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
         _write_json(align / "winrate.json", win_rates(out, world, a))
 
     def make_moderator():
-        from gptlab.safety import ModeratorConfig, train_moderator
         # SmolLM2's hidden states read unseen wordings far better than n-grams (F1 0.905 vs
         # 0.400 on held-out requests, docs/SAFETY.md); the test preset keeps the n-grams.
         train_moderator(ModeratorConfig(data=str(world), out=str(out / "moderator"),
                                         encoder=a["moderator_encoder"], progress=False))
 
     def make_redteam():
-        from gptlab.safety.redteam import RedteamConfig, run_redteam
-        from gptlab.speedrun_assistant import track_dtype
         best = best_model(out)
         big = p.get("assistant") and (out / "assistant") in best.parents  # a 135M model
         run_redteam(RedteamConfig(model=str(best), world=str(world),
@@ -304,8 +311,6 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
                                   dtype=track_dtype(p["assistant"]["dtype"]) if big else "float32"))
 
     def make_final():
-        from gptlab.checkpoint import atomic_dir
-        import shutil
         best = best_model(out)
         with atomic_dir(out / "final", markers=("config.json",)) as tmp:
             shutil.copytree(best, tmp, dirs_exist_ok=True)
@@ -326,12 +331,6 @@ def _align_stages(out: Path, p: dict, world: Path, sft_final: Path,
 def win_rates(out: Path, world: Path, a: dict) -> dict:
     """Gold-judge win rate of PPO, DPO and best-of-N over the SFT model's greedy answers on
     held-out prompts (the same prompts for all)."""
-    from gptlab.align.common import generate_answers, heldout_records, win_rate
-    from gptlab.align.reward import load_reward
-    from gptlab.align.reward import best_of_n
-    from gptlab.chat import load_chat_model
-    from gptlab.judge import Judge
-
     judge = Judge.from_dir(world)
     records = heldout_records(world, n_per_category=a["winrate_per_category"], seed=1)
     n_tok = a["max_new_tokens"]
@@ -352,7 +351,6 @@ def win_rates(out: Path, world: Path, a: dict) -> dict:
 def best_model(out: Path) -> Path:
     """The chat model with the highest mean gold-judge score in its eval (SFT, PPO, DPO of
     the from-scratch track, SFT and DPO of the assistant track)."""
-    from gptlab.speedrun_assistant import assistant_models
     scores = {}
     dirs = [out / sub / "final" for _, sub in MODELS[1:]] + [d for _, d in assistant_models(out)]
     for d in dirs:
@@ -365,7 +363,6 @@ def best_model(out: Path) -> Path:
 
 
 def _write_json(path: Path, data) -> None:
-    from gptlab.fileio import atomic_write_text
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
@@ -440,7 +437,6 @@ def _fmt(v) -> str:
 
 
 def _assistant_settings(name: str | None, init: str | None) -> dict | None:
-    from gptlab.speedrun_assistant import ASSISTANT_PRESETS
     if name in (None, "", "none"):
         return None
     if name not in ASSISTANT_PRESETS:

@@ -20,7 +20,18 @@ from typing import Callable
 
 import torch
 
-from gptlab.fileio import read_package_toml
+from gptlab.align.common import heldout_records, win_rate_tiebroken
+from gptlab.align.dpo import DPOConfig, run_dpo
+from gptlab.align.simulate import simulate_feedback
+from gptlab.chat import load_chat_model
+from gptlab.evals import evaluate
+from gptlab.evals.tools_eval import WITH_TOOLS
+from gptlab.fileio import atomic_write_text, read_package_toml
+from gptlab.interop import ensure_model
+from gptlab.judge import Judge
+from gptlab.serve.settings import fast_bf16
+from gptlab.train.dist import resolve_dtype
+from gptlab.train.sft import SFTConfig, sft
 
 # init: the model to align (an alias or a checkpoint dir; the test preset gets a tiny one
 # from its caller). sft_*: steps x rows of conversations; train_layers: top blocks trained
@@ -88,7 +99,6 @@ MODELS = [("assistant SFT", Path("sft")), ("assistant DPO", Path("dpo"))]
 
 def resolve_init(init: str) -> Path:
     """An alias (smollm2) imported on first use, or a checkpoint directory."""
-    from gptlab.interop import ensure_model
     path = ensure_model(init)
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"assistant track: {init} is not a checkpoint directory or a known alias")
@@ -101,7 +111,6 @@ def track_dtype(requested: str, cpuinfo: str | None = None) -> str:
     value is returned as it is. ``cpuinfo``: /proc/cpuinfo's text (read when None)."""
     if requested != "bf16-if-native":
         return requested
-    from gptlab.serve.settings import fast_bf16
     native = fast_bf16("cpu", cpuinfo)
     if not native:
         print("assistant track: this CPU has no native bf16 (AVX512-BF16 / AMX), so it trains and "
@@ -119,7 +128,6 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
 
     def fine_tune(start: str, parts: list, dest: Path, steps: int):
         """`gptlab sft` from `start` on the world's chat records plus `parts` ((source, share))."""
-        from gptlab.train.sft import SFTConfig, sft
         mix = ",".join(f"{path}:{share}" for path, share in parts if share and path.exists()) or None
         sft(SFTConfig(init=start, data=str(world), mix=mix, out=str(dest), max_steps=steps,
                       batch_size=a["sft_batch"], device_batch_size=a["sft_batch"], lr=a["sft_lr"],
@@ -139,7 +147,6 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
     def make_eval(model: Callable[[], Path], limit: int | None, dest: Path | None = None,
                   suite: str = "chat", code_samples: int = 0):
         def run():
-            from gptlab.evals import evaluate
             if suite == "code":
                 ensure_code(world)
             evaluate(model(), world, [suite], limit=limit, out=dest, batch_size=a["eval_batch"],
@@ -147,15 +154,12 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
         return run
 
     def make_feedback():
-        from gptlab.align.simulate import simulate_feedback
-        from gptlab.fileio import atomic_write_text
         stats = simulate_feedback(sft_dir / "final", world, str(db), k=a["k"], n=a["prompts"],
                                   noise=a["noise"], max_new_tokens=a["max_new_tokens"],
                                   dtype=a["dtype"])
         atomic_write_text(root / "feedback.json", json.dumps(stats, indent=2, default=str) + "\n")
 
     def make_dpo():
-        from gptlab.align.dpo import DPOConfig, run_dpo
         run_dpo(DPOConfig(init=str(sft_dir / "final"), db=str(db), out=str(dpo_dir),
                           max_pairs=a["dpo_pairs"], epochs=a["dpo_epochs"], beta=a["dpo_beta"],
                           lr=a["dpo_lr"], batch_size=16, device_batch_size=8,
@@ -164,7 +168,6 @@ def assistant_stages(out: Path, world: Path, a: dict, init: str
                           resume=True))
 
     def make_winrate():
-        from gptlab.fileio import atomic_write_text
         result = winrate_over_sft(root, world, a)
         atomic_write_text(root / "winrate.json", json.dumps(result, indent=2) + "\n")
 
@@ -206,11 +209,6 @@ def winrate_over_sft(root: Path, world: Path, a: dict) -> dict:
     """Gold-judge win rate of the DPO model over its own SFT on held-out prompts: greedy
     against greedy, each greedy tie decided by `tiebreak_samples` sampled answers of both
     (`common.win_rate_tiebroken`); wins / ties / losses, with and without ties."""
-    from gptlab.align.common import heldout_records, win_rate_tiebroken
-    from gptlab.chat import load_chat_model
-    from gptlab.judge import Judge
-    from gptlab.train.dist import resolve_dtype
-
     judge = Judge.from_dir(world)
     records = heldout_records(world, n_per_category=a["winrate_per_category"], seed=1)
     dtype = resolve_dtype(a["dtype"], torch.device("cpu"))
@@ -298,7 +296,6 @@ def _cell(ev: dict | None, key: str) -> str:
 
 def _unprefixed(ev: dict) -> dict:
     """A chat_tools eval.json with its with_tools/ metrics under the chat suite's names."""
-    from gptlab.evals.tools_eval import WITH_TOOLS
     strip = {k[len(WITH_TOOLS):]: v for k, v in ev["metrics"].items() if k.startswith(WITH_TOOLS)}
     counts = {k[len(WITH_TOOLS):]: v for k, v in ev["counts"].items() if k.startswith(WITH_TOOLS)}
     return {**ev, "metrics": strip, "counts": counts}

@@ -274,7 +274,7 @@ def train_tokenizer_from_source(source: str | Path, out_dir: str | Path, vocab_s
     Each document is capped at `doc_cap` characters (as nanochat does): very long
     documents add little to the statistics and slow the pre-tokenizer down.
     """
-    from gptlab.data.loaders import iter_texts
+    from gptlab.data.loaders import iter_texts  # deferred: loaders imports torch
 
     texts = (t[:doc_cap] for t in iter_texts(source, text_field=text_field))
     tok = train_tokenizer(_take_chars(texts, max_chars), vocab_size)

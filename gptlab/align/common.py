@@ -16,6 +16,9 @@ from typing import Sequence
 
 import torch
 
+from gptlab.chat import render_chat
+from gptlab.evals.runner import ModelResponder
+from gptlab.evals.tasks import CHAT_KINDS
 from gptlab.fileio import read_jsonl
 
 TIE_EPS = 1e-9
@@ -24,7 +27,6 @@ TIE_EPS = 1e-9
 # --------------------------------------------------------------------------- records
 
 def chat_categories() -> list[str]:
-    from gptlab.evals.tasks import CHAT_KINDS
     return list(CHAT_KINDS)
 
 
@@ -102,7 +104,6 @@ def generate_answers(model, tok, records: Sequence, max_new_tokens: int = 96,
                      progress: bool = False, desc: str = "generate") -> list[str]:
     """One reply per record (or message list), batched through the engine; prompts are
     rendered exactly as SFT tokenized them. Sampling is seeded per batch."""
-    from gptlab.evals.runner import ModelResponder
     recs = [{"messages": prompt_messages(r)} for r in records]
     if not recs:
         return []
@@ -191,7 +192,6 @@ def render_response(tok, messages: Sequence[dict], response: str,
     """Ids of prompt + reply rendered as a chat, and a mask that is 1 exactly on the reply's
     tokens and its end-of-turn token (earlier assistant turns are context, mask 0).
     Over ``max_len`` the oldest tokens are cut (the reply is kept whole when it fits)."""
-    from gptlab.chat import render_chat
     prompt = prompt_messages(messages)
     earlier = [i for i, m in enumerate(prompt) if m["role"] == "assistant"]
     ids, mask = render_chat(tok, prompt + [{"role": "assistant", "content": response}],

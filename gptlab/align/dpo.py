@@ -39,7 +39,16 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.align.anchors import anchor_pairs
+from gptlab.align.common import pad_batch, render_response
+from gptlab.chat import load_chat_model
+from gptlab.checkpoint import save_checkpoint
 from gptlab.settings import FinetuneSettings, cli_field as _f, not_used
+from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, resume_run, rng_state
+from gptlab.train.dist import autocast_context, resolve_dtype, seed_everything, setup_dist
+from gptlab.train.loop import LoopConfig, LoopHooks, run_loop
+from gptlab.train.lora import lora_state_dict, plain_model, save_final
+from gptlab.train.metrics import MetricsLogger
+from gptlab.train.optim import build_optimizer
 
 IGNORE = -100
 
@@ -77,8 +86,6 @@ def answer_example(tok, prompt: list[dict], answer: str, *, finished: bool = Tru
                    ) -> tuple[list[int], list[int]]:
     """(ids, mask) of prompt + answer (``common.render_response``): mask 1 on the answer's
     tokens and, when ``finished``, its end-of-turn token -- the tokens a policy chose."""
-    from gptlab.align.common import render_response
-
     ids, mask = render_response(tok, prompt, answer)
     if not finished:  # an answer cut by max_new_tokens never chose to end
         ids, mask = ids[:-1], mask[:-1]
@@ -88,8 +95,6 @@ def answer_example(tok, prompt: list[dict], answer: str, *, finished: bool = Tru
 def pad_rows(rows: list[list[int]], masks: list[list[int]], pad_id: int, device=None
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, T) ids and float 0/1 masks (``common.pad_batch``)."""
-    from gptlab.align.common import pad_batch
-
     ids, mask = pad_batch(rows, pad_id, masks, device=device)
     return ids, mask.float()
 
@@ -126,7 +131,7 @@ def load_pairs(cfg: DPOConfig) -> list[dict]:
     if bool(cfg.db) == bool(cfg.data):
         raise ValueError("give exactly one of --db (a feedback database) or --data (a pairs file)")
     if cfg.db:
-        from gptlab.feedback import FeedbackStore
+        from gptlab.feedback import FeedbackStore  # deferred: needs sqlalchemy (not on GPU boxes)
         path = Path(cfg.db)
         if "://" not in cfg.db and not path.is_file():
             raise FileNotFoundError(f"--db {cfg.db}: no such database file")
@@ -302,12 +307,6 @@ def split_pairs(items: list, val_frac: float, seed: int) -> tuple[list, list]:
 
 def run_dpo(cfg: DPOConfig) -> Path:
     """Train as configured; returns out/final."""
-    from gptlab.chat import load_chat_model
-    from gptlab.train.dist import autocast_context, resolve_dtype, seed_everything, setup_dist
-    from gptlab.train.loop import LoopConfig, LoopHooks, run_loop
-    from gptlab.train.metrics import MetricsLogger
-    from gptlab.train.optim import build_optimizer
-
     validate_config(cfg)
     env = setup_dist(cfg.device)
     seed_everything(cfg.seed)
@@ -385,10 +384,6 @@ def run_dpo(cfg: DPOConfig) -> Path:
 
 
 def _save(cfg, model, tok, optimizer, stream: PairStream, step: int, final: bool, meta: dict) -> Path:
-    from gptlab.checkpoint import save_checkpoint
-    from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, rng_state
-    from gptlab.train.lora import lora_state_dict, plain_model, save_final
-
     out, lora = Path(cfg.out), cfg.lora_r > 0
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
              "position": stream.position, "config": dataclasses.asdict(cfg)}
@@ -406,8 +401,6 @@ def _save(cfg, model, tok, optimizer, stream: PairStream, step: int, final: bool
 
 
 def _maybe_resume(cfg: DPOConfig, model, optimizer, stream: PairStream) -> int:
-    from gptlab.train.checkpoints import resume_run
-
     return resume_run(cfg, model, optimizer, ("init", "db", "data", "max_pairs", "seed", "batch_size",
                                               "device_batch_size", "lora_r"),
                       adapter=cfg.lora_r > 0,

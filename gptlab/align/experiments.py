@@ -28,7 +28,15 @@ from pathlib import Path
 
 import torch
 
+from gptlab.align.common import generate_answers, heldout_records, win_rate, win_rate_tiebroken
+from gptlab.align.dpo import DPOConfig, run_dpo
+from gptlab.align.reward import RewardConfig, best_of_n, load_reward, train_reward
+from gptlab.align.rl import RLConfig, run_rl
+from gptlab.chat import load_chat_model
+from gptlab.evals.runner import evaluate
+from gptlab.evals.tasks import KIND_METRICS
 from gptlab.fileio import read_jsonl
+from gptlab.judge import Judge
 
 EXPERIMENTS = ("winrate", "efficiency", "overopt", "tax")
 
@@ -69,7 +77,7 @@ def subset_db(src: str, n_pairs: int, dst: Path) -> Path:
     """A copy of the first rankings of ``src`` (with their ties) holding about ``n_pairs``
     preference pairs (a ranking of K answers states K(K-1)/2 pairs minus its ties), so a
     reward model sees exactly what DPO sees."""
-    from gptlab.feedback import FeedbackStore
+    from gptlab.feedback import FeedbackStore  # deferred: needs sqlalchemy (not on GPU boxes)
 
     if dst.is_file():
         return dst
@@ -95,8 +103,6 @@ def subset_db(src: str, n_pairs: int, dst: Path) -> Path:
 
 
 def reward_model(cfg: ExpConfig, db: Path, out: Path) -> Path:
-    from gptlab.align.reward import RewardConfig, train_reward
-
     if not (out / "reward.json").is_file():
         train_reward(RewardConfig(init=cfg.sft, db=str(db), out=str(out), progress=False,
                                   device="cpu", world=cfg.world))
@@ -104,8 +110,6 @@ def reward_model(cfg: ExpConfig, db: Path, out: Path) -> Path:
 
 
 def dpo_model(cfg: ExpConfig, db: Path, out: Path, **kw) -> Path:
-    from gptlab.align.dpo import DPOConfig, run_dpo
-
     if (out / "final" / "config.json").is_file():
         return out / "final"
     return run_dpo(DPOConfig(init=cfg.sft, db=str(db), out=str(out), progress=False,
@@ -115,8 +119,6 @@ def dpo_model(cfg: ExpConfig, db: Path, out: Path, **kw) -> Path:
 
 
 def rl_model(cfg: ExpConfig, algo: str, reward: str, out: Path, **kw) -> Path:
-    from gptlab.align.rl import RLConfig, run_rl
-
     if (out / "final" / "config.json").is_file():
         return out / "final"
     rl = dict(algo=algo, init=cfg.sft, reward=str(reward), prompts=cfg.world, out=str(out),
@@ -130,10 +132,6 @@ class Scorer:
     """Held-out records, the SFT model's greedy answers, and win rates against them."""
 
     def __init__(self, cfg: ExpConfig):
-        from gptlab.align.common import heldout_records
-        from gptlab.chat import load_chat_model
-        from gptlab.judge import Judge
-
         self.cfg = cfg
         self.records = heldout_records(cfg.world, cfg.per_category, seed=cfg.seed)
         self.judge = Judge.from_dir(cfg.world)
@@ -151,9 +149,6 @@ class Scorer:
         return out
 
     def answers(self, model_dir) -> list[str]:
-        from gptlab.align.common import generate_answers
-        from gptlab.chat import load_chat_model
-
         def make():
             ck = load_chat_model(model_dir, dtype=_torch_dtype(self.cfg.dtype))
             return generate_answers(ck.model, ck.tokenizer, self.records,
@@ -164,9 +159,6 @@ class Scorer:
     def win_rate(self, answers: list[str], model_dir=None) -> dict:
         """Greedy win rate over SFT; with cfg.tiebreak_samples and a model, greedy ties are
         decided by sampled answers (`common.win_rate_tiebroken`)."""
-        from gptlab.align.common import win_rate, win_rate_tiebroken
-        from gptlab.chat import load_chat_model
-
         if model_dir is not None and self.cfg.tiebreak_samples > 0:
             policy = load_chat_model(model_dir, dtype=_torch_dtype(self.cfg.dtype))
             wr = win_rate_tiebroken(policy, self.sft, self.records, self.judge,
@@ -177,8 +169,6 @@ class Scorer:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in wr.items()}
 
     def best_of_n(self, rm_dir: Path, n: int) -> list[str]:
-        from gptlab.align.reward import best_of_n, load_reward
-
         def make():
             rm = load_reward(str(rm_dir))
             picks = best_of_n(self.sft.model, self.sft.tokenizer, rm, self.records, n,
@@ -278,12 +268,6 @@ def exp_tax(cfg: ExpConfig) -> dict:
     """Before / after: QA accuracy (eval/qa.jsonl, the eval suite's definition: no hard
     failure of the judge), over-refusal on benign look-alikes, harmful refusal, and bits
     per byte on held-out text, for the SFT model and every model trained under OUT."""
-    from gptlab.align.common import generate_answers
-    from gptlab.chat import load_chat_model
-    from gptlab.judge import Judge
-    from gptlab.evals.runner import evaluate
-    from gptlab.evals.tasks import KIND_METRICS
-
     root, judge = Path(cfg.out), Judge.from_dir(cfg.world)
     models = {"sft": Path(cfg.sft)}
     for m in ("dpo", "ppo", "grpo"):

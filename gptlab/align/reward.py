@@ -34,8 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptlab.align.common import pad_batch, prompt_messages, render_response
+from gptlab.align.common import (generate_answers, heldout_records, pad_batch, prompt_messages,
+                                 render_response, win_rate)
+from gptlab.chat import load_chat_model
+from gptlab.checkpoint import atomic_dir, save_checkpoint
+from gptlab.judge import HARD_CHECKS, Judge
 from gptlab.settings import RunSettings, cli_field
+from gptlab.train.dist import DistEnv, print0, resolve_device, seed_everything
+from gptlab.train.loop import LoopConfig, LoopHooks, run_loop
+from gptlab.train.optim import build_optimizer
 
 HEAD_FILE = "reward_head.safetensors"
 INFO_FILE = "reward.json"
@@ -129,7 +136,6 @@ class RewardModel(nn.Module):
         """The backbone as a gptlab checkpoint + head + reward.json, written atomically."""
         from safetensors.torch import save_file
 
-        from gptlab.checkpoint import atomic_dir, save_checkpoint
         info = {**self.info, "offset": self.offset, "scale": self.scale, "max_len": self.max_len}
         with atomic_dir(out_dir, markers=("config.json", INFO_FILE)) as tmp:
             save_checkpoint(tmp, self.backbone, self.tokenizer, meta={"stage": "reward", **(meta or {})})
@@ -144,7 +150,6 @@ class RewardModel(nn.Module):
     def load(cls, path: str | Path, device: str = "cpu") -> "RewardModel":
         from safetensors.torch import load_file
 
-        from gptlab.chat import load_chat_model
         path = Path(path)
         if not (path / HEAD_FILE).is_file() or not (path / INFO_FILE).is_file():
             raise FileNotFoundError(f"{path} is not a reward model directory (needs {HEAD_FILE} "
@@ -223,7 +228,6 @@ def pair_accuracy(groups: Sequence[Group], rewards: Sequence[Sequence[float]]) -
 def separating_check(better, worse) -> str:
     """The judge check that tells two verdicts apart: the first hard check only the worse
     answer fails, else its first such soft check, else "brevity"."""
-    from gptlab.judge import HARD_CHECKS
     extra = [c for c in worse.failed if c not in better.failed]
     hard = [c for c in extra if c in HARD_CHECKS]
     return (hard or extra or ["brevity"])[0].split("#")[0]
@@ -345,9 +349,7 @@ def _world_dir(cfg: RewardConfig, store) -> Path | None:
 
 def _prepare(cfg: RewardConfig):
     """The reward model to train and its data: (rm, store, train, val, norm_rows)."""
-    from gptlab.chat import load_chat_model
-    from gptlab.feedback import FeedbackStore
-    from gptlab.train.dist import resolve_device
+    from gptlab.feedback import FeedbackStore  # deferred: needs sqlalchemy (not on GPU boxes)
     if not cfg.init or not cfg.db:
         raise ValueError("gptlab reward needs --init (a chat checkpoint) and --db (a feedback store)")
     ckpt = load_chat_model(cfg.init)
@@ -375,9 +377,6 @@ def _prepare(cfg: RewardConfig):
 
 def train_reward(cfg: RewardConfig) -> Path:
     """Train a reward model on the store's rankings and comparisons; returns cfg.out."""
-    from gptlab.train.dist import DistEnv, print0, seed_everything
-    from gptlab.train.loop import LoopConfig, LoopHooks, run_loop
-    from gptlab.train.optim import build_optimizer
     t0 = time.time()
     seed_everything(cfg.seed)
     rm, store, train, val, norm_rows = _prepare(cfg)
@@ -420,7 +419,6 @@ def train_reward(cfg: RewardConfig) -> Path:
 def _final_stats(rm: RewardModel, cfg: RewardConfig, store, train, val, rows,
                  train_s: float) -> dict:
     """Normalization, held-out accuracy, agreement with the noiseless judge, timings."""
-    from gptlab.judge import Judge
     raw = torch.tensor(rm.raw_rewards(rows, 64))
     offset = float(raw.mean())
     scale = float(raw.std()) if len(raw) > 1 and float(raw.std()) > 1e-6 else 1.0
@@ -500,7 +498,6 @@ def best_of_n(model, tok, reward, records: Sequence, n: int, *, max_new_tokens: 
     """Sample n answers per record (or message list) and keep the highest-reward one.
     ``reward``: anything with ``.score(prompts, responses)`` (``load_reward``). Returns per
     record {"best", "reward", "answers", "rewards"} (ties go to the earlier sample)."""
-    from gptlab.align.common import generate_answers
     if n < 1:
         raise ValueError(f"best-of-N needs N >= 1, got {n}")
     rows = [r for r in records for _ in range(n)]
@@ -524,9 +521,6 @@ def evaluate_best_of_n(model_dir, reward_spec, world, ns: Sequence[int] = (1, 4,
     samples per prompt are drawn once; best-of-n uses the first n of them (they are i.i.d.),
     so the N values differ only in the choice. The same choice made by the gold judge
     itself (``oracle``) is the ceiling a perfect reward model would reach."""
-    from gptlab.align.common import generate_answers, heldout_records, win_rate
-    from gptlab.chat import load_chat_model
-    from gptlab.judge import Judge
     judge, ckpt = Judge.from_dir(world), load_chat_model(model_dir)
     records = heldout_records(world, per_category, seed)
     greedy = generate_answers(ckpt.model, ckpt.tokenizer, records, max_new_tokens,

@@ -44,9 +44,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from gptlab.align.common import load_prompt_records
+from gptlab.align.common import generate_answers, load_prompt_records, win_rate
 from gptlab.align.dpo import pad_rows, token_logprobs
+from gptlab.align.reward import load_reward
+from gptlab.chat import load_chat_model, render_prompt, stop_token_ids
+from gptlab.checkpoint import save_checkpoint
+from gptlab.engine import Engine
 from gptlab.settings import TrainSettings, cli_field as _f, not_used
+from gptlab.train.checkpoints import (StopSignal, checkpoint_path, prune_checkpoints, resume_run,
+                                      rng_state)
+from gptlab.train.dist import resolve_device
+from gptlab.train.metrics import MetricsLogger
+from gptlab.train.optim import build_optimizer
 
 ALGOS = ("ppo", "grpo")
 
@@ -216,9 +225,6 @@ class Rollouts:
 
 def rollout(policy, tok, records: list[dict], reward, cfg: RLConfig, seed: int, device) -> Rollouts:
     """Answer every record once (engine, sampling), score the answers, build the batch."""
-    from gptlab.chat import render_prompt, stop_token_ids
-    from gptlab.engine import Engine
-
     keep = policy.config.max_position_embeddings - cfg.max_new_tokens - 1
     prompts = [render_prompt(tok, r["messages"])[-keep:] for r in records]
     engine = Engine(policy, tok)
@@ -346,7 +352,6 @@ class GoldEval:
         self.init_answers = self._answers(init_model) if self.records else []
 
     def _answers(self, model) -> list[str]:
-        from gptlab.align.common import generate_answers
         was = model.training
         model.eval()
         out = generate_answers(model, self.tok, self.records, max_new_tokens=self.cfg.max_new_tokens)
@@ -357,7 +362,6 @@ class GoldEval:
     def __call__(self, model) -> dict:
         if not self.records:
             return {}
-        from gptlab.align.common import win_rate
         answers = self._answers(model)
         gold = [self.judge.score_record(r, a).score for r, a in zip(self.records, answers)]
         wr = win_rate(answers, self.init_answers, self.records, self.judge)
@@ -394,14 +398,8 @@ def _world_of(cfg: RLConfig) -> str | None:
 def run_rl(cfg: RLConfig, reward=None) -> Path:
     """Train as configured; returns out/final. ``reward``: any object with
     ``.score(records, responses) -> list[float]`` instead of ``cfg.reward``."""
-    from gptlab.align.reward import load_reward
-    from gptlab.chat import load_chat_model
     from tqdm.auto import tqdm
 
-    from gptlab.train.checkpoints import StopSignal
-    from gptlab.train.dist import resolve_device
-    from gptlab.train.metrics import MetricsLogger
-    from gptlab.train.optim import build_optimizer
 
     validate_config(cfg)
     device = resolve_device(cfg.device)
@@ -510,9 +508,6 @@ def rl_step(policy, ref, value_head, optimizer, params, tok, records, stream: Pr
 
 
 def _save(cfg, policy, value_head, tok, optimizer, stream, step: int, final: bool, meta: dict) -> Path:
-    from gptlab.checkpoint import save_checkpoint
-    from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, rng_state
-
     out = Path(cfg.out)
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
              "position": stream.position, "config": dataclasses.asdict(cfg),
@@ -531,8 +526,6 @@ def _save(cfg, policy, value_head, tok, optimizer, stream, step: int, final: boo
 
 
 def _maybe_resume(cfg: RLConfig, policy, value_head, optimizer, stream: PromptStream) -> int:
-    from gptlab.train.checkpoints import resume_run
-
     def restore_data(st: dict) -> None:   # the value head counts as data here: not in the weights
         if value_head is not None:
             value_head.load_state_dict(st["value_head"])

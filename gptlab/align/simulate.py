@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from gptlab.align.common import generate_answers, load_prompt_records
+from gptlab.chat import load_chat_model
+from gptlab.judge import Judge
+from gptlab.train.dist import resolve_dtype
 
 
 def pick_prompts(records: list[dict], n: int | None, seed: int) -> list[dict]:
@@ -45,9 +49,7 @@ def simulate_feedback(model: str | Path, prompts: str | Path, db: str, *, k: int
     `db`, and the noiseless ranking of the same answers in `clean_db` if given."""
     from tqdm.auto import tqdm
 
-    from gptlab.chat import load_chat_model
-    from gptlab.judge import Judge
-    from gptlab.feedback import FeedbackStore, prompt_key
+    from gptlab.feedback import FeedbackStore, prompt_key  # deferred: needs sqlalchemy (not on GPU boxes)
     if k < 2:
         raise ValueError(f"--k must be >= 2 (a ranking needs two answers), got {k}")
     if not 0 <= noise <= 0.5:
@@ -62,7 +64,6 @@ def simulate_feedback(model: str | Path, prompts: str | Path, db: str, *, k: int
     stores = [FeedbackStore(db)] + ([FeedbackStore(clean_db)] if clean_db else [])
     done = stores[0].ranked_prompt_keys(source)
     todo = [r for r in chosen if prompt_key(r["messages"]) not in done]
-    from gptlab.train.dist import resolve_dtype
     ckpt = load_chat_model(model, device=device, dtype=resolve_dtype(dtype, torch.device(device)))
     sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "k": k}
     per_chunk = max(1, batch_size // k)
@@ -86,7 +87,7 @@ def simulate_feedback(model: str | Path, prompts: str | Path, db: str, *, k: int
 
 
 def _store_one(stores, judge, rec, answers, noise, seed, source, model, sampling) -> None:
-    from gptlab.feedback import prompt_key
+    from gptlab.feedback import prompt_key  # deferred: needs sqlalchemy (not on GPU boxes)
     msgs, meta = rec["messages"], rec.get("meta") or None
     rng = random.Random(f"{seed}-{prompt_key(msgs)}")   # the same labels on a rerun
     order = judge.rank(msgs, answers, meta, noise=noise, rng=rng)
@@ -105,9 +106,7 @@ def _store_one(stores, judge, rec, answers, noise, seed, source, model, sampling
 
 def feedback_stats(db: str) -> dict:
     """Row counts, pairs by rater kind, prompt sources."""
-    from collections import Counter
-
-    from gptlab.feedback import FeedbackStore
+    from gptlab.feedback import FeedbackStore  # deferred: needs sqlalchemy (not on GPU boxes)
     store = FeedbackStore(db)
     pairs = store.pairs()
     return {"counts": store.counts(), "pairs": len(pairs),

@@ -32,6 +32,8 @@ Batching the rendered conversations is gptlab.chat.examples.
 """
 from __future__ import annotations
 
+import re
+import secrets
 from typing import Iterable, Sequence
 
 from gptlab.tokenizer import CHATML_TEMPLATE
@@ -235,8 +237,6 @@ def content_pieces(tokenizer, messages: Sequence[dict], segs: list[tuple[str, bo
 
 def _template_specials(tokenizer, messages, add_generation_prompt, full: str) -> set[tuple[int, int]]:
     """Character spans of the special-token strings in ``full`` outside message content."""
-    import re
-
     names = sorted((tokenizer.id_to_token(i) for i in tokenizer.control_ids()), key=len, reverse=True)
     if not names:
         return set()
@@ -267,9 +267,6 @@ def _content_spans(tokenizer, messages, add_generation_prompt, real: str) -> lis
     content twice or drops it is handled); if putting the contents back in place of the
     markers does not give the real rendering (a template that rewrites content, e.g. trims
     it), trimmed contents are tried; None when neither fits."""
-    import re
-    import secrets
-
     nonce = secrets.token_hex(8)
     marks = {f"\x00{nonce}-{i}\x00": m["content"] for i, m in enumerate(messages)}
     stub = [{**m, "content": mark} for m, mark in zip(messages, marks)]

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from gptlab.chat.render import render_prompt
+from gptlab.checkpoint import load_checkpoint
 
 
 # --------------------------------------------------------------------------- chat sessions
@@ -33,8 +34,6 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32):
     """``load_checkpoint``, plus a LoRA adapter merged in when the directory has one
     (``adapter_config.json``, written by ``gptlab sft --lora-r N --no-merge``)."""
-    from gptlab.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path, device=device, dtype=dtype)
     if (Path(path) / "adapter_config.json").is_file():
         from peft import PeftModel

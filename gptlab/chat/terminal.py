@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Callable
 
 from gptlab.chat.render import render_prompt, stop_token_ids
-from gptlab.chat.session import fit_history
+from gptlab.chat.session import fit_history, load_chat_model
+from gptlab.engine import Engine
 from gptlab.tool_format import TOOL_CALL_OPEN, openai_tool_calls, parse_tool_calls
 from gptlab.tools import KnowledgeBase, load_kb, parse_tool_names, run_tool, tool_specs
+from gptlab.train.dist import resolve_device
 
 USER_PROMPT = "you> "
 CONT_PROMPT = "...> "
@@ -61,8 +63,6 @@ class ChatSession:
                  top_k: int | None = None, top_p: float | None = 0.95, max_new_tokens: int = 256,
                  seed: int | None = None, tools: list[str] | None = None, kb=None,
                  auto_approve: bool = False):
-        from gptlab.engine import Engine
-
         self.engine, self.tokenizer = Engine(model, tokenizer), tokenizer
         self.system = system or None
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
@@ -364,8 +364,6 @@ def run_chat(model_dir: str, *, system: str | None = None, temperature: float = 
     miniworld whose kb.json the lookup reads; `yes`: run every call without asking."""
     import torch
 
-    from gptlab.chat.session import load_chat_model
-    from gptlab.train.dist import resolve_device
 
     names = parse_tool_names(tools) if tools else []
     kb = KnowledgeBase(load_kb(world)) if "lookup" in names else None

@@ -49,7 +49,7 @@ import numpy as np
 import orjson
 
 from gptlab.data.curate_hash import Batch, NearDupIndex, band_keys
-from gptlab.fileio import read_jsonl_numbered
+from gptlab.fileio import atomic_dir, read_jsonl_numbered
 
 REASONS = ("exact_dup", "too_short", "symbols", "digits", "repetition", "language",
            "contamination", "near_dup")
@@ -394,7 +394,7 @@ def _eval_paths(cfg: CurateConfig) -> list[str]:
 
 def _results(cfg: CurateConfig, evals: dict) -> Iterator[tuple[list[str], dict]]:
     """(batch of texts, _process(batch)) in input order, from worker processes when asked."""
-    from gptlab.data.loaders import batched, iter_texts
+    from gptlab.data.loaders import batched, iter_texts  # deferred: loaders imports torch
 
     batches = batched(iter_texts(cfg.input, cfg.text_field), cfg.batch_docs)
     if cfg.workers <= 0:
@@ -418,8 +418,6 @@ def _results(cfg: CurateConfig, evals: dict) -> Iterator[tuple[list[str], dict]]
 def curate(cfg: CurateConfig) -> dict:
     """Run the curation stage; returns the report (also written as DIR/report.json)."""
     from tqdm.auto import tqdm
-
-    from gptlab.fileio import atomic_dir
 
     if cfg.num_perm & (cfg.num_perm - 1) or cfg.num_perm % cfg.bands:
         raise ValueError(f"num_perm ({cfg.num_perm}) must be a power of two divisible by bands ({cfg.bands})")

@@ -4,10 +4,12 @@ and `score_planted`, the precision and recall of a curation run against what was
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from gptlab.data.curate import REASONS, eval_texts
 from gptlab.data.curate_hash import HAS_CJK, Batch, normalize
+from gptlab.fileio import atomic_write_text
 
 
 FOREIGN_SENTENCES = ["La ville est située au bord de la rivière et compte de nombreux habitants qui travaillent dans les usines.",
@@ -63,9 +65,7 @@ def planted_corpus(world: str | Path, out: str | Path, seed: int = 0, n_exact: i
     exact duplicates, near duplicates, junk of each kind, PII and leaked eval items, shuffled,
     written to `out` (jsonl with {"text", "planted"}); returns {planted kind: count}. Leaks
     are eval items long enough to check, verbatim, appended to a copy of a clean document."""
-    import random
-    from gptlab.data.loaders import iter_texts
-    from gptlab.fileio import atomic_write_text
+    from gptlab.data.loaders import iter_texts  # deferred: loaders imports torch
 
     rng = random.Random(seed)
     world = Path(world)

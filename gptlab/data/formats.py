@@ -273,7 +273,8 @@ def _iter_hf_records(spec: str, fmt: str, kind: str | None, text_field: str) -> 
     a malformed row is a FormatError naming the data set and the row."""
     import datasets
 
-    from gptlab.data.loaders import parse_hf_spec
+    from gptlab.data.loaders import parse_hf_spec  # deferred: loaders imports torch
+
     name, config, split = parse_hf_spec(spec)
     rows = datasets.load_dataset(name, config, split=split, streaming=True)
     row_fmt = None if fmt == "auto" else fmt

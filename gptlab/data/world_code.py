@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptlab.fileio import write_jsonl, read_package_toml
+from gptlab.sandbox import run_python
 
 
 @dataclass
@@ -256,8 +257,6 @@ def judge_code(task: dict, response: str, *, timeout: float = 5.0) -> dict:
     Returns {"passed", "tests", "failed", "output", "style": {...}, "score"}: score is 1.0
     for passing code, less 0.1 per style problem (no `def entry_point`, lines over 100
     characters, print() in the solution), 0.0 when a test fails."""
-    from gptlab.sandbox import run_python
-
     code = extract_code(response, task["entry_point"])
     result = run_python(_RUNNER, files={"solution.py": code, "tests.json": json.dumps(task["tests"])},
                         timeout=timeout)

@@ -3,6 +3,7 @@ when their tokenizer matches, else the first documents of a text source), tokeni
 so models with different vocabularies compare."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptlab.data.loaders import iter_texts
 from gptlab.evals import metrics as M
 
 
@@ -59,7 +61,6 @@ def bpb_of_stream(model, stream, n_bytes: int, seq_len: int, batch_size: int = 1
 
 
 def _tokenizer_sha(tokenizer) -> str:
-    import hashlib
     return hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()
 
 
@@ -115,8 +116,6 @@ def bpb_stream_from_text(source, tokenizer, max_tokens: int, max_docs: int | Non
                          ) -> tuple[np.ndarray, int]:
     """[eos] + encode(doc) + [eos] per document of `source` until max_tokens; bytes are the
     raw documents' UTF-8 bytes."""
-    from gptlab.data.loaders import iter_texts
-
     ids, n_bytes = [tokenizer.eos_id], 0
     for i, doc in enumerate(iter_texts(source)):
         if (max_docs is not None and i >= max_docs) or len(ids) > max_tokens:

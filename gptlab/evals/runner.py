@@ -38,13 +38,18 @@ from typing import Callable
 
 import torch
 
+import gptlab
 from gptlab.chat import record_prompt, stop_token_ids
+from gptlab.engine import Engine
 from gptlab.evals import metrics as M
 from gptlab.evals import tasks as T
 from gptlab.evals.bpb import suite_bpb
 from gptlab.evals.calibration import suite_calibration
 from gptlab.evals.table import EVAL_FILE, format_table
+from gptlab.evals.tools_eval import ModelToolGenerator
 from gptlab.fileio import atomic_write_text, write_jsonl
+from gptlab.judge import Judge
+from gptlab.train.dist import resolve_device
 
 TOOL_CALL_MODES = ("grammar", "free")   # evaluate(tool_calls=): see its docstring
 SUITES = ("bpb", "fact", "chat", "tail", "calibration", "tools", "chat_tools", "code")
@@ -92,7 +97,6 @@ class ModelResponder:
     after a BOS token and stop at a newline."""
 
     def __init__(self, model, tokenizer, batch_size: int = 32, progress: bool = True):
-        from gptlab.engine import Engine
         self.model, self.tokenizer = model, tokenizer
         self.engine = Engine(model, tokenizer)
         self.batch_size, self.progress = batch_size, progress
@@ -226,8 +230,6 @@ def evaluate(model_dir: str | Path | None, world_dir: str | Path, suites: list[s
     in-process): `grammar` decodes a reply that opens a `<tool_call>` under the grammar
     `gptlab serve` uses (so calls parse and fit their schemas, as served), `free` without it.
     """
-    from gptlab.judge import Judge
-
     if tool_calls not in TOOL_CALL_MODES:
         raise ValueError(f"tool_calls must be one of {', '.join(TOOL_CALL_MODES)}, got {tool_calls!r}")
     world_dir = Path(world_dir)
@@ -342,8 +344,6 @@ def _run_suite(suite: str, r: _Run) -> dict:
 def _tool_generator(r: _Run):
     """The tools suites' `generate`: the responder's (an API), else the model's, with the
     server's tool-call grammar unless settings say `free`."""
-    from gptlab.evals.tools_eval import ModelToolGenerator
-
     if hasattr(r.responder, "tools_generate"):
         return r.responder.tools_generate
     constrain = None
@@ -371,7 +371,6 @@ def _command(model_dir, world_dir, suites, kind, settings, bpb_text, out) -> str
 
 
 def _load(model_dir, device, dtype: str = "auto"):
-    from gptlab.train.dist import resolve_device
     try:   # also merges a LoRA adapter saved beside the weights
         from gptlab.chat import load_chat_model as load
     except ImportError:
@@ -390,7 +389,6 @@ def _load(model_dir, device, dtype: str = "auto"):
 
 
 def _assemble(model_dir, meta, kind, world_dir, results, skipped, settings) -> dict:
-    import gptlab
     manifest = Path(world_dir) / "manifest.json"
     kb_sha = None
     if manifest.is_file():

@@ -27,6 +27,7 @@ from gptlab.evals.metrics import mean, rate
 from gptlab.evals.tools_eval import (MAX_NEW_TOKENS as TOOLS_MAX_NEW_TOKENS, MAX_ROUNDS as TOOLS_MAX_ROUNDS,
                                      SAMPLES, TOOL_METRICS, WITH_TOOLS, Generate, episode_samples,
                                      run_episodes)
+from gptlab.tools import tool_specs
 
 CHAT_KINDS = ["qa", "multiturn", "system", "conflict", "false_premise", "pushback_hold",
               "pushback_admit", "harmful", "benign_edgy", "unknown_entity", "arithmetic"]
@@ -351,8 +352,6 @@ def suite_chat_tools(world_dir, generate: Generate, judge, categories, *, limit:
     suite. Metrics are the chat suite's, prefixed "with_tools/", plus
     "with_tools/tool_use/KIND": the share of a category's records where a tool was called.
     The records and the judge are the chat suite's, so the two columns compare directly."""
-    from gptlab.tools import tool_specs
-
     tools = tool_specs(CHAT_TOOLS)
     records = [{**r, "tools": tools} for c in categories for r in load_records(world_dir, c, limit)]
     if not records:

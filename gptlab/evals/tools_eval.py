@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from gptlab.chat import render_prompt, stop_token_ids
 from gptlab.data import phrases
 from gptlab.data.world_facts import NUMERIC
+from gptlab.engine import Engine
 from gptlab.evals.metrics import rate
 from gptlab.fileio import read_jsonl
 from gptlab.tool_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
@@ -269,17 +271,12 @@ class ModelToolGenerator:
     (gptlab.serve.tools.AutoToolConstraints: the server's), or None to decode freely."""
 
     def __init__(self, model, tokenizer, batch_size: int = 32, constrain=None):
-        from gptlab.chat import stop_token_ids
-        from gptlab.engine import Engine
-
         self.engine, self.tokenizer = Engine(model, tokenizer), tokenizer
         self.batch_size, self.stops = batch_size, stop_token_ids(tokenizer)
         self.max_len = int(model.config.max_position_embeddings)
         self.constrain = constrain
 
     def __call__(self, conversations, *, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-        from gptlab.chat import render_prompt
-
         keep = max(1, self.max_len - max_new_tokens)
         ids = [render_prompt(self.tokenizer, msgs, tools=tools)[-keep:] for msgs, tools in conversations]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))

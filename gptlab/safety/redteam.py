@@ -12,16 +12,21 @@ a `gptlab.safety.Moderator` input guard) or a live OpenAI-compatible server (the
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from gptlab.chat import load_chat_model
+from gptlab.evals.runner import ModelResponder
 from gptlab.fileio import atomic_write_text, read_jsonl
 from gptlab.judge import Judge
 from gptlab.safety.attacks import ATTACKS, build_cases
 from gptlab.safety.moderator import Moderator, refusal_for
 from gptlab.settings import cli_field as _f
+from gptlab.train.dist import resolve_dtype
 
 
 # ----------------------------------------------------------------------------- running
@@ -56,9 +61,6 @@ def _parse_attacks(spec: str) -> list[str]:
 
 
 def _local_replies(cfg: RedteamConfig, cases: list[dict]) -> list[str]:
-    from gptlab.chat import load_chat_model
-    from gptlab.evals.runner import ModelResponder
-    from gptlab.train.dist import resolve_dtype
     ckpt = load_chat_model(cfg.model, dtype=resolve_dtype(cfg.dtype, torch.device("cpu")))
     responder = ModelResponder(ckpt.model, ckpt.tokenizer, batch_size=cfg.batch_size,
                                progress=cfg.progress)
@@ -67,9 +69,6 @@ def _local_replies(cfg: RedteamConfig, cases: list[dict]) -> list[str]:
 
 
 def _server_replies(cfg: RedteamConfig, cases: list[dict]) -> list[str]:
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
     from openai import OpenAI
     from tqdm.auto import tqdm
     client = OpenAI(base_url=cfg.server, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY") or "none",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +52,6 @@ def cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
     return platform.processor() or platform.machine()
 
 

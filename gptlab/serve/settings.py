@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from gptlab.interop import TORCH_DTYPES
+from gptlab.serve import dtype_auto
+from gptlab.serve.worker import Worker
 
 MODERATE_MODES = ("none", "input", "output", "both")
 ACTIONS = ("refuse", "flag")
@@ -101,8 +103,6 @@ def serving_dtype(model, requested: str, device: str, threads: int | None = None
     if str(device).startswith("cuda"):
         big = 4 * sum(p.numel() for p in model.parameters()) > BF16_AUTO_MIN_BYTES
         return torch.bfloat16 if big else param.dtype
-    from gptlab.serve import dtype_auto      # the CPU timing run, only when it is needed
-    from gptlab.serve.worker import Worker
     fuse = {d: Worker.plan(model, threads, dtype=d)[0] for d in dtype_auto.CANDIDATES}
     threads = Worker.plan(model, threads)[1]
     dtype, why = dtype_auto.choose(model, threads, fuse)

@@ -28,7 +28,11 @@ from pathlib import Path
 
 import torch
 
+from gptlab.checkpoint import save_checkpoint
+from gptlab.data.loaders import TokenBatchLoader, build_shards
+from gptlab.model import GPT, GQA_RATIO, preset, training_defaults
 from gptlab.settings import TrainSettings, cli_field as _f  # one definition of a --flag field for every stage
+from gptlab.tokenizer import Tokenizer, train_tokenizer_from_source
 from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, resume_run, rng_state
 from gptlab.train.dist import (
     DistEnv, autocast_context, barrier, full_model_state, full_optimizer_state, print0,
@@ -80,8 +84,6 @@ def depth_defaults(depth: int) -> dict:
     """Derived defaults for one depth: `gptlab.model.training_defaults` (batch in tokens,
     AdamW LR ~ 1/sqrt(width), weight decay, LR floor, warmup, Chinchilla ratio) plus a
     context length and micro-batch: short contexts for the CPU-tiny depths."""
-    from gptlab.model import training_defaults
-
     d = dict(training_defaults(depth))
     if depth <= 6:    # CPU-tiny: minutes on a laptop
         d.update(seq_len=256, device_batch_size=16)
@@ -186,8 +188,6 @@ def _pick(value, default):
 
 def prepare_tokenizer(cfg: PretrainConfig, env: DistEnv):
     """Load --tokenizer, or out/tokenizer, or train one there on --data (rank 0)."""
-    from gptlab.tokenizer import Tokenizer, train_tokenizer_from_source
-
     tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else Path(cfg.out) / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         if cfg.tokenizer:
@@ -215,8 +215,6 @@ def prepare_shards(cfg: PretrainConfig, tokenizer, env: DistEnv) -> Path:
     Existing out/shards are reused when built from the same source path, tokenizer and
     val split; otherwise they are rebuilt.
     """
-    from gptlab.data.loaders import build_shards
-
     if not cfg.data:
         raise ValueError("--data is required (raw text or a shard directory)")
     if _is_shard_dir(cfg.data):
@@ -257,8 +255,6 @@ def _to_device(batch, device: torch.device):
 
 def build_model(cfg: PretrainConfig, tokenizer, device: torch.device):
     """A fresh GPT of the configured depth (same init on every rank: seeded first)."""
-    from gptlab.model import GPT, preset
-
     mcfg = preset(cfg.depth, tokenizer.vocab_size, max_seq_len=cfg.seq_len)
     if cfg.width:
         mcfg = with_width(mcfg, cfg.width)
@@ -271,8 +267,6 @@ def build_model(cfg: PretrainConfig, tokenizer, device: torch.device):
 def with_width(mcfg, width: int):
     """`preset`'s recipe at another width (--width): same depth and head size, GQA ratio,
     SwiGLU hidden = 8/3 x width rounded up to 64. Used by scaling sweeps (gptlab.scaling)."""
-    from gptlab.model import GQA_RATIO
-
     if width % mcfg.head_dim:
         raise ValueError(f"--width {width} is not a multiple of the head size {mcfg.head_dim}")
     heads = width // mcfg.head_dim
@@ -288,8 +282,6 @@ def make_evaluator(model, cfg: PretrainConfig, shard_dir: Path, tokenizer, env: 
 
     The newest result is also kept in `latest` (it goes into the checkpoints' gptlab.json).
     """
-    from gptlab.data.loaders import TokenBatchLoader
-
     def batches():
         loader = TokenBatchLoader(shard_dir, "val", cfg.device_batch_size, cfg.seq_len,
                                   seed=cfg.seed, rank=env.rank, world_size=env.world_size,
@@ -313,8 +305,6 @@ def make_saver(model, optimizer, loader, tokenizer, cfg: PretrainConfig, env: Di
 
     `metrics` (the newest validation results) is copied into gptlab.json.
     """
-    from gptlab.checkpoint import save_checkpoint
-
     out = Path(cfg.out)
 
     def save(step: int, final: bool) -> Path:
@@ -352,8 +342,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 
 def _pretrain(cfg: PretrainConfig, env: DistEnv) -> Path:
-    from gptlab.data.loaders import TokenBatchLoader
-
     validate_config(cfg)
     seed_everything(cfg.seed)
     tokenizer = prepare_tokenizer(cfg, env)

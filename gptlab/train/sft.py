@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from gptlab.chat import TOO_LONG_POLICIES, Example, collate
+from gptlab.chat import Example, TOO_LONG_POLICIES, collate, load_chat_model
+from gptlab.checkpoint import save_checkpoint
 from gptlab.settings import FinetuneSettings, cli_field as _f  # one definition of a --flag field for every stage
 from gptlab.train.checkpoints import checkpoint_path, prune_checkpoints, resume_run, rng_state
 from gptlab.train.dist import (
@@ -200,8 +201,6 @@ _RESUME_FIXED = ("init", "data", "mix", "seed", "batch_size", "device_batch_size
 def make_saver(model, optimizer, stream: SFTBatches, tokenizer, cfg: SFTConfig, env: DistEnv,
                meta: dict, metrics: dict, steps: int):
     """(step, final) -> path: a resumable out/ckpt/step_N, plus out/final at the end."""
-    from gptlab.checkpoint import save_checkpoint
-
     out, lora = Path(cfg.out), cfg.lora_r > 0
 
     def save(step: int, final: bool) -> Path:
@@ -234,8 +233,6 @@ def sft(cfg: SFTConfig) -> Path:
 
 
 def _sft(cfg: SFTConfig, env: DistEnv) -> Path:
-    from gptlab.chat import load_chat_model
-
     validate_config(cfg)
     seed_everything(cfg.seed)
     per_step = cfg.device_batch_size * env.world_size

@@ -4,6 +4,7 @@ length-grouped micro-batches with its step-wide loss normalizer. `sft.prepare_da
 them together from a config."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
@@ -14,6 +15,8 @@ import torch
 
 from gptlab.chat import (
     Example, FitStats, collate, fit_examples, length_grouped_batches, render_records, text_examples)
+from gptlab.data.formats import FormatError, KIND, convert_record, detect_format
+from gptlab.data.loaders import iter_texts
 
 
 def parse_mix(spec: str | None) -> list[tuple[str, float]]:
@@ -57,8 +60,6 @@ def chat_files(path: Path) -> list[Path]:
 
 def _file_rows(path: Path):
     """(line or row number, raw record) of one file."""
-    import gzip
-
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
         n = 0
@@ -113,8 +114,6 @@ def load_chat_records(source: str) -> list[dict]:
     Formats are read by ``gptlab.data.formats``; each record's ``meta`` (e.g.
     ``masked_turns``) is kept. A malformed record raises ``FormatError`` naming its file
     and line."""
-    from gptlab.data.formats import KIND, FormatError, convert_record, detect_format
-
     out, fmts = [], {}
     for where, n, rec in _rows(source):
         try:
@@ -135,8 +134,6 @@ def load_chat_records(source: str) -> list[dict]:
 
 def source_kind(source: str) -> str:
     """"chat" or "text": what the first record of a source holds."""
-    from gptlab.data.formats import KIND, detect_format
-
     if not source.startswith("hf:"):
         path = Path(source)
         if path.is_dir() and (path / "sft").is_dir():
@@ -203,8 +200,6 @@ def text_pool(source: str, tokenizer, seq_len: int, needed: int, seed: int, part
     """Tokenized text pieces for a mixture: local sources are read whole (up to max_docs
     documents), streamed ones only as far as needed; shuffled with the seed and ``part``,
     the source's place in --mix (not its path, so a copy elsewhere gives the same order)."""
-    from gptlab.data.loaders import iter_texts
-
     limit = max_docs if not source.startswith("hf:") else max(needed, 1)
     docs = []
     for text in iter_texts(source):
