@@ -107,7 +107,7 @@ def resolve_init(init: str) -> Path:
 
 def track_dtype(requested: str, cpuinfo: str | None = None) -> str:
     """The preset's dtype as a training / eval dtype: "bf16-if-native" is "bfloat16" on a CPU
-    with native bf16 matrix multiplication, else "float32" (said once, with why); any other
+    with native bf16 matrix multiplication, else "float32" (and says why); any other
     value is returned as it is. ``cpuinfo``: /proc/cpuinfo's text (read when None)."""
     if requested != "bf16-if-native":
         return requested
