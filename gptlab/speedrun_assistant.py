@@ -29,8 +29,7 @@ from gptlab.evals.tools_eval import WITH_TOOLS
 from gptlab.fileio import atomic_write_text, read_package_toml
 from gptlab.interop import ensure_model
 from gptlab.judge import Judge
-from gptlab.serve.settings import fast_bf16
-from gptlab.train.dist import resolve_dtype
+from gptlab.train.dist import fast_bf16, resolve_dtype
 from gptlab.train.sft import SFTConfig, sft
 
 # init: the model to align (an alias or a checkpoint dir; the test preset gets a tiny one

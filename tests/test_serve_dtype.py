@@ -13,7 +13,7 @@ import torch
 
 from gptlab.model import GPT, preset
 from gptlab.serve import dtype_auto
-from gptlab.serve import settings as serve_app   # serving_dtype and fast_bf16 live there
+from gptlab.serve import settings as serve_app   # serving_dtype lives there; it reads fast_bf16 (gptlab.train.dist) there
 from gptlab.serve.settings import serving_dtype
 from serve_fixtures import save_tiny_chat_model, start_server
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import ipaddress
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from gptlab.interop import TORCH_DTYPES
 from gptlab.serve import dtype_auto
 from gptlab.serve.worker import Worker
+from gptlab.train.dist import fast_bf16  # used by serving_dtype (tests patch it here)
 
 MODERATE_MODES = ("none", "input", "output", "both")
 ACTIONS = ("refuse", "flag")
@@ -108,18 +108,6 @@ def serving_dtype(model, requested: str, device: str, threads: int | None = None
     dtype, why = dtype_auto.choose(model, threads, fuse)
     print(f"gptlab serve: dtype auto -> {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr, flush=True)
     return dtype
-
-
-def fast_bf16(device: str, cpuinfo: str | None = None) -> bool:
-    """Whether ``device`` has native bf16 matrix multiplication (on a CPU: the AVX512-BF16 or
-    AMX flag of ``cpuinfo``, /proc/cpuinfo's text, read when None)."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:  # Linux: the CPU flags; elsewhere assume not (float32 is the safe choice)
-        flags = (Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo).split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def dtype_name(e) -> str:

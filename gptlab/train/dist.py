@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -146,6 +147,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in table:
         raise ValueError(f"dtype must be auto, bfloat16 or float32, got {dtype!r}")
     return table[dtype]
+
+
+def fast_bf16(device: str, cpuinfo: str | None = None) -> bool:
+    """Whether ``device`` has native bf16 matrix multiplication (on a CPU: the AVX512-BF16 or
+    AMX flag of ``cpuinfo``, /proc/cpuinfo's text, read when None)."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:  # Linux: the CPU flags; elsewhere assume not (float32 is the safe choice)
+        flags = (Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo).split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype):
