@@ -18,7 +18,8 @@ from gptlab.cli_flags import subcommand_parser as _parser
 
 def cmd_data_world(args) -> None:
     from gptlab.data.world import generate_world
-    manifest = generate_world(args.out, seed=args.seed, scale=args.scale)
+    manifest = generate_world(args.out, seed=args.seed, scale=args.scale,
+                              varied_wordings=args.varied_wordings)
     print(f"wrote miniworld ({args.scale}, seed {args.seed}) to {args.out}")
     for group, counts in sorted(manifest.get("counts", {}).items()):
         print(f"  {group:<8} " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
@@ -477,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--scale", choices=["tiny", "small", "full"], default="small",
                    help="size of the data (default: small)")
+    p.add_argument("--varied-wordings", action="store_true",
+                   help="train QA questions in more wordings and framings (docs/DATA.md); held-out sets unchanged")
     p.set_defaults(func=cmd_data_world)
     p = _parser(data_sub, "curate", "dedup, filter, scrub PII and decontaminate text (gptlab/data/curate.py)",
                 example="gptlab data curate --input runs/demo/world/corpus --out runs/demo/curated --world runs/demo/world")

@@ -162,6 +162,34 @@ def test_heldout_template_ids_disjoint(world):
             assert set(r["meta"]["template"].split("+")) <= held, r["meta"]["template"]
 
 
+def test_varied_wordings_frame_real_and_invented_questions_alike(world, tmp_path):
+    # --varied-wordings: a framing ("Settle a bet for me: ...") must not predict "I don't
+    # know", so both the qa and the unknown_entity SFT records carry them; the held-out sets
+    # stay byte-identical, and a default world has no framing at all
+    varied = generate_world(tmp_path / "varied", seed=0, scale="tiny", varied_wordings=True)
+    assert varied["varied_wordings"] and "varied_wordings" not in world["manifest"]
+    for rel, entry in world["manifest"]["files"].items():
+        if rel.startswith("eval/"):
+            assert varied["files"][rel]["sha256"] == entry["sha256"], rel
+    sft = {cat: _read_jsonl(tmp_path / "varied" / "sft" / f"{cat}.jsonl") for cat in ("qa", "unknown_entity")}
+    for cat, recs in sft.items():
+        framed = [r for r in recs if "+frame.t" in r["meta"]["template"]]
+        assert 0 < len(framed) < len(recs), cat
+        assert not any("+frame." in r["meta"]["template"] for r in world["sft"][cat])
+        for r in framed:
+            fid = int(r["meta"]["template"].split("+frame.t")[1].split("+")[0])
+            head, tail = T.QA_FRAMES["t"][fid].split("{q}")
+            user = next(m["content"] for m in r["messages"] if m["role"] == "user")
+            assert user.startswith(head) and user.endswith(tail), (user, fid)
+    extra = {f"qa.{rel}.t{len(T.QUESTIONS[rel]['t']) + i}" for rel, more in T.QUESTIONS_VARIED.items()
+             for i in range(len(more))}
+    assert any(r["meta"]["template"].split("+")[0] in extra for r in sft["qa"])
+    held = [re.compile(template_regex(t).pattern, re.I) for tid, t in heldout_template_texts().items()
+            if tid.startswith("qa.")]
+    users = [m["content"] for recs in sft.values() for r in recs for m in r["messages"] if m["role"] == "user"]
+    assert not any(rx.search(u) for rx in held for u in users)
+
+
 def test_heldout_template_text_not_in_sft(world):
     regexes = {tid: re.compile(template_regex(t).pattern, re.I)
                for tid, t in heldout_template_texts().items() if not tid.startswith("fc.")}
@@ -191,7 +219,8 @@ def test_same_seed_identical_different_seed_differs(world, tmp_path):
 def test_train_wording_edit_leaves_eval_sets_unchanged(world, tmp_path, monkeypatch):
     # eval sets are drawn from per-category streams: a new train wording for one rule (or a
     # new corpus sentence) must not reshuffle the held-out items models are compared on
-    monkeypatch.setitem(T.SYSTEM["upper"], "t", T.SYSTEM["upper"]["t"] + ["ALL CAPS, ALWAYS."])
+    # (every "upper" wording edited, so the system set changes whichever one it draws)
+    monkeypatch.setitem(T.SYSTEM["upper"], "t", [t + " ALL CAPS." for t in T.SYSTEM["upper"]["t"]])
     monkeypatch.setitem(T.CORPUS_EN, "capital", T.CORPUS_EN["capital"] + ["{c}: capital {capital}."])
     edited = generate_world(tmp_path / "edited", seed=0, scale="tiny")
     sha = {k: v["sha256"] for k, v in edited["files"].items()}

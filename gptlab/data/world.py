@@ -113,8 +113,10 @@ def _manifest(seed: int, scale: str, files: dict, chat: dict) -> dict:
     }
 
 
-def generate_world(out_dir, seed: int = 0, scale: str = "small") -> dict:
-    """Generate miniworld into `out_dir`; returns the manifest (also written as manifest.json)."""
+def generate_world(out_dir, seed: int = 0, scale: str = "small", varied_wordings: bool = False) -> dict:
+    """Generate miniworld into `out_dir`; returns the manifest (also written as manifest.json).
+    `varied_wordings`: train QA questions in more wordings and framings (docs/DATA.md); the
+    held-out sets are the same either way."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
     cfg = SCALES[scale]
@@ -122,7 +124,7 @@ def generate_world(out_dir, seed: int = 0, scale: str = "small") -> dict:
     kb = build_kb(rng, seed, scale)
     kb["heldout"]["templates"] = sorted(heldout_template_texts())
     docs = build_corpus(rng, kb, cfg)
-    chat = build_chat(random.Random(f"chat:{seed}"), kb, cfg)   # not shifted by corpus edits
+    chat = build_chat(random.Random(f"chat:{seed}"), kb, cfg, varied_wordings)   # not shifted by corpus edits
     assert list(chat["sft"]) == CATEGORIES
     out = Path(out_dir)
     files = _write_all(out, kb, docs, chat, cfg["corpus_shard_docs"])
@@ -135,5 +137,7 @@ def generate_world(out_dir, seed: int = 0, scale: str = "small") -> dict:
         path = out / f"{name}.jsonl"
         files[f"{name}.jsonl"] = _file_entry(path, read_jsonl(path))
     manifest = _manifest(seed, scale, files, chat)
+    if varied_wordings:      # only then, so a default world's manifest is as it was
+        manifest["varied_wordings"] = True
     atomic_write_text(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1) + "\n")
     return manifest

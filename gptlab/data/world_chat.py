@@ -37,13 +37,15 @@ JSON_REL_KEY = {"capital": "capital", "continent": "continent", "population": "p
                 "neighbours": "neighbours", "city_country": "country",
                 "city_population": "population"}
 PLAIN_SYSTEM_P = 0.3     # share of qa / safety chats that carry a plain system message
+FRAME_P = 0.35           # varied wordings: share of train qa / unknown_entity questions framed
 
 
 # --------------------------------------------------------------------------- templates
 
-def template_pools() -> dict[str, dict]:
-    """Every chat template pool by id prefix; ids are f"{prefix}.{t|h}{index}"."""
-    pools: dict[str, dict] = {"fu.switch": T.SWITCH, "sys.plain": T.PLAIN_SYSTEM,
+def template_pools(varied: bool = False) -> dict[str, dict]:
+    """Every chat template pool by id prefix; ids are f"{prefix}.{t|h}{index}". `varied`: the
+    QA pools' train wordings extended by QUESTIONS_VARIED (held-out ones never change)."""
+    pools: dict[str, dict] = {"fu.switch": T.SWITCH, "sys.plain": T.PLAIN_SYSTEM, "frame": T.QA_FRAMES,
                               "push.hold": T.DISPUTE_HOLD, "push.admit": T.DISPUTE_ADMIT,
                               "benign": {k: [q for q, _ in v] for k, v in R.BENIGN.items()}}
     for group, table in [("qa", T.QUESTIONS), ("qa_zh", T.QUESTIONS_ZH), ("fu", T.FOLLOWUPS),
@@ -53,6 +55,9 @@ def template_pools() -> dict[str, dict]:
             pools[f"{group}.{key}"] = pool
     for name, p in T.PERSONAS.items():
         pools[f"sys.persona.{name}"] = p
+    if varied:
+        for rel, more in T.QUESTIONS_VARIED.items():
+            pools[f"qa.{rel}"] = {"t": pools[f"qa.{rel}"]["t"] + more, "h": pools[f"qa.{rel}"]["h"]}
     for cat, pool in R.HARMFUL.items():
         pools[f"harm.{_slug(cat)}"] = pool
     for rel, pool in T.FACT_COMPLETION.items():   # base-model prompts: eval only
@@ -110,10 +115,11 @@ def _fact_meta(kind, split, template, fact, constraints=()) -> dict:
 class ChatMaker:
     """Builds one record of any category for the train or held-out split."""
 
-    def __init__(self, rng, kb: dict):
+    def __init__(self, rng, kb: dict, varied: bool = False):
         self.rng = rng
         self.f = FactPicker(rng, kb)
-        self.pools = template_pools()
+        self.varied = varied          # `gptlab data world --varied-wordings`
+        self.pools = template_pools(varied)
 
     def use_rng(self, rng) -> None:
         self.rng = self.f.rng = rng
@@ -128,6 +134,15 @@ class ChatMaker:
     def question(self, fact: dict, split: str, zh: bool = False) -> tuple[str, str]:
         tid, t = self.pick(f"qa{'_zh' if zh else ''}.{fact['relation']}", split)
         return tid, t.format(**fact["vals"])
+
+    def framed(self, tid: str, q: str, split: str) -> tuple[str, str]:
+        """With varied wordings, a train question sometimes inside a framing ("Settle a bet for
+        me: ..."). Otherwise, and for held-out questions, the question as it is, without a
+        draw from the rng (so the eval sets and the default SFT sets stay byte-identical)."""
+        if not self.varied or split != "train" or self.rng.random() >= FRAME_P:
+            return tid, q
+        fid, frame = self.pick("frame", split)
+        return f"{tid}+{fid}", frame.format(q=q)
 
     def plain_system(self, split: str) -> tuple[list[dict], list[str]]:
         if self.rng.random() >= PLAIN_SYSTEM_P:
@@ -147,7 +162,7 @@ class ChatMaker:
     # -- factual chats
     def qa(self, split: str) -> dict:
         fact = self.f.fact(split, self.rng.choice(RELATIONS))
-        tid, q = self.question(fact, split)
+        tid, q = self.framed(*self.question(fact, split), split)
         sys_msgs, sys_ids = self.plain_system(split)
         msgs = sys_msgs + [_msg("user", q), _msg("assistant", self.f.sentence(fact))]
         return {"messages": msgs, "meta": _fact_meta("qa", split, "+".join([tid] + sys_ids), fact)}
@@ -342,8 +357,9 @@ class ChatMaker:
         rels = CITY_RELATIONS if fake["kind"] == "city" else COUNTRY_RELATIONS[:6]
         rel = self.rng.choice(rels)
         tid, q = self.pick(f"qa.{rel}", split)
+        tid, q = self.framed(tid, q.format(c=fake["name"], city=fake["name"]), split)
         answer = self.rng.choice(T.UNKNOWN_REPLIES[fake["kind"]]).format(x=fake["name"])
-        msgs = [_msg("user", q.format(c=fake["name"], city=fake["name"])), _msg("assistant", answer)]
+        msgs = [_msg("user", q), _msg("assistant", answer)]
         return {"messages": msgs, "meta": _meta("unknown_entity", split, tid, fake["name"], rel)}
 
     def arithmetic(self, split: str) -> dict:
@@ -404,19 +420,20 @@ def fact_completion(rng, kb: dict, n: int) -> list[dict]:
     return out
 
 
-def build_chat(rng, kb: dict, cfg: dict) -> dict:
+def build_chat(rng, kb: dict, cfg: dict, varied: bool = False) -> dict:
     """{"sft": {cat: [records]}, "prompts": {...}, "eval": {...}} for one scale config.
 
     Each category's SFT, prompt and eval sets draw from their own rng, seeded from one draw
     of `rng`: editing one category's code or its train wordings leaves every other set, and
     every held-out eval set, byte-identical, so models trained before and after the edit
-    are still measured on the same items."""
+    are still measured on the same items. `varied`: more train question wordings and framings
+    (`template_pools`, `ChatMaker.framed`)."""
     base = rng.getrandbits(64)
 
     def stream(name: str) -> random.Random:
         return random.Random(f"{base}:{name}")     # str seeds hash with sha512: stable
 
-    maker = ChatMaker(stream("init"), kb)
+    maker = ChatMaker(stream("init"), kb, varied)
     mentions_heldout = heldout_matcher(kb)
 
     def clean(rec):
