@@ -184,15 +184,19 @@ def test_varied_wordings_frame_real_and_invented_questions_alike(world, tmp_path
     extra = {f"qa.{rel}.t{len(T.QUESTIONS[rel]['t']) + i}" for rel, more in T.QUESTIONS_VARIED.items()
              for i in range(len(more))}
     assert any(r["meta"]["template"].split("+")[0] in extra for r in sft["qa"])
-    held = [re.compile(template_regex(t).pattern, re.I) for tid, t in heldout_template_texts().items()
-            if tid.startswith("qa.")]
+    held = [rx for tid, rx in _heldout_regexes().items() if tid.startswith("qa.")]
     users = [m["content"] for recs in sft.values() for r in recs for m in r["messages"] if m["role"] == "user"]
     assert not any(rx.search(u) for rx in held for u in users)
 
 
+def _heldout_regexes() -> dict[str, re.Pattern]:
+    """{id: case-blind regex} of every held-out chat wording (fc.*: base-model prompts, no chat)."""
+    return {tid: re.compile(template_regex(t).pattern, re.I)
+            for tid, t in heldout_template_texts().items() if not tid.startswith("fc.")}
+
+
 def test_heldout_template_text_not_in_sft(world):
-    regexes = {tid: re.compile(template_regex(t).pattern, re.I)
-               for tid, t in heldout_template_texts().items() if not tid.startswith("fc.")}
+    regexes = _heldout_regexes()
     texts = [m["content"] for g in ("sft", "prompts") for recs in world[g].values() for r in recs
              for m in r["messages"] if m["role"] in ("user", "system")]
     for tid, rx in regexes.items():
