@@ -73,13 +73,18 @@ LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 @dataclass
 class FinetuneSettings(TrainSettings):
-    """`TrainSettings` plus how a chat model is fine-tuned (SFT, DPO): how long (epochs or
-    max_steps), the learning-rate schedule, and which weights train (the top `train_layers`
-    blocks, or LoRA adapters; `gptlab.train.lora` reads these fields)."""
+    """`TrainSettings` plus how a chat model is fine-tuned (SFT, DPO): rows per step and the
+    longest row, how long (epochs or max_steps), the learning-rate schedule, and which weights
+    train (the top `train_layers` blocks, or LoRA adapters; `gptlab.train.lora` reads these)."""
 
+    batch_size: int = cli_field(32, "rows per optimizer step over all processes: conversations (sft) or preference pairs (dpo)")
+    device_batch_size: int = cli_field(16, "rows per micro-batch per process (batch_size / (this x processes) = accumulation steps)")
+    seq_len: int | None = cli_field(None, "longest row in tokens (a conversation; a prompt + answer in dpo); unset: the model's context, at most 2048 in sft")
     epochs: float = cli_field(2.0, "passes over the training data when max_steps is unset")
     max_steps: int | None = cli_field(None, "optimizer steps; unset: from epochs")
     schedule: str = cli_field("linear", "after warmup: linear | cosine decay, wsd, constant")
+    final_lr_frac: float = cli_field(0.0, "floor of the schedule as a fraction of the peak LR")
+    weight_decay: float = cli_field(0.0, "decoupled weight decay on matrices")
     train_layers: int | None = cli_field(None, "full fine-tuning of only the top N transformer blocks and the final norm (embeddings, head and lower blocks frozen, so backward stops at block N from the top); unset: every weight")
     lora_r: int = cli_field(0, "LoRA rank; 0 = full fine-tuning")
     lora_alpha: float | None = cli_field(None, "LoRA alpha (the update is scaled by alpha / r); unset: 2 x lora_r")

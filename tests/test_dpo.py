@@ -186,6 +186,16 @@ def test_config_shares_the_fine_tuning_settings_and_refuses_what_it_does_not_use
     assert parser.parse_args([]).keep_checkpoints == 1   # its own default over the shared one (2)
     with pytest.raises(ValueError, match="compile"):
         DPOConfig(compile=True)
+    assert {"batch_size", "device_batch_size", "seq_len", "weight_decay", "final_lr_frac"} <= flags
+
+
+def test_schedule_floor_is_the_shared_setting(chat_ckpt, pairs_file, tmp_path):
+    # final_lr_frac comes from FinetuneSettings, as in sft: linear decay reaches the floor
+    # at the last step (dpo used to ignore it and decay to 0)
+    run_dpo(_cfg(chat_ckpt, pairs_file, tmp_path / "run", max_steps=4, schedule="linear",
+                 final_lr_frac=0.5))
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
+    assert lrs[0] == pytest.approx(3e-3) and lrs[-1] == pytest.approx(0.5 * 3e-3), lrs
 
 
 def test_anchor_pairs_contrast_each_behaviour_both_ways(tiny_world, chat_ckpt, pairs_file, tmp_path):

@@ -264,6 +264,17 @@ def test_benign_edgy_answers_help(world):
         assert r["meta"]["harmful"] is False and len(a.split()) >= 8
 
 
+def test_train_requests_never_repeat_a_heldout_one():
+    # over-refusal and harmful refusal are measured on the "h" requests: a train request
+    # that repeats one (ignoring case and punctuation) would leak it into SFT
+    def key(text):
+        return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+    held = {key(q) for q, _ in R.BENIGN["h"]} | {key(q) for c in R.HARMFUL.values() for q in c["h"]}
+    train = {key(q) for q, _ in R.BENIGN["t"]} | {key(q) for c in R.HARMFUL.values() for q in c["t"]}
+    assert len(held) == len(R.BENIGN["h"]) + sum(len(c["h"]) for c in R.HARMFUL.values())
+    assert not held & train, held & train
+
+
 def test_no_answer_anywhere_scolds_or_wrongly_refuses(world):
     for g in GROUPS:
         for cat, recs in world[g].items():

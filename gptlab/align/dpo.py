@@ -74,9 +74,6 @@ class DPOConfig(FinetuneSettings):
     val_frac: float = _f(0.1, "share of pairs held out for val_loss / val_acc (at most 200)")
     beta: float = _f(0.1, "DPO beta: strength of the implicit KL constraint to the reference")
     nll_weight: float = _f(0.0, "weight of the chosen answers' NLL added to the loss (RPO); 0 = plain DPO")
-    batch_size: int = _f(32, "pairs per optimizer step")
-    device_batch_size: int = _f(16, "pairs per micro-batch (batch_size / this = accumulation)")
-    seq_len: int | None = _f(None, "longest prompt + answer in tokens; unset: the model's context")
 
 
 # --------------------------------------------------------------------------- sequences
@@ -337,7 +334,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
         from gptlab.train.lora import freeze_below
         freeze_below(model, cfg.train_layers)
     model.train()
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=0.0)
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     accum = cfg.batch_size // cfg.device_batch_size
     steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     stream = PairStream(len(train), cfg.device_batch_size, cfg.seed)
@@ -368,7 +365,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     loop_cfg = LoopConfig(max_steps=steps, accum_steps=accum, warmup_steps=cfg.warmup_steps
                           if cfg.warmup_steps is not None else round(0.1 * steps),
                           tokens_per_step=round(pair_tokens * cfg.batch_size),
-                          schedule=cfg.schedule, final_lr_frac=0.0, grad_clip=cfg.grad_clip,
+                          schedule=cfg.schedule, final_lr_frac=cfg.final_lr_frac, grad_clip=cfg.grad_clip,
                           eval_every=cfg.eval_every, save_every=cfg.save_every,
                           progress=cfg.progress, desc="dpo")
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start or None,
