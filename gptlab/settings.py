@@ -26,8 +26,8 @@ def not_used(default, why: str):
 
 @dataclass
 class RunSettings:
-    """What every trainer is run with: where it writes, its seed, the learning rate and its
-    warmup, clipping, how often it evaluates, where it runs, the progress bar.
+    """What every trainer is run with: where it writes, its seed, the learning rate, its
+    warmup and weight decay, clipping, how often it evaluates, where it runs, the progress bar.
 
     A stage config inherits these (`class RewardConfig(RunSettings)`), so every stage reads
     them under the same names and the CLI derives the same `--flags` for each (inherited
@@ -39,6 +39,7 @@ class RunSettings:
     seed: int = cli_field(0, "random seed (init, data order and split, sampling)")
     lr: float | None = cli_field(None, "peak AdamW learning rate; unset: the stage's default")
     warmup_steps: int | None = cli_field(None, "linear warmup steps; unset: the stage's default")
+    weight_decay: float = cli_field(0.0, "decoupled AdamW weight decay on matrices")
     grad_clip: float | None = cli_field(1.0, "clip the global gradient norm to this (0 = off)")
     eval_every: int = cli_field(100, "validate every N steps (and at the end; 0 = only at the end)")
     device: str = cli_field("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -84,7 +85,6 @@ class FinetuneSettings(TrainSettings):
     max_steps: int | None = cli_field(None, "optimizer steps; unset: from epochs")
     schedule: str = cli_field("linear", "after warmup: linear | cosine decay, wsd, constant")
     final_lr_frac: float = cli_field(0.0, "floor of the schedule as a fraction of the peak LR")
-    weight_decay: float = cli_field(0.0, "decoupled weight decay on matrices")
     train_layers: int | None = cli_field(None, "full fine-tuning of only the top N transformer blocks and the final norm (embeddings, head and lower blocks frozen, so backward stops at block N from the top); unset: every weight")
     lora_r: int = cli_field(0, "LoRA rank; 0 = full fine-tuning")
     lora_alpha: float | None = cli_field(None, "LoRA alpha (the update is scaled by alpha / r); unset: 2 x lora_r")

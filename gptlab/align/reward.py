@@ -289,7 +289,6 @@ class RewardConfig(RunSettings):
     kinds: str | None = cli_field(None, "train on these rater kinds only, comma-separated (judge, human, import; default: all)")
     epochs: float = cli_field(2.0, "passes over the training rankings")
     batch_size: int = cli_field(8, "rankings (prompts) per optimizer step; all pairs of a ranking share a step")
-    weight_decay: float = cli_field(0.0, "decoupled weight decay on matrices")
     val_frac: float = cli_field(0.1, "share of prompts held out for pairwise accuracy (when no --val-db)")
     val_db: str | None = cli_field(None, "held-out feedback store (e.g. simulated on eval prompts): measure on it and train on all of --db")
     train_layers: int | None = cli_field(None, "fine-tune only the last N transformer blocks (+ final norm and head; 0: the head alone); unset: everything")

@@ -421,7 +421,7 @@ def run_rl(cfg: RLConfig, reward=None) -> Path:
         value_head = nn.Linear(policy.config.hidden_size, 1).to(device)
         nn.init.zeros_(value_head.weight), nn.init.zeros_(value_head.bias)
     modules = nn.ModuleDict({"policy": policy, **({"value": value_head} if value_head else {})})
-    optimizer = build_optimizer(modules, lr=cfg.lr, weight_decay=0.0)
+    optimizer = build_optimizer(modules, lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = [p for p in modules.parameters() if p.requires_grad]
     stream = PromptStream(len(records), cfg.seed)
     out = Path(cfg.out)
