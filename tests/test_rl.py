@@ -207,7 +207,7 @@ def test_config_keeps_out_the_training_settings_rl_does_not_use():
     add_dataclass_args(parser, RLConfig)
     args = parser.parse_args([])
     assert (args.lr, args.warmup_steps, args.keep_checkpoints, args.tensorboard) == (1e-4, 3, 1, False)
-    assert parser.parse_args(["--weight-decay", "0.01"]).weight_decay == 0.01   # shared, and used
+    assert parser.parse_args(["--weight-decay", "0.01"]).weight_decay == 0.01   # from RunSettings; rl passes it to AdamW
     assert not hasattr(args, "dtype") and not hasattr(args, "compile")
     with pytest.raises(ValueError, match="dtype"):
         RLConfig(dtype="bfloat16")
