@@ -80,13 +80,7 @@ def run_distributed(fn: Callable[[Any, DistEnv], Any], cfg: Any) -> Any:
     :func:`setup_dist`), torn down afterwards whatever happens."""
     env = setup_dist(cfg.device)
     try:
-        out = fn(cfg, env)
-        # every rank done before any tears the group down: a gloo rank whose peer destroyed
-        # the group first can abort at exit ("terminate called without an active exception")
-        # after a finished run. A rank that failed never gets here; torchrun stops the rest.
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        return out
+        return fn(cfg, env)
     finally:
         cleanup_dist()
 
