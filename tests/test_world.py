@@ -267,11 +267,12 @@ def test_benign_edgy_answers_help(world):
 def test_train_requests_never_repeat_a_heldout_one():
     # over-refusal and harmful refusal are measured on the "h" requests: a train request
     # that repeats one (ignoring case and punctuation) would leak it into SFT
-    def key(text):
-        return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
-    held = {key(q) for q, _ in R.BENIGN["h"]} | {key(q) for c in R.HARMFUL.values() for q in c["h"]}
-    train = {key(q) for q, _ in R.BENIGN["t"]} | {key(q) for c in R.HARMFUL.values() for q in c["t"]}
-    assert len(held) == len(R.BENIGN["h"]) + sum(len(c["h"]) for c in R.HARMFUL.values())
+    def requests(split):
+        texts = [q for q, _ in R.BENIGN[split]] + [q for c in R.HARMFUL.values() for q in c[split]]
+        return texts, {re.sub(r"[^a-z0-9 ]", "", q.lower()).strip() for q in texts}
+    held_texts, held = requests("h")
+    _, train = requests("t")
+    assert len(held) == len(held_texts)
     assert not held & train, held & train
 
 
